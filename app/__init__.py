@@ -1,0 +1,1 @@
+"""tokenwire: a streaming OpenAI-compatible text-generation server."""

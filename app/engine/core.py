@@ -1,0 +1,116 @@
+"""EngineCore: one synchronous step of continuous batching, run only on the model thread.
+
+A step decodes every running row by one token in one batched forward, then spends the rest of the
+token budget on prompt chunks; a sequence whose prompt completes samples its first token and joins
+the batch. Finished and aborted sequences leave the batch at once, freeing their KV rows.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from app.engine import sampler
+from app.engine.kv_batch import KVBatch
+from app.engine.runner import ModelRunner
+from app.engine.sampler import PenaltyState, SamplingTensors
+from app.engine.scheduler import PrefillChunk, Scheduler
+from app.engine.sequence import Sequence
+
+
+def _uses_penalties(sequence: Sequence) -> bool:
+    p = sequence.params
+    return p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
+
+
+class EngineCore:
+    def __init__(self, runner: ModelRunner, scheduler: Scheduler, vocab_size: int) -> None:
+        self.runner = runner
+        self.scheduler = scheduler
+        self.vocab_size = vocab_size
+        self.batch = KVBatch(runner.device)
+        self._prefill_caches: dict[Sequence, DynamicCache] = {}
+
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.num_unfinished > 0
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        prefilling = sum(
+            layer.keys.nbytes + layer.values.nbytes
+            for cache in self._prefill_caches.values() for layer in cache.layers if layer.keys is not None
+        )
+        return self.batch.num_bytes + prefilling
+
+    def add(self, sequence: Sequence) -> None:
+        self.scheduler.add(sequence)
+
+    def abort(self, request_id: str) -> bool:
+        """Drop a sequence wherever it is and free its KV memory; False if it is not here."""
+        sequence = self.scheduler.find(request_id)
+        if sequence is None:
+            return False
+        sequence.abort()
+        self._release([sequence])
+        return True
+
+    def step(self) -> None:
+        plan = self.scheduler.schedule()
+        if plan.decode:
+            self._decode(plan.decode)
+        for chunk in plan.prefill:
+            self._prefill(chunk)
+
+    def _decode(self, rows: list[Sequence]) -> None:
+        logits = self.runner.decode(self.batch, [s.output_ids[-1] for s in rows])
+        self._sample_and_emit(rows, logits)
+        self._release([s for s in rows if s.status.is_finished])
+
+    def _prefill(self, chunk: PrefillChunk) -> None:
+        sequence = chunk.sequence
+        cache = self._prefill_caches.get(sequence)
+        if cache is None:
+            cache = self._prefill_caches[sequence] = self.runner.new_cache()
+            self._init_penalties(sequence)
+        logits = self.runner.prefill(cache, sequence.prompt_ids[chunk.start:chunk.end], chunk.start)
+        sequence.num_prefilled = chunk.end
+        if not chunk.is_last:
+            return
+        self._sample_and_emit([sequence], logits.unsqueeze(0))
+        if sequence.status.is_finished:
+            self._release([sequence])
+            return
+        self.batch.join(self._prefill_caches.pop(sequence), sequence.num_prompt_tokens)
+        self.scheduler.start_running(sequence)
+
+    def _sample_and_emit(self, rows: list[Sequence], logits: torch.Tensor) -> None:
+        tensors = SamplingTensors.from_params([s.params for s in rows], logits.shape[-1], logits.device)
+        seen, counts = self._stack_penalties(rows, tensors, logits.shape[-1])
+        logits = sampler.apply_penalties(logits, tensors, seen_mask=seen, output_counts=counts)
+        token_ids = sampler.sample(logits, tensors, [s.generator for s in rows]).tolist()
+        for sequence, token_id in zip(rows, token_ids):
+            sequence.sink(sequence.append_token(token_id))
+
+    def _stack_penalties(self, rows: list[Sequence], tensors: SamplingTensors,
+                         vocab: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if not (tensors.needs_repetition or tensors.needs_presence_frequency):
+            return None, None
+        empty = PenaltyState((), vocab, self.runner.device)
+        return PenaltyState.stack([s.penalties or empty for s in rows])
+
+    def _init_penalties(self, sequence: Sequence) -> None:
+        if _uses_penalties(sequence):
+            sequence.penalties = PenaltyState(sequence.prompt_ids, self.vocab_size, self.runner.device)
+
+    def _release(self, finished: list[Sequence]) -> None:
+        """Remove finished sequences from the scheduler, their batch rows and prefill caches."""
+        if not finished:
+            return
+        gone = set(finished)
+        running = self.scheduler.running
+        if any(s in gone for s in running):
+            self.batch.keep([row for row, s in enumerate(running) if s not in gone])
+        for sequence in finished:
+            self._prefill_caches.pop(sequence, None)
+            self.scheduler.remove(sequence)

@@ -1,0 +1,258 @@
+"""The async boundary: the event loop talks to one model thread through a command queue.
+
+`generate()` validates and registers a request synchronously (so errors surface before a
+response starts), then returns an async iterator over its TokenEvents. Leaving the iterator early
+(client gone, task cancelled) aborts the request; the model thread frees it before its next step.
+torch runs on the model thread only, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence as Seq
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from app.engine.core import EngineCore
+from app.engine.detokenizer import IncrementalDetokenizer
+from app.engine.errors import ContextLengthExceeded, EngineDead, EngineError, InvalidRequest, Overloaded
+from app.engine.loader import LoadConfig, LoadedModel, load
+from app.engine.prompts import PromptEncoder
+from app.engine.runner import ModelRunner
+from app.engine.sampler import make_generator
+from app.engine.scheduler import Scheduler, SchedulerConfig
+from app.engine.sequence import Sequence
+from app.engine.types import ModelInfo, SamplingParams, TokenEvent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    load: LoadConfig
+    served_model_name: str
+    max_model_len: int = 0  # 0: the model's own max_position_embeddings
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+
+def kv_bytes_per_token(loaded: LoadedModel) -> int:
+    """KV-cache bytes one token costs across all layers (keys and values)."""
+    cfg = loaded.model.config.get_text_config()
+    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return 2 * cfg.num_hidden_layers * heads * head_dim * loaded.dtype.itemsize
+
+
+class Engine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self._inbox: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._active: set[str] = set()
+        self._dead: BaseException | None = None
+        self._core: EngineCore | None = None
+        self._loaded: LoadedModel | None = None
+        self.encoder: PromptEncoder | None = None
+        self.info: ModelInfo | None = None
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the model off the event loop, then start the model thread."""
+        started = time.perf_counter()
+        loaded = await asyncio.to_thread(load, self.config.load)
+        self._attach(loaded)
+        log.info("model ready in %.1fs", time.perf_counter() - started)
+
+    def _attach(self, loaded: LoadedModel) -> None:
+        self._loaded = loaded
+        vocab = int(loaded.model.config.get_text_config().vocab_size)
+        max_len = min(self.config.max_model_len or loaded.max_position_embeddings, loaded.max_position_embeddings)
+        sched = replace(self.config.scheduler, kv_bytes_per_token=kv_bytes_per_token(loaded))
+        self._core = EngineCore(ModelRunner(loaded.model, loaded.device), Scheduler(sched), vocab)
+        self.encoder = PromptEncoder(loaded.tokenizer, vocab)
+        self.info = ModelInfo(self.config.served_model_name, max_len, vocab, loaded.eos_token_ids,
+                              self.encoder.has_chat_template, int(time.time()))
+        self._thread = threading.Thread(target=self._run, name="tokenwire-model", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._inbox.put(("stop", None))
+            await asyncio.to_thread(self._thread.join, 10)
+
+    @property
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self._dead is None
+
+    @property
+    def num_active_requests(self) -> int:
+        return len(self._active)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._core.scheduler.admitted) if self._core else 0
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._core.scheduler.waiting) if self._core else 0
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        return self._core.kv_cache_bytes if self._core else 0
+
+    # ---- prompts ----------------------------------------------------------------------------
+
+    async def encode_text(self, text: str) -> list[int]:
+        return await asyncio.to_thread(self._encoder().encode_text, text)
+
+    async def encode_chat(self, messages: Seq[Mapping[str, str]]) -> list[int]:
+        return await asyncio.to_thread(self._encoder().encode_chat, messages)
+
+    def check_ids(self, ids: Seq[int]) -> list[int]:
+        return self._encoder().check_ids(ids)
+
+    def decode(self, ids: Seq[int]) -> str:
+        return self._encoder().decode(ids)
+
+    def _encoder(self) -> PromptEncoder:
+        if self.encoder is None:
+            raise EngineDead("the model is not loaded")
+        return self.encoder
+
+    # ---- generation -------------------------------------------------------------------------
+
+    def resolve_params(self, num_prompt_tokens: int, params: SamplingParams) -> SamplingParams:
+        """Check the request fits the context window; fill max_tokens with the rest of it."""
+        assert self.info is not None
+        limit = self.info.max_model_len
+        room = limit - num_prompt_tokens
+        if params.max_tokens is None and room < 1:
+            raise ContextLengthExceeded(
+                f"the prompt has {num_prompt_tokens} tokens; this model's context is {limit} tokens, "
+                "which leaves no room for a completion", param="messages")
+        max_tokens = room if params.max_tokens is None else params.max_tokens
+        if max_tokens > room:
+            raise ContextLengthExceeded(
+                f"this model's maximum context length is {limit} tokens; the prompt has "
+                f"{num_prompt_tokens} tokens and max_tokens asks for {max_tokens} more "
+                f"({num_prompt_tokens + max_tokens} in total)", param="max_tokens")
+        for token_id, _ in params.logit_bias:
+            if not 0 <= token_id < self.info.vocab_size:
+                raise InvalidRequest(f"logit_bias names token id {token_id}, outside the vocabulary",
+                                     param="logit_bias")
+        return replace(params, max_tokens=max_tokens)
+
+    def generate(self, prompt_ids: Seq[int], params: SamplingParams,
+                 request_id: str | None = None) -> AsyncIterator[TokenEvent]:
+        """Register a request and return its events; raises at once if it cannot be served."""
+        if not self.is_alive:
+            raise EngineDead("the model thread is not running")
+        params = self.resolve_params(len(prompt_ids), params)
+        assert self._core is not None and self._loaded is not None
+        limits = self._core.scheduler.config
+        if len(self._active) >= limits.max_running + limits.max_waiting:
+            raise Overloaded("too many requests in flight; retry shortly")
+        request_id = request_id or uuid.uuid4().hex
+        events: asyncio.Queue[TokenEvent | BaseException] = asyncio.Queue()
+        sequence = self._new_sequence(request_id, list(prompt_ids), params, events)
+        if not self._core.scheduler.fits_alone(sequence):
+            raise ContextLengthExceeded(
+                f"prompt + max_tokens ({sequence.num_tokens + sequence.max_tokens} tokens) exceeds "
+                "the KV-cache memory budget", param="max_tokens")
+        self._active.add(request_id)
+        self._inbox.put(("add", sequence))
+        return self._drain(sequence, events)
+
+    def _new_sequence(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
+                      events: asyncio.Queue) -> Sequence:
+        assert self._loaded is not None
+        loop = asyncio.get_running_loop()
+        generator = None if params.is_greedy else make_generator(params.seed, self._loaded.device)
+        return Sequence(
+            request_id=request_id,
+            prompt_ids=prompt_ids,
+            params=params,
+            eos_token_ids=frozenset(self._loaded.eos_token_ids),
+            detokenizer=IncrementalDetokenizer(self._loaded.tokenizer, prompt_ids),
+            generator=generator,
+            sink=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+        )
+
+    async def _drain(self, sequence: Sequence, events: asyncio.Queue) -> AsyncIterator[TokenEvent]:
+        finished = False
+        try:
+            while True:
+                event = await events.get()
+                if isinstance(event, BaseException):
+                    finished = True
+                    raise event
+                finished = event.finish_reason is not None
+                yield event
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self._inbox.put(("abort", sequence.request_id))
+            self._active.discard(sequence.request_id)
+
+    # ---- the model thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        assert self._core is not None
+        core = self._core
+        try:
+            with torch.inference_mode():
+                while self._handle_commands(block=not core.has_work):
+                    if core.has_work:
+                        self._step(core)
+        except BaseException as exc:  # noqa: BLE001 - the thread must report any death
+            log.exception("model thread died")
+            self._dead = exc
+            self._fail_all(core, EngineDead("the model thread died"))
+
+    def _handle_commands(self, block: bool) -> bool:
+        """Apply queued adds/aborts; False once asked to stop."""
+        while True:
+            try:
+                command, payload = self._inbox.get(block=block)
+            except queue.Empty:
+                return True
+            block = False
+            if command == "stop":
+                self._fail_all(self._core, EngineDead("the engine is shutting down"))
+                return False
+            if command == "add":
+                self._add(payload)  # type: ignore[arg-type]
+            elif command == "abort":
+                self._core.abort(payload)  # type: ignore[arg-type]
+
+    def _add(self, sequence: Sequence) -> None:
+        try:
+            self._core.add(sequence)
+        except EngineError as exc:
+            sequence.sink(exc)
+
+    def _step(self, core: EngineCore) -> None:
+        try:
+            core.step()
+        except Exception:  # a failed step fails its requests, not the server
+            log.exception("engine step failed; failing the requests in flight")
+            self._fail_all(core, EngineError("generation failed inside the engine"))
+
+    @staticmethod
+    def _fail_all(core: EngineCore | None, error: EngineError) -> None:
+        if core is None:
+            return
+        sched = core.scheduler
+        for sequence in [*sched.waiting, *sched.prefilling, *sched.running]:
+            sequence.sink(error)
+            core.abort(sequence.request_id)
+
+

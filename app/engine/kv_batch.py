@@ -1,0 +1,110 @@
+"""The decode batch's KV cache: left-padded rows, one attention-mask row and one position per row.
+
+Pure tensor bookkeeping (TGI's CausalLMBatch is the model): rows join by left-padding and
+concatenating layer by layer, leave by index-selecting, and padding columns that every row has are
+trimmed. It never runs the model.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+
+def check_plain_cache(cache: DynamicCache) -> None:
+    """Left padding is only sound for full-attention layers; sliding or linear layers keep other state."""
+    for layer in cache.layers:
+        if type(layer) is not DynamicLayer:
+            raise NotImplementedError(
+                f"batched decoding supports full-attention KV caches only, not {type(layer).__name__}"
+            )
+
+
+def _left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    missing = length - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+class KVBatch:
+    """KV tensors [rows, heads, columns, head_dim] per layer, with a mask [rows, columns]."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cache: DynamicCache | None = None
+        self.mask = torch.zeros((0, 0), dtype=torch.long, device=device)
+        self.positions = torch.zeros((0,), dtype=torch.long, device=device)
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.positions.shape[0])
+
+    @property
+    def num_columns(self) -> int:
+        return int(self.mask.shape[1])
+
+    @property
+    def num_bytes(self) -> int:
+        if self.cache is None:
+            return 0
+        return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.cache.layers)
+
+    def join(self, cache: DynamicCache, length: int) -> None:
+        """Append one prefilled sequence (a batch-of-one cache holding `length` tokens) as the last row."""
+        check_plain_cache(cache)
+        if self.cache is None or self.num_rows == 0:
+            self.cache = cache
+            self.mask = torch.ones((1, length), dtype=torch.long, device=self.device)
+            self.positions = torch.tensor([length], dtype=torch.long, device=self.device)
+            return
+        columns = max(self.num_columns, length)
+        for mine, theirs in zip(self.cache.layers, cache.layers):
+            mine.keys = torch.cat([_left_pad(mine.keys, columns, 2), _left_pad(theirs.keys, columns, 2)])
+            mine.values = torch.cat([_left_pad(mine.values, columns, 2), _left_pad(theirs.values, columns, 2)])
+        new_mask = torch.ones((1, length), dtype=torch.long, device=self.device)
+        self.mask = torch.cat([_left_pad(self.mask, columns, 1), _left_pad(new_mask, columns, 1)])
+        self.positions = torch.cat([self.positions, self.positions.new_tensor([length])])
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only `rows` (in that order), then drop padding columns that every remaining row has."""
+        if not rows:
+            self.clear()
+            return
+        if rows == list(range(self.num_rows)):
+            return
+        index = torch.tensor(rows, dtype=torch.long, device=self.device)
+        assert self.cache is not None
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(0, index)
+            layer.values = layer.values.index_select(0, index)
+        self.mask = self.mask.index_select(0, index)
+        self.positions = self.positions.index_select(0, index)
+        self._trim()
+
+    def clear(self) -> None:
+        self.cache = None
+        self.mask = self.mask.new_zeros((0, 0))
+        self.positions = self.positions.new_zeros((0,))
+
+    def decode_inputs(self) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Attention mask (None when no row is padded) and position ids for one decode step."""
+        ones = self.mask.new_ones((self.num_rows, 1))
+        self.mask = torch.cat([self.mask, ones], dim=1)
+        positions = self.positions.unsqueeze(1)
+        self.positions = self.positions + 1
+        unpadded = int(self.positions.min()) == self.num_columns
+        return (None if unpadded else self.mask), positions
+
+    def _trim(self) -> None:
+        padding = self.num_columns - int(self.positions.max())
+        if padding <= 0:
+            return
+        assert self.cache is not None
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[:, :, padding:].contiguous()
+            layer.values = layer.values[:, :, padding:].contiguous()
+        self.mask = self.mask[:, padding:]

@@ -1,0 +1,62 @@
+"""The model runner: the only module that calls `model.forward`.
+
+Prefill runs one sequence's prompt (or a chunk of it) into that sequence's own KV cache; decode
+advances every row of the KVBatch by one token. Both return float32 logits for the last position only.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from app.engine.kv_batch import KVBatch
+
+
+def _cache_kwarg(model: PreTrainedModel) -> str:
+    # transformers 5.x renamed `past_key_values` to `cache`; accept both generations.
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+class ModelRunner:
+    def __init__(self, model: PreTrainedModel, device: torch.device) -> None:
+        self.model = model
+        self.device = device
+        self._cache_kwarg = _cache_kwarg(model)
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.model.config)
+
+    @torch.inference_mode()
+    def prefill(self, cache: DynamicCache, token_ids: list[int], start: int) -> torch.Tensor:
+        """Run `token_ids` (positions start..) into `cache`; return the last position's logits [V]."""
+        input_ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)
+        positions = torch.arange(start, start + len(token_ids), device=self.device).unsqueeze(0)
+        logits = self._forward(input_ids, None, positions, cache)
+        return logits[0]
+
+    @torch.inference_mode()
+    def decode(self, batch: KVBatch, last_tokens: list[int]) -> torch.Tensor:
+        """Feed each row its last sampled token; return next-token logits [rows, V]."""
+        input_ids = torch.tensor(last_tokens, dtype=torch.long, device=self.device).unsqueeze(1)
+        mask, positions = batch.decode_inputs()
+        return self._forward(input_ids, mask, positions, batch.cache)
+
+    @torch.inference_mode()
+    def full_logits(self, token_ids: list[int]) -> torch.Tensor:
+        """Logits at every position of one uncached forward pass (a reference for tests and checks)."""
+        input_ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)
+        return self.model(input_ids=input_ids).logits[0].float()
+
+    def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor,
+                 cache: DynamicCache | None) -> torch.Tensor:
+        output = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_kwarg: cache},
+        )
+        return output.logits[:, -1, :].float()

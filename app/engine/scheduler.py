@@ -1,0 +1,122 @@
+"""Continuous-batching bookkeeping: who waits, who prefills, who decodes. No torch calls here.
+
+Each step spends a token budget: one token per running row, the rest on prompt chunks of the
+oldest admitted sequences. Admission reserves KV memory for a row's worst case (prompt + max_tokens,
+padded to the longest row), so a running batch never outgrows the budget.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from app.engine.errors import Overloaded
+from app.engine.sequence import Sequence, SequenceStatus
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_running: int = 64
+    max_waiting: int = 256
+    max_batched_tokens: int = 512  # per step: decode rows + prompt tokens of prefill chunks
+    kv_budget_bytes: int = 8 << 30
+    kv_bytes_per_token: int = 0  # all layers, keys and values; 0 disables the memory check
+
+
+@dataclass(frozen=True)
+class PrefillChunk:
+    sequence: Sequence
+    start: int
+    end: int
+
+    @property
+    def is_last(self) -> bool:
+        return self.end == self.sequence.num_prompt_tokens
+
+
+@dataclass
+class StepPlan:
+    prefill: list[PrefillChunk] = field(default_factory=list)
+    decode: list[Sequence] = field(default_factory=list)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.prefill and not self.decode
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig) -> None:
+        self.config = config
+        self.waiting: deque[Sequence] = deque()
+        self.prefilling: list[Sequence] = []
+        self.running: list[Sequence] = []  # in KV batch row order
+
+    @property
+    def num_unfinished(self) -> int:
+        return len(self.waiting) + len(self.prefilling) + len(self.running)
+
+    @property
+    def admitted(self) -> list[Sequence]:
+        return self.prefilling + self.running
+
+    def add(self, sequence: Sequence) -> None:
+        if len(self.waiting) >= self.config.max_waiting:
+            raise Overloaded(f"the waiting queue is full ({self.config.max_waiting} requests)")
+        self.waiting.append(sequence)
+
+    def reserved_bytes(self, rows: list[Sequence]) -> int:
+        """Worst-case KV bytes of a padded batch holding `rows`."""
+        if not rows:
+            return 0
+        longest = max(s.num_prompt_tokens + s.max_tokens for s in rows)
+        return len(rows) * longest * self.config.kv_bytes_per_token
+
+    def fits_alone(self, sequence: Sequence) -> bool:
+        return self.reserved_bytes([sequence]) <= self.config.kv_budget_bytes
+
+    def can_admit(self, sequence: Sequence) -> bool:
+        if len(self.admitted) >= self.config.max_running:
+            return False
+        return self.reserved_bytes(self.admitted + [sequence]) <= self.config.kv_budget_bytes
+
+    def schedule(self) -> StepPlan:
+        plan = StepPlan(decode=list(self.running))
+        budget = self.config.max_batched_tokens - len(plan.decode)
+        for sequence in self.prefilling:
+            budget = self._plan_chunk(plan, sequence, budget)
+        while self.waiting and budget > 0 and self.can_admit(self.waiting[0]):
+            sequence = self.waiting.popleft()
+            sequence.status = SequenceStatus.PREFILLING
+            self.prefilling.append(sequence)
+            budget = self._plan_chunk(plan, sequence, budget)
+        return plan
+
+    def _plan_chunk(self, plan: StepPlan, sequence: Sequence, budget: int) -> int:
+        # At least one token per step, so a full decode batch cannot starve prefill forever.
+        size = min(max(budget, 1), sequence.num_prompt_tokens - sequence.num_prefilled)
+        if not plan.prefill or budget > 0:
+            start = sequence.num_prefilled
+            plan.prefill.append(PrefillChunk(sequence, start, start + size))
+            return budget - size
+        return budget
+
+    def start_running(self, sequence: Sequence) -> None:
+        """A fully prefilled sequence becomes the last row of the decode batch."""
+        self.prefilling.remove(sequence)
+        sequence.status = SequenceStatus.RUNNING
+        self.running.append(sequence)
+
+    def remove(self, sequence: Sequence) -> None:
+        """Forget a finished or aborted sequence wherever it is."""
+        for queue in (self.running, self.prefilling):
+            if sequence in queue:
+                queue.remove(sequence)
+                return
+        if sequence in self.waiting:
+            self.waiting.remove(sequence)
+
+    def find(self, request_id: str) -> Sequence | None:
+        for sequence in (*self.waiting, *self.prefilling, *self.running):
+            if sequence.request_id == request_id:
+                return sequence
+        return None

@@ -1,0 +1,124 @@
+"""One request's state inside the engine: its tokens, lifecycle, and text post-processing.
+
+A Sequence turns each sampled token id into a TokenEvent (detokenize -> stop check -> finish?).
+It owns no model state; the KV cache lives in the runner's batch, keyed by the sequence.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from app.engine.detokenizer import IncrementalDetokenizer
+from app.engine.sampler import PenaltyState
+from app.engine.stopping import StopMatcher, check_token_stop
+from app.engine.types import FinishReason, SamplingParams, TokenEvent
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"  # queued, nothing computed
+    PREFILLING = "prefilling"  # prompt partly in its own KV cache (chunked prefill)
+    RUNNING = "running"  # a row of the decode batch
+    FINISHED_STOPPED = "finished_stopped"
+    FINISHED_LENGTH = "finished_length"
+    FINISHED_ABORTED = "finished_aborted"
+
+    @property
+    def is_finished(self) -> bool:
+        return self in _FINISH_REASONS or self is SequenceStatus.FINISHED_ABORTED
+
+
+# The one table from lifecycle state to OpenAI finish_reason.
+_FINISH_REASONS = {
+    SequenceStatus.FINISHED_STOPPED: FinishReason.STOP,
+    SequenceStatus.FINISHED_LENGTH: FinishReason.LENGTH,
+}
+
+EventSink = Callable[[TokenEvent | BaseException], None]
+
+
+@dataclass(eq=False)
+class Sequence:
+    """A request as the engine sees it. `params.max_tokens` is already resolved to an int."""
+
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    eos_token_ids: frozenset[int]
+    detokenizer: IncrementalDetokenizer
+    generator: torch.Generator | None
+    sink: EventSink
+    stop_matcher: StopMatcher = field(init=False)
+    output_ids: list[int] = field(default_factory=list)
+    status: SequenceStatus = SequenceStatus.WAITING
+    num_prefilled: int = 0
+    # Token statistics for repetition/presence/frequency penalties; built only when params ask.
+    penalties: PenaltyState | None = None
+
+    def __post_init__(self) -> None:
+        self.stop_matcher = StopMatcher(self.params.stop)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.output_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def max_tokens(self) -> int:
+        assert self.params.max_tokens is not None, "max_tokens is resolved at admission"
+        return self.params.max_tokens
+
+    @property
+    def finish_reason(self) -> FinishReason | None:
+        return _FINISH_REASONS.get(self.status)
+
+    def append_token(self, token_id: int) -> TokenEvent:
+        """Record one sampled token and return the event it produces (final if the sequence ended)."""
+        self.output_ids.append(token_id)
+        self._count(token_id)
+        if self._is_stop_token(token_id):
+            text = self.stop_matcher.push(self.detokenizer.flush())[0] + self.stop_matcher.flush()
+            return self._finish(SequenceStatus.FINISHED_STOPPED, text, token_id)
+        text, stopped = self.stop_matcher.push(self.detokenizer.step(token_id))
+        if stopped:
+            return self._finish(SequenceStatus.FINISHED_STOPPED, text, token_id)
+        if self.num_output_tokens >= self.max_tokens:
+            tail, stopped = self.stop_matcher.push(self.detokenizer.flush())
+            text += tail if stopped else tail + self.stop_matcher.flush()
+            status = SequenceStatus.FINISHED_STOPPED if stopped else SequenceStatus.FINISHED_LENGTH
+            return self._finish(status, text, token_id)
+        return self._event(text, token_id)
+
+    def abort(self) -> None:
+        self.status = SequenceStatus.FINISHED_ABORTED
+
+    def _is_stop_token(self, token_id: int) -> bool:
+        p = self.params
+        return check_token_stop(token_id, self.eos_token_ids, p.stop_token_ids, p.ignore_eos)
+
+    def _finish(self, status: SequenceStatus, text: str, token_id: int) -> TokenEvent:
+        self.status = status
+        return self._event(text, token_id)
+
+    def _event(self, text: str, token_id: int) -> TokenEvent:
+        return TokenEvent(
+            text=text,
+            token_ids=(token_id,),
+            num_prompt_tokens=self.num_prompt_tokens,
+            num_completion_tokens=self.num_output_tokens,
+            finish_reason=self.finish_reason,
+        )
+
+    def _count(self, token_id: int) -> None:
+        if self.penalties is not None:
+            self.penalties.append(token_id)

@@ -1,0 +1,64 @@
+"""Shared fixtures: a tiny random Llama with a locally trained tokenizer, saved like a hub folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CORPUS = [
+    "The capital of France is Paris. The capital of Japan is Tokyo.",
+    "Hello world! How are you today? I am fine, thank you.",
+    "東京は日本の首都です。 Emoji: 👋🏽 🎉 ✨ and café naïve.",
+    "def main():\n    print('hello')\n    return 42\n",
+] * 20
+
+
+def build_tiny_model(folder: Path, seed: int = 0) -> Path:
+    """A 2-layer GQA Llama (hidden 64) with a byte-level BPE tokenizer, saved to `folder`."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", bos_token="<|endoftext|>",
+        pad_token="<|endoftext|>", unk_token="<|endoftext|>",
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        eos_token_id=eos_id, bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=True,
+        initializer_range=0.5,  # larger than usual, so greedy text varies instead of repeating
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config = GenerationConfig(eos_token_id=[eos_id], bos_token_id=tokenizer.bos_token_id)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_model_dir: Path):
+    """The tiny model loaded through the real loader, in fp32 on the CPU."""
+    from app.engine.loader import LoadConfig, load
+
+    return load(LoadConfig(str(tiny_model_dir), device="cpu", dtype="float32"))

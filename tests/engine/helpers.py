@@ -1,0 +1,56 @@
+"""Drive EngineCore synchronously with made-up requests, step by step."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from app.engine.core import EngineCore
+from app.engine.detokenizer import IncrementalDetokenizer
+from app.engine.engine import kv_bytes_per_token
+from app.engine.runner import ModelRunner
+from app.engine.sampler import make_generator
+from app.engine.scheduler import Scheduler, SchedulerConfig
+from app.engine.sequence import Sequence
+from app.engine.types import SamplingParams, TokenEvent
+
+
+def make_core(loaded, **scheduler) -> EngineCore:
+    config = SchedulerConfig(kv_bytes_per_token=kv_bytes_per_token(loaded), **scheduler)
+    vocab = loaded.model.config.vocab_size
+    return EngineCore(ModelRunner(loaded.model, loaded.device), Scheduler(config), vocab)
+
+
+def make_sequence(loaded, request_id: str, prompt_ids: list[int], params: SamplingParams,
+                  events: list) -> Sequence:
+    if params.max_tokens is None:
+        params = replace(params, max_tokens=loaded.max_position_embeddings - len(prompt_ids))
+    generator = None if params.is_greedy else make_generator(params.seed, loaded.device)
+    return Sequence(request_id, list(prompt_ids), params, frozenset(loaded.eos_token_ids),
+                    IncrementalDetokenizer(loaded.tokenizer, prompt_ids), generator, events.append)
+
+
+def run_to_end(core: EngineCore, joins: dict[int, list[Sequence]] | None = None,
+               max_steps: int = 10_000) -> None:
+    """Step until idle; `joins` maps a step number to sequences added just before that step."""
+    joins = dict(joins or {})
+    for step in range(max_steps):
+        for sequence in joins.pop(step, []):
+            core.add(sequence)
+        if not core.has_work and not joins:
+            return
+        if core.has_work:
+            core.step()
+    raise AssertionError("the engine did not finish")
+
+
+def output_of(events: list[TokenEvent]) -> tuple[list[int], str, str | None]:
+    ids = [i for e in events for i in e.token_ids]
+    reason = events[-1].finish_reason.value if events and events[-1].finish_reason else None
+    return ids, "".join(e.text for e in events), reason
+
+
+def run_alone(loaded, prompt_ids: list[int], params: SamplingParams, **scheduler):
+    events: list[TokenEvent] = []
+    core = make_core(loaded, **scheduler)
+    run_to_end(core, {0: [make_sequence(loaded, "alone", prompt_ids, params, events)]})
+    return output_of(events)

@@ -1,0 +1,122 @@
+"""Continuous batching must not change any request's output (tiny random Llama, fp32)."""
+
+from __future__ import annotations
+
+import torch
+
+from app.engine.types import SamplingParams
+from tests.engine.helpers import make_core, make_sequence, output_of, run_alone, run_to_end
+
+PROMPTS = [
+    "The capital of France",
+    "Hello world! How are you today? I am fine, thank you. The capital of Japan is",
+    "東京",
+    "def main():\n    print('hello')\n",
+    "Emoji: 👋🏽 and café",
+]
+
+
+def _ids(loaded, text: str) -> list[int]:
+    return loaded.tokenizer.encode(text)
+
+
+def _run_batched(loaded, requests: list[tuple[list[int], SamplingParams]], join_steps: list[int],
+                 **scheduler):
+    core = make_core(loaded, **scheduler)
+    events = [[] for _ in requests]
+    joins: dict[int, list] = {}
+    for index, ((ids, params), step) in enumerate(zip(requests, join_steps)):
+        joins.setdefault(step, []).append(make_sequence(loaded, f"r{index}", ids, params, events[index]))
+    run_to_end(core, joins)
+    assert core.scheduler.num_unfinished == 0 and core.kv_cache_bytes == 0
+    return [output_of(e) for e in events]
+
+
+def test_greedy_rows_joining_and_leaving_match_running_alone(tiny_loaded):
+    requests = [(_ids(tiny_loaded, p), SamplingParams(temperature=0, max_tokens=8 + 5 * i, ignore_eos=True))
+                for i, p in enumerate(PROMPTS)]
+    alone = [run_alone(tiny_loaded, ids, params) for ids, params in requests]
+    batched = _run_batched(tiny_loaded, requests, join_steps=[0, 0, 3, 7, 12])
+    # fp32 on one CPU: padding changes reduction order only slightly, so ties are not an issue here.
+    assert batched == alone
+
+
+def test_seeded_sampling_is_identical_alone_and_batched(tiny_loaded):
+    sampled = SamplingParams(temperature=1.0, top_p=0.9, top_k=50, seed=1234, max_tokens=20, ignore_eos=True)
+    ids = _ids(tiny_loaded, PROMPTS[0])
+    alone = run_alone(tiny_loaded, ids, sampled)
+    noise = [(_ids(tiny_loaded, p), SamplingParams(temperature=1.3, max_tokens=15, ignore_eos=True))
+             for p in PROMPTS[1:4]]
+    batched = _run_batched(tiny_loaded, noise[:2] + [(ids, sampled)] + noise[2:], [0, 0, 2, 5])
+    assert batched[2] == alone
+    different_seed = run_alone(tiny_loaded, ids, SamplingParams(**{**sampled.__dict__, "seed": 99}))
+    assert different_seed[0] != alone[0]
+
+
+def test_cancelling_a_row_leaves_the_others_unchanged_and_frees_memory(tiny_loaded):
+    requests = [(_ids(tiny_loaded, p), SamplingParams(temperature=0, max_tokens=20, ignore_eos=True))
+                for p in PROMPTS[:3]]
+    alone = [run_alone(tiny_loaded, ids, params) for ids, params in requests]
+    core = make_core(tiny_loaded)
+    events = [[] for _ in requests]
+    for index, (ids, params) in enumerate(requests):
+        core.add(make_sequence(tiny_loaded, f"r{index}", ids, params, events[index]))
+    for _ in range(5):
+        core.step()
+    bytes_with_three = core.kv_cache_bytes
+    assert core.abort("r1") and not core.abort("r1")
+    assert core.kv_cache_bytes < bytes_with_three
+    run_to_end(core)
+    assert output_of(events[0]) == alone[0] and output_of(events[2]) == alone[2]
+    assert events[1][-1].finish_reason is None and len(events[1]) < 20
+    assert core.scheduler.num_unfinished == 0 and core.kv_cache_bytes == 0
+
+
+def test_stops_max_tokens_and_eos_per_row_match_the_single_path(tiny_loaded):
+    base = run_alone(tiny_loaded, _ids(tiny_loaded, PROMPTS[1]),
+                     SamplingParams(temperature=0, max_tokens=30, ignore_eos=True))
+    text = base[1]
+    stop = text[len(text) // 2: len(text) // 2 + 2]
+    eos_like = base[0][6]  # a token id the model emits: treat it as a stop token
+    requests = [
+        (_ids(tiny_loaded, PROMPTS[1]), SamplingParams(temperature=0, max_tokens=30, stop=(stop,))),
+        (_ids(tiny_loaded, PROMPTS[1]), SamplingParams(temperature=0, max_tokens=30,
+                                                        stop_token_ids=(eos_like,))),
+        (_ids(tiny_loaded, PROMPTS[0]), SamplingParams(temperature=0, max_tokens=3)),
+        (_ids(tiny_loaded, PROMPTS[3]), SamplingParams(temperature=0, max_tokens=25, ignore_eos=True)),
+    ]
+    alone = [run_alone(tiny_loaded, ids, params) for ids, params in requests]
+    batched = _run_batched(tiny_loaded, requests, [0, 1, 1, 0])
+    assert batched == alone
+    assert alone[0][2] == "stop" and stop not in alone[0][1] and text.startswith(alone[0][1])
+    assert alone[1][2] == "stop" and alone[1][0][-1] == eos_like
+    assert alone[2][2] == "length" and len(alone[2][0]) == 3
+
+
+def test_penalties_and_bias_rows_batch_like_alone(tiny_loaded):
+    params = [
+        SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, repetition_penalty=1.3),
+        SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, presence_penalty=1.5,
+                       frequency_penalty=0.5),
+        SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logit_bias=((100, 100.0),)),
+        SamplingParams(temperature=0, max_tokens=12, ignore_eos=True),
+    ]
+    requests = [(_ids(tiny_loaded, PROMPTS[i]), p) for i, p in enumerate(params)]
+    alone = [run_alone(tiny_loaded, ids, p) for ids, p in requests]
+    assert _run_batched(tiny_loaded, requests, [0, 0, 1, 2]) == alone
+    assert alone[2][0] == [100] * 12  # +100 bias forces the token
+
+
+def test_kv_memory_is_reported_and_bounded(tiny_loaded):
+    core = make_core(tiny_loaded, max_running=2)
+    events = [[] for _ in range(3)]
+    for index in range(3):
+        core.add(make_sequence(tiny_loaded, f"r{index}", _ids(tiny_loaded, PROMPTS[index]),
+                               SamplingParams(temperature=0, max_tokens=10, ignore_eos=True), events[index]))
+    core.step()
+    assert len(core.scheduler.admitted) == 2 and len(core.scheduler.waiting) == 1
+    assert core.kv_cache_bytes > 0
+    run_to_end(core)
+    assert all(e[-1].finish_reason is not None for e in events)
+    assert core.kv_cache_bytes == 0
+    assert torch.is_tensor(core.batch.mask)
