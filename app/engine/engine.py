@@ -22,6 +22,7 @@ import torch
 from app.engine.core import EngineCore
 from app.engine.detokenizer import IncrementalDetokenizer
 from app.engine.errors import ContextLengthExceeded, EngineDead, EngineError, InvalidRequest, Overloaded
+from app.engine.kv_batch import check_plain_cache
 from app.engine.loader import LoadConfig, LoadedModel, load
 from app.engine.prompts import PromptEncoder
 from app.engine.runner import ModelRunner
@@ -75,7 +76,9 @@ class Engine:
         vocab = int(loaded.model.config.get_text_config().vocab_size)
         max_len = min(self.config.max_model_len or loaded.max_position_embeddings, loaded.max_position_embeddings)
         sched = replace(self.config.scheduler, kv_bytes_per_token=kv_bytes_per_token(loaded))
-        self._core = EngineCore(ModelRunner(loaded.model, loaded.device), Scheduler(sched), vocab)
+        runner = ModelRunner(loaded.model, loaded.device)
+        check_plain_cache(runner.new_cache())  # refuse sliding/linear-attention models up front
+        self._core = EngineCore(runner, Scheduler(sched), vocab)
         self.encoder = PromptEncoder(loaded.tokenizer, vocab)
         self.info = ModelInfo(self.config.served_model_name, max_len, vocab, loaded.eos_token_ids,
                               self.encoder.has_chat_template, int(time.time()))

@@ -8,6 +8,7 @@ padded to the longest row), so a running batch never outgrows the budget.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from app.engine.errors import Overloaded
@@ -82,23 +83,23 @@ class Scheduler:
     def schedule(self) -> StepPlan:
         plan = StepPlan(decode=list(self.running))
         budget = self.config.max_batched_tokens - len(plan.decode)
-        for sequence in self.prefilling:
-            budget = self._plan_chunk(plan, sequence, budget)
-        while self.waiting and budget > 0 and self.can_admit(self.waiting[0]):
+        for sequence in self._prefill_candidates():
+            # At least one prompt chunk per step, so a full decode batch cannot starve prefill.
+            if budget <= 0 and plan.prefill:
+                break
+            size = min(max(budget, 1), sequence.num_prompt_tokens - sequence.num_prefilled)
+            plan.prefill.append(PrefillChunk(sequence, sequence.num_prefilled, sequence.num_prefilled + size))
+            budget -= size
+        return plan
+
+    def _prefill_candidates(self) -> Iterator[Sequence]:
+        """Sequences already prefilling, then waiting ones admitted one at a time as they are taken."""
+        yield from list(self.prefilling)
+        while self.waiting and self.can_admit(self.waiting[0]):
             sequence = self.waiting.popleft()
             sequence.status = SequenceStatus.PREFILLING
             self.prefilling.append(sequence)
-            budget = self._plan_chunk(plan, sequence, budget)
-        return plan
-
-    def _plan_chunk(self, plan: StepPlan, sequence: Sequence, budget: int) -> int:
-        # At least one token per step, so a full decode batch cannot starve prefill forever.
-        size = min(max(budget, 1), sequence.num_prompt_tokens - sequence.num_prefilled)
-        if not plan.prefill or budget > 0:
-            start = sequence.num_prefilled
-            plan.prefill.append(PrefillChunk(sequence, start, start + size))
-            return budget - size
-        return budget
+            yield sequence
 
     def start_running(self, sequence: Sequence) -> None:
         """A fully prefilled sequence becomes the last row of the decode batch."""

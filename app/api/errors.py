@@ -1,0 +1,80 @@
+"""Every error leaves as OpenAI's `{"error": {message, type, param, code}}`, mapped by type in one table."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.engine.errors import ContextLengthExceeded, EngineDead, EngineError, InvalidRequest, Overloaded
+
+log = logging.getLogger(__name__)
+
+
+class ModelNotFound(Exception):
+    def __init__(self, model: str) -> None:
+        super().__init__(f"the model {model!r} does not exist; GET /v1/models lists the served model")
+
+
+# type -> (HTTP status, OpenAI error type, code); the first matching entry wins (subclasses first).
+ERROR_TABLE: list[tuple[type[BaseException], int, str, str | None]] = [
+    (ContextLengthExceeded, 400, "invalid_request_error", "context_length_exceeded"),
+    (InvalidRequest, 400, "invalid_request_error", None),
+    (ModelNotFound, 404, "invalid_request_error", "model_not_found"),
+    (Overloaded, 429, "rate_limit_error", "overloaded"),
+    (EngineDead, 503, "service_unavailable", "engine_unavailable"),
+    (EngineError, 500, "server_error", None),
+]
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def describe(exc: BaseException) -> tuple[int, dict]:
+    """HTTP status and OpenAI error body for any exception (unknown ones become a 500)."""
+    for error_type, status, type_, code in ERROR_TABLE:
+        if isinstance(exc, error_type):
+            return status, error_body(str(exc), type_, getattr(exc, "param", None), code)
+    return 500, error_body("internal server error", "server_error")
+
+
+def _validation_param(error: dict) -> str | None:
+    loc = [str(part) for part in error.get("loc", ()) if part != "body"]
+    return ".".join(loc) or None
+
+
+def _validation_response(_: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {}
+    param = _validation_param(first)
+    if first.get("type") == "json_invalid":
+        message = f"the body is not valid JSON: {first.get('ctx', {}).get('error', 'parse error')}"
+    else:
+        message = f"{param or 'body'}: {first.get('msg', 'invalid value')}"
+    return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
+
+
+def _http_response(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    return JSONResponse(error_body(str(exc.detail), type_), status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
+
+
+def _typed_response(_: Request, exc: Exception) -> JSONResponse:
+    status, body = describe(exc)
+    if status >= 500:
+        log.error("request failed: %r", exc, exc_info=exc if status == 500 else None)
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Overloaded) else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_response)
+    app.add_exception_handler(StarletteHTTPException, _http_response)
+    for error_type in {entry[0] for entry in ERROR_TABLE}:
+        app.add_exception_handler(error_type, _typed_response)
+    # Anything else is a bug: still answer in the OpenAI shape (Starlette also logs it).
+    app.add_exception_handler(Exception, _typed_response)

@@ -1,0 +1,166 @@
+"""OpenAI wire types. The only place OpenAI field names live; every bound is a Field constraint.
+
+Requests convert themselves into engine SamplingParams; responses and chunks are built in framing.py.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from app.engine.types import SamplingParams
+
+MAX_STOP_STRINGS = 4
+MAX_STOP_LENGTH = 256
+MAX_LOGIT_BIAS = 300
+
+Temperature = Annotated[float, Field(ge=0.0, le=2.0, description="0 = greedy; higher = more random")]
+TopP = Annotated[float, Field(gt=0.0, le=1.0, description="nucleus sampling mass")]
+TopK = Annotated[int, Field(ge=-1, description="-1 or 0 disables; otherwise keep the k most likely")]
+MinP = Annotated[float, Field(ge=0.0, le=1.0, description="drop tokens below min_p * top probability")]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0, description="OpenAI additive penalty")]
+RepetitionPenalty = Annotated[float, Field(gt=0.0, le=10.0, description="HF multiplicative penalty; 1 = off")]
+MaxTokens = Annotated[int, Field(ge=1, description="tokens to generate; default: the rest of the context")]
+Seed = Annotated[int, Field(ge=-(2**63), lt=2**64, description="same seed, same text")]
+StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_LENGTH)]
+Stop = StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None
+LogitBias = Annotated[dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]], Field(max_length=MAX_LOGIT_BIAS)]
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _GenerationRequest(BaseModel):
+    """Fields shared by both endpoints."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    max_tokens: MaxTokens | None = None
+    temperature: Temperature = 1.0
+    top_p: TopP = 1.0
+    top_k: TopK = -1
+    min_p: MinP = 0.0
+    presence_penalty: Penalty = 0.0
+    frequency_penalty: Penalty = 0.0
+    repetition_penalty: RepetitionPenalty = 1.0
+    logit_bias: LogitBias | None = None
+    seed: Seed | None = None
+    stop: Stop = None
+    n: Annotated[int, Field(ge=1, le=1, description="choices per request; only 1 is served")] = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_id_keys(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key in value or {}:
+            if not key.lstrip("-").isdigit():
+                raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
+        return value
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def _max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def to_sampling_params(self) -> SamplingParams:
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return SamplingParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty,
+            logit_bias=tuple((int(k), float(v)) for k, v in (self.logit_bias or {}).items()),
+            seed=self.seed,
+            max_tokens=self._max_tokens(),
+            stop=stop,
+        )
+
+
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+
+
+class CompletionRequest(_GenerationRequest):
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] | TokenIds | Annotated[
+        list[TokenIds], Field(min_length=1, max_length=1)]
+    echo: bool = False
+    suffix: str | None = None
+    logprobs: int | None = None
+    best_of: Annotated[int, Field(ge=1, le=1)] | None = None
+
+    @model_validator(mode="after")
+    def _unsupported(self) -> CompletionRequest:
+        if self.suffix:
+            raise ValueError("suffix (fill-in-the-middle) is not supported by this server")
+        if self.logprobs is not None:
+            raise ValueError("logprobs are not supported by this server")
+        return self
+
+    def prompt_text(self) -> str | None:
+        if isinstance(self.prompt, str):
+            return self.prompt
+        if isinstance(self.prompt[0], str):
+            return self.prompt[0]
+        return None
+
+    def prompt_ids(self) -> list[int] | None:
+        if isinstance(self.prompt, list) and isinstance(self.prompt[0], int):
+            return list(self.prompt)  # type: ignore[arg-type]
+        if isinstance(self.prompt, list) and isinstance(self.prompt[0], list):
+            return list(self.prompt[0])
+        return None
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | Annotated[list[TextPart], Field(min_length=1)] | None = None
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _has_content(self) -> ChatMessage:
+        if self.content is None:
+            raise ValueError(f"a {self.role} message needs content")
+        return self
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content or [])
+
+
+class ChatCompletionRequest(_GenerationRequest):
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: MaxTokens | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+
+    @model_validator(mode="after")
+    def _unsupported(self) -> ChatCompletionRequest:
+        if self.logprobs or self.top_logprobs:
+            raise ValueError("logprobs are not supported by this server")
+        return self
+
+    def _max_tokens(self) -> int | None:
+        # OpenAI's newer name wins when both are given.
+        return self.max_completion_tokens or self.max_tokens
+
+    def template_messages(self) -> list[dict[str, str]]:
+        # "developer" is OpenAI's newer name for "system"; model templates know only the latter.
+        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                for m in self.messages]

@@ -1,0 +1,81 @@
+"""Scheduler bookkeeping with made-up sequences: budgets, admission, order. No model."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.engine.errors import Overloaded
+from app.engine.scheduler import Scheduler, SchedulerConfig
+from app.engine.sequence import Sequence, SequenceStatus
+from app.engine.types import SamplingParams
+
+
+class _NoText:
+    def step(self, token_id: int) -> str:
+        return ""
+
+    def flush(self) -> str:
+        return ""
+
+
+def _seq(name: str, prompt_len: int, max_tokens: int = 10) -> Sequence:
+    return Sequence(name, list(range(prompt_len)), SamplingParams(max_tokens=max_tokens),
+                    frozenset(), _NoText(), None, lambda event: None)
+
+
+def test_prompt_chunks_share_the_budget_left_by_decode_rows():
+    sched = Scheduler(SchedulerConfig(max_batched_tokens=100))
+    running = [_seq(f"r{i}", 5) for i in range(3)]
+    for s in running:
+        sched.add(s)
+    plan = sched.schedule()
+    assert [(c.sequence.request_id, c.start, c.end) for c in plan.prefill] == [
+        ("r0", 0, 5), ("r1", 0, 5), ("r2", 0, 5)]
+    for chunk in plan.prefill:
+        chunk.sequence.num_prefilled = chunk.end
+        sched.start_running(chunk.sequence)
+    long = _seq("long", 300)
+    sched.add(long)
+    plan = sched.schedule()
+    assert plan.decode == running
+    assert [(c.start, c.end) for c in plan.prefill] == [(0, 97)]
+    long.num_prefilled = 97
+    plan = sched.schedule()
+    assert [(c.start, c.end, c.is_last) for c in plan.prefill] == [(97, 194, False)]
+
+
+def test_a_full_decode_batch_still_advances_prefill_by_a_token():
+    sched = Scheduler(SchedulerConfig(max_batched_tokens=16, max_running=64))
+    for i in range(16):
+        s = _seq(f"r{i}", 1)
+        sched.add(s)
+        plan = sched.schedule()
+        s.num_prefilled = 1
+        sched.start_running(s)
+    sched.add(_seq("late", 8))
+    plan = sched.schedule()
+    assert len(plan.decode) == 16 and [(c.start, c.end) for c in plan.prefill] == [(0, 1)]
+
+
+def test_admission_respects_max_running_and_kv_budget():
+    sched = Scheduler(SchedulerConfig(max_running=2, kv_budget_bytes=1000, kv_bytes_per_token=10))
+    a, b, c = _seq("a", 20, 20), _seq("b", 20, 20), _seq("c", 5, 5)
+    for s in (a, b, c):
+        sched.add(s)
+    sched.schedule()
+    # a alone reserves 40 tokens * 10 B = 400; a + b reserve 2 * 40 * 10 = 800; c would make 1200.
+    assert sched.admitted == [a, b] and list(sched.waiting) == [c]
+    assert a.status is SequenceStatus.PREFILLING
+    assert not sched.fits_alone(_seq("huge", 90, 20))
+
+
+def test_waiting_queue_is_bounded_and_abort_finds_everywhere():
+    sched = Scheduler(SchedulerConfig(max_waiting=2))
+    sched.add(_seq("a", 3))
+    sched.add(_seq("b", 3))
+    with pytest.raises(Overloaded):
+        sched.add(_seq("c", 3))
+    b = sched.find("b")
+    assert b is not None
+    sched.remove(b)
+    assert sched.find("b") is None and sched.num_unfinished == 1
