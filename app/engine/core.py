@@ -11,10 +11,10 @@ import torch
 from transformers import DynamicCache
 
 from app.engine import sampler
-from app.engine.kv_batch import KVBatch
+from app.engine.kv_batch import KVBatch, select_rows
 from app.engine.runner import ModelRunner
 from app.engine.sampler import PenaltyState, SamplingTensors
-from app.engine.scheduler import PrefillChunk, Scheduler
+from app.engine.scheduler import PrefillChunk, Scheduler, group_by_length
 from app.engine.sequence import Sequence
 
 
@@ -59,15 +59,28 @@ class EngineCore:
         plan = self.scheduler.schedule()
         if plan.decode:
             self._decode(plan.decode)
+        whole = [c.sequence for c in plan.prefill if c.start == 0 and c.is_last]
         for chunk in plan.prefill:
-            self._prefill(chunk)
+            if chunk.sequence not in whole:
+                self._prefill_chunk(chunk)
+        for group in group_by_length(whole):
+            self._prefill_whole(group)
 
     def _decode(self, rows: list[Sequence]) -> None:
         logits = self.runner.decode(self.batch, [s.output_ids[-1] for s in rows])
         self._sample_and_emit(rows, logits)
         self._release([s for s in rows if s.status.is_finished])
 
-    def _prefill(self, chunk: PrefillChunk) -> None:
+    def _prefill_whole(self, group: list[Sequence]) -> None:
+        """Short prompts that fit this step: one padded forward for the whole group."""
+        for sequence in group:
+            self._init_penalties(sequence)
+            sequence.num_prefilled = sequence.num_prompt_tokens
+        cache, mask, logits = self.runner.prefill_batch([s.prompt_ids for s in group])
+        self._start_rows(group, cache, mask, logits)
+
+    def _prefill_chunk(self, chunk: PrefillChunk) -> None:
+        """Part of a long prompt into the sequence's own cache; it joins the batch after its last chunk."""
         sequence = chunk.sequence
         cache = self._prefill_caches.get(sequence)
         if cache is None:
@@ -75,14 +88,24 @@ class EngineCore:
             self._init_penalties(sequence)
         logits = self.runner.prefill(cache, sequence.prompt_ids[chunk.start:chunk.end], chunk.start)
         sequence.num_prefilled = chunk.end
-        if not chunk.is_last:
+        if chunk.is_last:
+            del self._prefill_caches[sequence]
+            mask = torch.ones((1, sequence.num_prompt_tokens), dtype=torch.long, device=self.runner.device)
+            self._start_rows([sequence], cache, mask, logits.unsqueeze(0))
+
+    def _start_rows(self, group: list[Sequence], cache: DynamicCache, mask: torch.Tensor,
+                    logits: torch.Tensor) -> None:
+        """Sample each prefilled sequence's first token; those not finished join the decode batch."""
+        self._sample_and_emit(group, logits)
+        keep = [row for row, s in enumerate(group) if not s.status.is_finished]
+        self._release([s for s in group if s.status.is_finished])
+        if not keep:
             return
-        self._sample_and_emit([sequence], logits.unsqueeze(0))
-        if sequence.status.is_finished:
-            self._release([sequence])
-            return
-        self.batch.join(self._prefill_caches.pop(sequence), sequence.num_prompt_tokens)
-        self.scheduler.start_running(sequence)
+        if len(keep) < len(group):
+            mask = mask.index_select(0, select_rows(cache, keep))
+        self.batch.join(cache, mask)
+        for row in keep:
+            self.scheduler.start_running(group[row])
 
     def _sample_and_emit(self, rows: list[Sequence], logits: torch.Tensor) -> None:
         tensors = SamplingTensors.from_params([s.params for s in rows], logits.shape[-1], logits.device)

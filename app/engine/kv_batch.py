@@ -30,6 +30,15 @@ def _left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
     return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
 
 
+def select_rows(cache: DynamicCache, rows: list[int]) -> torch.Tensor:
+    """Keep only `rows` of every layer, in that order; returns the index tensor used."""
+    index = torch.tensor(rows, dtype=torch.long, device=cache.layers[0].keys.device)
+    for layer in cache.layers:
+        layer.keys = layer.keys.index_select(0, index)
+        layer.values = layer.values.index_select(0, index)
+    return index
+
+
 class KVBatch:
     """KV tensors [rows, heads, columns, head_dim] per layer, with a mask [rows, columns]."""
 
@@ -53,21 +62,21 @@ class KVBatch:
             return 0
         return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.cache.layers)
 
-    def join(self, cache: DynamicCache, length: int) -> None:
-        """Append one prefilled sequence (a batch-of-one cache holding `length` tokens) as the last row."""
+    def join(self, cache: DynamicCache, mask: torch.Tensor) -> None:
+        """Append prefilled rows: their own left-padded cache and mask [rows, columns] go last."""
         check_plain_cache(cache)
+        lengths = mask.sum(dim=1)
         if self.cache is None or self.num_rows == 0:
-            self.cache = cache
-            self.mask = torch.ones((1, length), dtype=torch.long, device=self.device)
-            self.positions = torch.tensor([length], dtype=torch.long, device=self.device)
+            self.cache, self.mask, self.positions = cache, mask, lengths
+            self._trim()
             return
-        columns = max(self.num_columns, length)
+        columns = max(self.num_columns, int(mask.shape[1]))
         for mine, theirs in zip(self.cache.layers, cache.layers):
             mine.keys = torch.cat([_left_pad(mine.keys, columns, 2), _left_pad(theirs.keys, columns, 2)])
             mine.values = torch.cat([_left_pad(mine.values, columns, 2), _left_pad(theirs.values, columns, 2)])
-        new_mask = torch.ones((1, length), dtype=torch.long, device=self.device)
-        self.mask = torch.cat([_left_pad(self.mask, columns, 1), _left_pad(new_mask, columns, 1)])
-        self.positions = torch.cat([self.positions, self.positions.new_tensor([length])])
+        self.mask = torch.cat([_left_pad(self.mask, columns, 1), _left_pad(mask, columns, 1)])
+        self.positions = torch.cat([self.positions, lengths])
+        self._trim()
 
     def keep(self, rows: list[int]) -> None:
         """Keep only `rows` (in that order), then drop padding columns that every remaining row has."""
@@ -76,11 +85,8 @@ class KVBatch:
             return
         if rows == list(range(self.num_rows)):
             return
-        index = torch.tensor(rows, dtype=torch.long, device=self.device)
         assert self.cache is not None
-        for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, index)
-            layer.values = layer.values.index_select(0, index)
+        index = select_rows(self.cache, rows)
         self.mask = self.mask.index_select(0, index)
         self.positions = self.positions.index_select(0, index)
         self._trim()

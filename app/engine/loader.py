@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
-from transformers import PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +108,3 @@ def load(config: LoadConfig) -> LoadedModel:
     max_pos = int(getattr(hf_model.config, "max_position_embeddings", 0) or 2048)
     return LoadedModel(hf_model, tokenizer, eos_token_ids(hf_model, tokenizer), max_pos, device, dtype)
 
-
-def generation_config_of(model: str) -> GenerationConfig | None:
-    """The model folder's generation_config.json, if it has one."""
-    source, _ = split_gguf_reference(model)
-    try:
-        return GenerationConfig.from_pretrained(source)
-    except (OSError, ValueError):
-        return None

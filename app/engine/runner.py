@@ -37,6 +37,22 @@ class ModelRunner:
         return logits[0]
 
     @torch.inference_mode()
+    def prefill_batch(self, prompts: list[list[int]]) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
+        """Run whole prompts together, left-padded: (their cache, mask [n, width], last logits [n, V])."""
+        width = max(len(p) for p in prompts)
+        input_ids = torch.zeros((len(prompts), width), dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, width - len(prompt):] = torch.tensor(prompt)
+            mask[row, width - len(prompt):] = 1
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        cache = self.new_cache()
+        unpadded = all(len(p) == width for p in prompts)
+        logits = self._forward(input_ids, None if unpadded else mask, positions, cache)
+        return cache, mask, logits
+
+    @torch.inference_mode()
     def decode(self, batch: KVBatch, last_tokens: list[int]) -> torch.Tensor:
         """Feed each row its last sampled token; return next-token logits [rows, V]."""
         input_ids = torch.tensor(last_tokens, dtype=torch.long, device=self.device).unsqueeze(1)

@@ -45,6 +45,25 @@ class StepPlan:
         return not self.prefill and not self.decode
 
 
+def group_by_length(sequences: list[Sequence], max_padding: float = 0.25) -> list[list[Sequence]]:
+    """Split whole-prompt prefills into groups run as one padded forward each.
+
+    Sorted by prompt length; a group grows while its padding stays within `max_padding` of its real
+    tokens, so one long prompt does not make many short ones compute padding.
+    """
+    groups: list[list[Sequence]] = []
+    real = 0
+    for sequence in sorted(sequences, key=lambda s: s.num_prompt_tokens):
+        length = sequence.num_prompt_tokens
+        if groups and (len(groups[-1]) + 1) * length <= (1 + max_padding) * (real + length):
+            groups[-1].append(sequence)
+            real += length
+        else:
+            groups.append([sequence])
+            real = length
+    return groups
+
+
 class Scheduler:
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config

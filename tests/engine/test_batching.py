@@ -120,3 +120,13 @@ def test_kv_memory_is_reported_and_bounded(tiny_loaded):
     assert all(e[-1].finish_reason is not None for e in events)
     assert core.kv_cache_bytes == 0
     assert torch.is_tensor(core.batch.mask)
+
+
+def test_prompts_prefilled_together_with_padding_match_running_alone(tiny_loaded):
+    texts = ["Hello world! How are you", "Hello world! How are you?", "Hello world! How are you today"]
+    requests = [(_ids(tiny_loaded, t), SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))
+                for t in texts]
+    lengths = sorted(len(ids) for ids, _ in requests)
+    assert lengths[0] < lengths[-1] and 3 * lengths[-1] <= 1.25 * sum(lengths)  # one padded group
+    alone = [run_alone(tiny_loaded, ids, params) for ids, params in requests]
+    assert _run_batched(tiny_loaded, requests, [0, 0, 0]) == alone

@@ -47,7 +47,19 @@ def test_incremental_logits_match_full_forward(tiny_loaded):
     last = runner.prefill(cache, ids[split:-3], split)
     full = runner.full_logits(ids)
     torch.testing.assert_close(last, full[len(ids) - 4], atol=1e-4, rtol=1e-4)
-    core.batch.join(cache, len(ids) - 3)
+    core.batch.join(cache, torch.ones((1, len(ids) - 3), dtype=torch.long))
     for position in range(len(ids) - 3, len(ids)):
         step = core.runner.decode(core.batch, [ids[position]])[0]
         torch.testing.assert_close(step, full[position], atol=1e-4, rtol=1e-4)
+
+
+def test_padded_group_prefill_matches_each_prompt_alone(tiny_loaded):
+    from tests.engine.helpers import make_core
+
+    runner = make_core(tiny_loaded).runner
+    prompts = [tiny_loaded.tokenizer.encode(p) for p in PROMPTS]
+    _, mask, logits = runner.prefill_batch(prompts)
+    assert mask.sum(dim=1).tolist() == [len(p) for p in prompts]
+    for row, prompt in enumerate(prompts):
+        alone = runner.prefill(runner.new_cache(), prompt, 0)
+        torch.testing.assert_close(logits[row], alone, atol=1e-4, rtol=1e-4)

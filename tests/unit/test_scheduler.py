@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.engine.errors import Overloaded
-from app.engine.scheduler import Scheduler, SchedulerConfig
+from app.engine.scheduler import Scheduler, SchedulerConfig, group_by_length
 from app.engine.sequence import Sequence, SequenceStatus
 from app.engine.types import SamplingParams
 
@@ -79,3 +79,9 @@ def test_waiting_queue_is_bounded_and_abort_finds_everywhere():
     assert b is not None
     sched.remove(b)
     assert sched.find("b") is None and sched.num_unfinished == 1
+
+
+def test_whole_prompts_group_by_length_with_bounded_padding():
+    lengths = [20, 3, 21, 200, 19, 4, 190]
+    groups = group_by_length([_seq(f"s{n}", n) for n in lengths])
+    assert [[s.num_prompt_tokens for s in g] for g in groups] == [[3, 4], [19, 20, 21], [190, 200]]
