@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -42,17 +43,31 @@ def describe(exc: BaseException) -> tuple[int, dict]:
     return 500, error_body("internal server error", "server_error")
 
 
+# pydantic names union branches in error locations ("str", "list[constrained-str]", ...); not fields.
+_BRANCH_TAG = re.compile(r"^(str|int|float|bool|none|list|dict)$|[\[\-]")
+
+
 def _validation_param(error: dict) -> str | None:
-    loc = [str(part) for part in error.get("loc", ()) if part != "body"]
-    return ".".join(loc) or None
+    parts = [p for p in error.get("loc", ()) if p != "body"]
+    kept = [str(p) for p in parts if isinstance(p, int) or not _BRANCH_TAG.search(str(p))]
+    return ".".join(kept) or None
+
+
+def _most_relevant(errors: list[dict]) -> dict:
+    """For a union, a broken constraint (too long, out of range) says more than a type mismatch."""
+    for error in errors:
+        if not str(error.get("type", "")).endswith("_type"):
+            return error
+    return errors[0] if errors else {}
 
 
 def _validation_response(_: Request, exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0] if exc.errors() else {}
-    param = _validation_param(first)
+    first = _most_relevant(list(exc.errors()))
     if first.get("type") == "json_invalid":
+        param = None
         message = f"the body is not valid JSON: {first.get('ctx', {}).get('error', 'parse error')}"
     else:
+        param = _validation_param(first)
         message = f"{param or 'body'}: {first.get('msg', 'invalid value')}"
     return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
 from app.api.errors import ModelNotFound
@@ -75,7 +76,8 @@ async def list_models(engine: Engine = Depends(get_engine)):
 
 @router.get("/health")
 async def health(engine: Engine = Depends(get_engine)):
-    """Liveness plus the engine's load: requests in flight and KV-cache bytes in use."""
-    return {"status": "ok" if engine.is_alive else "unavailable", "running": engine.num_running,
+    """Liveness plus the engine's load; 503 once the model thread is not running."""
+    body = {"status": "ok" if engine.is_alive else "unavailable", "running": engine.num_running,
             "waiting": engine.num_waiting, "active_requests": engine.num_active_requests,
             "kv_cache_bytes": engine.kv_cache_bytes}
+    return JSONResponse(body, status_code=200 if engine.is_alive else 503)

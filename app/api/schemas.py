@@ -58,7 +58,7 @@ class _GenerationRequest(BaseModel):
     @classmethod
     def _token_id_keys(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         for key in value or {}:
-            if not key.lstrip("-").isdigit():
+            if not key.removeprefix("-").isdecimal():
                 raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
         return value
 

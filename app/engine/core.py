@@ -11,7 +11,7 @@ import torch
 from transformers import DynamicCache
 
 from app.engine import sampler
-from app.engine.kv_batch import KVBatch, select_rows
+from app.engine.kv_batch import KVBatch, layer_bytes, select_rows
 from app.engine.runner import ModelRunner
 from app.engine.sampler import PenaltyState, SamplingTensors
 from app.engine.scheduler import PrefillChunk, Scheduler, group_by_length
@@ -37,10 +37,7 @@ class EngineCore:
 
     @property
     def kv_cache_bytes(self) -> int:
-        prefilling = sum(
-            layer.keys.nbytes + layer.values.nbytes
-            for cache in self._prefill_caches.values() for layer in cache.layers if layer.keys is not None
-        )
+        prefilling = sum(layer_bytes(layer) for cache in self._prefill_caches.values() for layer in cache.layers)
         return self.batch.num_bytes + prefilling
 
     def add(self, sequence: Sequence) -> None:

@@ -1,7 +1,7 @@
 """The async boundary: the event loop talks to one model thread through a command queue.
 
 `generate()` validates and registers a request synchronously (so errors surface before a
-response starts), then returns an async iterator over its TokenEvents. Leaving the iterator early
+response starts), then returns a RequestStream over its TokenEvents. Closing the stream early
 (client gone, task cancelled) aborts the request; the model thread frees it before its next step.
 torch runs on the model thread only, never on the event loop.
 """
@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence as Seq
+from collections.abc import Mapping, Sequence as Seq
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -29,6 +29,7 @@ from app.engine.runner import ModelRunner
 from app.engine.sampler import make_generator
 from app.engine.scheduler import Scheduler, SchedulerConfig
 from app.engine.sequence import Sequence
+from app.engine.stream import RequestStream
 from app.engine.types import ModelInfo, SamplingParams, TokenEvent
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ class Engine:
         return replace(params, max_tokens=max_tokens)
 
     def generate(self, prompt_ids: Seq[int], params: SamplingParams,
-                 request_id: str | None = None) -> AsyncIterator[TokenEvent]:
+                 request_id: str | None = None) -> RequestStream:
         """Register a request and return its events; raises at once if it cannot be served."""
         if not self.is_alive:
             raise EngineDead("the model thread is not running")
@@ -171,7 +172,7 @@ class Engine:
                 "the KV-cache memory budget", param="max_tokens")
         self._active.add(request_id)
         self._inbox.put(("add", sequence))
-        return self._drain(sequence, events)
+        return RequestStream(request_id, events, self._abort, self._active.discard)
 
     def _new_sequence(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
                       events: asyncio.Queue) -> Sequence:
@@ -188,22 +189,8 @@ class Engine:
             sink=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
         )
 
-    async def _drain(self, sequence: Sequence, events: asyncio.Queue) -> AsyncIterator[TokenEvent]:
-        finished = False
-        try:
-            while True:
-                event = await events.get()
-                if isinstance(event, BaseException):
-                    finished = True
-                    raise event
-                finished = event.finish_reason is not None
-                yield event
-                if finished:
-                    return
-        finally:
-            if not finished:
-                self._inbox.put(("abort", sequence.request_id))
-            self._active.discard(sequence.request_id)
+    def _abort(self, request_id: str) -> None:
+        self._inbox.put(("abort", request_id))  # thread-safe; applied before the next step
 
     # ---- the model thread -------------------------------------------------------------------
 

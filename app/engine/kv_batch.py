@@ -11,11 +11,13 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from app.engine.slab_cache import SlabLayer
+
 
 def check_plain_cache(cache: DynamicCache) -> None:
     """Left padding is only sound for full-attention layers; sliding or linear layers keep other state."""
     for layer in cache.layers:
-        if type(layer) is not DynamicLayer:
+        if type(layer) not in (DynamicLayer, SlabLayer):
             raise NotImplementedError(
                 f"batched decoding supports full-attention KV caches only, not {type(layer).__name__}"
             )
@@ -28,6 +30,13 @@ def _left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
     shape = list(tensor.shape)
     shape[dim] = missing
     return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+def layer_bytes(layer) -> int:
+    """Memory a cache layer holds, spare columns included."""
+    if isinstance(layer, SlabLayer):
+        return layer.allocated_bytes
+    return 0 if layer.keys is None else layer.keys.nbytes + layer.values.nbytes
 
 
 def select_rows(cache: DynamicCache, rows: list[int]) -> torch.Tensor:
@@ -60,7 +69,7 @@ class KVBatch:
     def num_bytes(self) -> int:
         if self.cache is None:
             return 0
-        return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.cache.layers)
+        return sum(layer_bytes(layer) for layer in self.cache.layers)
 
     def join(self, cache: DynamicCache, mask: torch.Tensor) -> None:
         """Append prefilled rows: their own left-padded cache and mask [rows, columns] go last."""

@@ -12,6 +12,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from app.engine.kv_batch import KVBatch
+from app.engine.slab_cache import slab_cache
 
 
 def _cache_kwarg(model: PreTrainedModel) -> str:
@@ -26,7 +27,7 @@ class ModelRunner:
         self._cache_kwarg = _cache_kwarg(model)
 
     def new_cache(self) -> DynamicCache:
-        return DynamicCache(config=self.model.config)
+        return slab_cache(self.model.config)
 
     @torch.inference_mode()
     def prefill(self, cache: DynamicCache, token_ids: list[int], start: int) -> torch.Tensor:

@@ -1,0 +1,83 @@
+"""A KV-cache layer with spare columns, so a decode step writes one column instead of copying all.
+
+transformers' DynamicLayer concatenates on every update, copying the whole cache once per token;
+with long contexts that copy costs as much as reading the weights. SlabLayer keeps keys and values
+in a buffer with room to grow and exposes views of the filled part, so it stays a drop-in
+DynamicLayer for the model and for KVBatch (assigning `keys`/`values` replaces the buffer).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+# Columns added when a buffer is full: one copy every GROW_COLUMNS decode steps.
+GROW_COLUMNS = 128
+
+
+def _grow(buffer: torch.Tensor | None, filled: int, new: torch.Tensor) -> torch.Tensor:
+    """A buffer holding `buffer[:, :, :filled]` with room for `new` plus spare columns."""
+    needed = filled + new.shape[-2]
+    if buffer is not None and needed <= buffer.shape[-2]:
+        return buffer
+    shape = (*new.shape[:2], needed + GROW_COLUMNS, new.shape[-1])
+    grown = new.new_empty(shape)
+    if buffer is not None and filled:
+        grown[:, :, :filled] = buffer[:, :, :filled]
+    return grown
+
+
+class SlabLayer(DynamicLayer):
+    def __init__(self, **kwargs) -> None:
+        self._keys: torch.Tensor | None = None
+        self._values: torch.Tensor | None = None
+        self._num_keys = self._num_values = 0
+        super().__init__(**kwargs)
+
+    @property
+    def keys(self) -> torch.Tensor | None:  # type: ignore[override]
+        return None if self._keys is None else self._keys[:, :, : self._num_keys]
+
+    @keys.setter
+    def keys(self, tensor: torch.Tensor | None) -> None:
+        self._keys, self._num_keys = tensor, (0 if tensor is None or tensor.dim() < 4 else tensor.shape[-2])
+
+    @property
+    def values(self) -> torch.Tensor | None:  # type: ignore[override]
+        return None if self._values is None else self._values[:, :, : self._num_values]
+
+    @values.setter
+    def values(self, tensor: torch.Tensor | None) -> None:
+        self._values, self._num_values = tensor, (0 if tensor is None or tensor.dim() < 4 else tensor.shape[-2])
+
+    @property
+    def allocated_bytes(self) -> int:
+        return sum(t.nbytes for t in (self._keys, self._values) if t is not None and t.dim() == 4)
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device = key_states.device
+        self.keys = self.values = None
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self._keys = self._append(self._keys, self._num_keys, key_states)
+        self._values = self._append(self._values, self._num_values, value_states)
+        self._num_keys += key_states.shape[-2]
+        self._num_values += value_states.shape[-2]
+        return self.keys, self.values
+
+    @staticmethod
+    def _append(buffer: torch.Tensor | None, filled: int, new: torch.Tensor) -> torch.Tensor:
+        buffer = _grow(buffer, filled, new)
+        buffer[:, :, filled : filled + new.shape[-2]] = new
+        return buffer
+
+
+def slab_cache(config) -> DynamicCache:
+    """A DynamicCache for `config` whose full-attention layers are SlabLayers (others are kept)."""
+    cache = DynamicCache(config=config)
+    cache.layers = [SlabLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache

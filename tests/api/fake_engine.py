@@ -1,0 +1,154 @@
+"""A scripted stand-in for app.engine.engine.Engine: the surface the routes use, and no model.
+
+Text is "tokenized" one character per token (id = code point), so prompts and decoded ids are
+easy to predict. Each `generate()` call replays `script` (TokenEvents, or exceptions to raise at
+that point of the stream), unless `generate_error` is set, which is raised synchronously, the way
+the real engine rejects a request before any response starts. Every call is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from app.engine.errors import EngineDead, InvalidRequest
+from app.engine.types import FinishReason, ModelInfo, SamplingParams, TokenEvent
+
+MODEL_NAME = "fake-model"
+VOCAB_SIZE = 50_000
+
+
+def scripted_events(texts: Sequence[str], finish_reason: FinishReason | None = FinishReason.STOP,
+                    num_prompt_tokens: int = 3) -> list[TokenEvent]:
+    """One TokenEvent per text (one token each); the last one carries `finish_reason`."""
+    events = []
+    for i, text in enumerate(texts):
+        last = i == len(texts) - 1
+        events.append(TokenEvent(text=text, token_ids=(100 + i,), num_prompt_tokens=num_prompt_tokens,
+                                 num_completion_tokens=i + 1, finish_reason=finish_reason if last else None))
+    return events
+
+
+DEFAULT_SCRIPT = scripted_events(["Hello", ",", " world", "!"])
+
+
+@dataclass
+class GenerateCall:
+    prompt_ids: list[int]
+    params: SamplingParams
+    request_id: str | None
+    started: bool = False  # the iterator was iterated at least once
+    finished: bool = False  # ran to its last scripted item (or raised its scripted error)
+    closed_early: bool = False  # closed (aclose / cancellation) before it finished
+
+
+@dataclass
+class FakeEngine:
+    info: ModelInfo | None = None
+    script: list[TokenEvent | BaseException] = field(default_factory=lambda: list(DEFAULT_SCRIPT))
+    generate_error: BaseException | None = None
+    event_delay_s: float = 0.0
+    alive: bool = True
+    running: int = 0
+    waiting: int = 0
+    kv_bytes: int = 0
+    info_on_start: ModelInfo | None = field(default_factory=lambda: ModelInfo(
+        MODEL_NAME, max_model_len=2048, vocab_size=VOCAB_SIZE, eos_token_ids=(2,), created=1_700_000_000))
+    started: bool = False
+    stopped: bool = False
+    calls: list[GenerateCall] = field(default_factory=list)
+    encoded_texts: list[str] = field(default_factory=list)
+    encoded_chats: list[list[dict[str, str]]] = field(default_factory=list)
+    checked_ids: list[list[int]] = field(default_factory=list)
+    _open_iterators: int = 0
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.started = True
+        self.info = self.info_on_start
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    @property
+    def is_alive(self) -> bool:
+        return self.alive and self.started and not self.stopped
+
+    @property
+    def num_running(self) -> int:
+        return self.running
+
+    @property
+    def num_waiting(self) -> int:
+        return self.waiting
+
+    @property
+    def num_active_requests(self) -> int:
+        return self._open_iterators
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        return self.kv_bytes
+
+    # ---- prompts ------------------------------------------------------------------------------
+
+    async def encode_text(self, text: str) -> list[int]:
+        self.encoded_texts.append(text)
+        if not text:
+            raise InvalidRequest("the prompt is empty", param="prompt")
+        return [ord(c) for c in text]
+
+    async def encode_chat(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        self.encoded_chats.append([dict(m) for m in messages])
+        rendered = "".join(f"<{m['role']}>{m['content']}\n" for m in messages) + "<assistant>"
+        return [ord(c) for c in rendered]
+
+    def check_ids(self, ids: Sequence[int]) -> list[int]:
+        self.checked_ids.append(list(ids))
+        bad = [i for i in ids if not 0 <= i < VOCAB_SIZE]
+        if bad:
+            raise InvalidRequest(f"token id {bad[0]} is outside the vocabulary [0, {VOCAB_SIZE})",
+                                 param="prompt")
+        return list(ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "".join(chr(i) for i in ids)
+
+    # ---- generation ---------------------------------------------------------------------------
+
+    def generate(self, prompt_ids: Sequence[int], params: SamplingParams,
+                 request_id: str | None = None) -> AsyncIterator[TokenEvent]:
+        """Raise at once if scripted to; otherwise return an iterator over the script."""
+        if not self.is_alive:
+            raise EngineDead("the model thread is not running")
+        call = GenerateCall(list(prompt_ids), params, request_id)
+        self.calls.append(call)
+        if self.generate_error is not None:
+            raise self.generate_error
+        self._open_iterators += 1
+        return self._events(call, list(self.script))
+
+    async def _events(self, call: GenerateCall, script: list) -> AsyncIterator[TokenEvent]:
+        try:
+            call.started = True
+            for item in script:
+                if self.event_delay_s:
+                    await asyncio.sleep(self.event_delay_s)
+                if isinstance(item, BaseException):
+                    call.finished = True
+                    raise item
+                if item is script[-1]:
+                    call.finished = True
+                yield item
+            call.finished = True
+        finally:
+            if not call.finished:
+                call.closed_early = True
+            self._open_iterators -= 1
+
+    @property
+    def last_call(self) -> GenerateCall:
+        assert self.calls, "generate() was never called"
+        return self.calls[-1]

@@ -1,0 +1,54 @@
+"""Request builders and SSE/error-shape checks shared by the in-process API tests."""
+
+from __future__ import annotations
+
+import json
+
+from tests.api.fake_engine import MODEL_NAME
+
+
+def completion_body(**overrides) -> dict:
+    return {"model": MODEL_NAME, "prompt": "Say hi", "max_tokens": 16, **overrides}
+
+
+def chat_body(**overrides) -> dict:
+    return {"model": MODEL_NAME, "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 16,
+            **overrides}
+
+
+def parse_sse(raw: str) -> list[str]:
+    """Split a whole SSE body into event data payloads, checking the exact framing on the way.
+
+    Every event must be one `data: ...` line followed by a blank line (keep-alive comments, which
+    start with ':', are allowed and skipped).
+    """
+    assert raw.endswith("\n\n"), f"the stream must end with a blank line: {raw[-40:]!r}"
+    assert "\r" not in raw, "this server frames with \\n only"
+    payloads = []
+    for block in raw.split("\n\n")[:-1]:
+        lines = block.split("\n")
+        if all(line.startswith(":") for line in lines):
+            continue
+        assert len(lines) == 1 and lines[0].startswith("data: "), f"bad SSE event: {block!r}"
+        payloads.append(lines[0][len("data: "):])
+    return payloads
+
+
+def sse_json(raw: str) -> list[dict]:
+    """The JSON events of a stream, after checking it ends with exactly one `[DONE]`."""
+    payloads = parse_sse(raw)
+    assert payloads and payloads[-1] == "[DONE]", f"the stream must end with [DONE]: {payloads[-3:]}"
+    assert payloads.count("[DONE]") == 1
+    return [json.loads(p) for p in payloads[:-1]]
+
+
+def assert_error_shape(body: dict) -> dict:
+    """Exactly OpenAI's error object, nothing more; returns the inner `error`."""
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["type"], str) and error["type"]
+    assert error["param"] is None or isinstance(error["param"], str)
+    assert error["code"] is None or isinstance(error["code"], str)
+    return error

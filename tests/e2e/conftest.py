@@ -1,0 +1,100 @@
+"""A real `python -m app` process on 127.0.0.1 with the real default model, shared by the e2e tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "SmolLM2-135M-Instruct"
+STARTUP_TIMEOUT_S = 120
+SHUTDOWN_TIMEOUT_S = 20
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    model: str
+    max_model_len: int
+    log_path: Path
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen, log_path: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the server exited with {process.returncode} during start-up:\n"
+                        f"{log_path.read_text(errors='replace')[-4000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).json().get("status") == "ok":
+                return
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.25)
+    pytest.fail(f"the server was not healthy within {STARTUP_TIMEOUT_S}s:\n{log_path.read_text(errors='replace')[-4000:]}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=SHUTDOWN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+        pytest.fail(f"the default model is missing in {DEFAULT_MODEL_DIR}; run `make model` first")
+    port = free_port()
+    # Hermetic: only our settings, whatever TOKENWIRE_* the calling shell has (or .env, which env vars beat).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWIRE_")}
+    env.update(TOKENWIRE_HOST="127.0.0.1", TOKENWIRE_PORT=str(port), TOKENWIRE_LOG_LEVEL="info",
+               PYTHONUNBUFFERED="1")
+    log_path = tmp_path_factory.mktemp("e2e-server") / "server.log"
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO_ROOT, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until_healthy(url, process, log_path)
+        model = httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]
+        yield Server(url, model["id"], model["max_model_len"], log_path)
+    finally:
+        stop(process)
+
+
+@pytest.fixture
+def http(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=httpx.Timeout(60, connect=10)) as client:
+        yield client
+
+
+@pytest.fixture
+def openai_client(server: Server):
+    import openai
+
+    with openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60) as client:
+        yield client

@@ -1,0 +1,47 @@
+"""Raw SSE over httpx: read a whole stream as bytes and check its framing and UTF-8 strictly."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+
+def post_stream(http: httpx.Client, path: str, body: dict) -> tuple[httpx.Response, list[dict]]:
+    """POST with stream=True; return the response and its JSON events (the trailing [DONE] checked)."""
+    with http.stream("POST", path, json={**body, "stream": True}) as response:
+        raw = response.read()
+    assert response.status_code == 200, raw[:500]
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["cache-control"] == "no-cache"
+    assert response.headers["x-accel-buffering"] == "no"
+    text = raw.decode("utf-8", errors="strict")  # the whole stream is valid UTF-8
+    payloads = []
+    assert text.endswith("\n\n"), text[-80:]
+    for block in text.split("\n\n")[:-1]:
+        lines = block.split("\n")
+        if all(line.startswith(":") for line in lines):  # keep-alive comment
+            continue
+        assert len(lines) == 1 and lines[0].startswith("data: "), f"bad SSE event: {block!r}"
+        payloads.append(lines[0].removeprefix("data: "))
+    assert payloads[-1] == "[DONE]" and payloads.count("[DONE]") == 1, payloads[-3:]
+    events = [json.loads(p) for p in payloads[:-1]]
+    assert not any("error" in e for e in events), events
+    return response, events
+
+
+def deltas(events: list[dict]) -> list[str]:
+    """The text of each content chunk, for either endpoint (usage-only chunks skipped)."""
+    out = []
+    for event in events:
+        if not event["choices"]:
+            continue
+        choice = event["choices"][0]
+        out.append(choice["text"] if "text" in choice else choice["delta"].get("content", ""))
+    return out
+
+
+def finish_reason(events: list[dict]) -> str | None:
+    reasons = [e["choices"][0]["finish_reason"] for e in events if e["choices"]]
+    assert all(r is None for r in reasons[:-1]), reasons
+    return reasons[-1]

@@ -1,0 +1,115 @@
+"""The official `openai` client against the real server."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_completion(openai_client, server):
+    result = openai_client.completions.create(model=server.model, prompt="The capital of France is",
+                                              temperature=0, max_tokens=8)
+    assert result.object == "text_completion" and result.model == server.model
+    assert result.choices[0].text
+    assert result.choices[0].finish_reason in ("stop", "length")
+    assert result.usage.completion_tokens <= 8
+
+
+def test_completion_stream(openai_client, server):
+    chunks = list(openai_client.completions.create(model=server.model, prompt="The capital of France is",
+                                                   temperature=0, max_tokens=8, stream=True))
+    whole = openai_client.completions.create(model=server.model, prompt="The capital of France is",
+                                             temperature=0, max_tokens=8)
+    assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_chat(openai_client, server):
+    result = openai_client.chat.completions.create(model=server.model, messages=FRANCE, temperature=0,
+                                                   max_tokens=24)
+    assert result.object == "chat.completion"
+    assert result.choices[0].message.role == "assistant"
+    assert "Paris" in result.choices[0].message.content
+    assert result.usage.prompt_tokens > 0 and result.usage.completion_tokens > 0
+
+
+def test_chat_stream_with_usage(openai_client, server):
+    stream = openai_client.chat.completions.create(model=server.model, messages=FRANCE, temperature=0,
+                                                   max_tokens=24, stream=True,
+                                                   stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    *content, last = chunks
+    assert last.choices == [] and last.usage is not None
+    assert all(c.usage is None for c in content)
+    text = "".join(c.choices[0].delta.content or "" for c in content)
+    assert "Paris" in text
+    assert content[-1].choices[0].finish_reason in ("stop", "length")
+    assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_max_tokens_gives_finish_reason_length(openai_client, server, stream):
+    kwargs = dict(model=server.model, prompt="Write a long story about a dragon:", temperature=0, max_tokens=5)
+    if not stream:
+        result = openai_client.completions.create(**kwargs)
+        assert result.choices[0].finish_reason == "length"
+        assert result.usage.completion_tokens == 5
+    else:
+        chunks = list(openai_client.completions.create(**kwargs, stream=True,
+                                                       stream_options={"include_usage": True}))
+        assert chunks[-2].choices[0].finish_reason == "length"
+        assert chunks[-1].usage.completion_tokens == 5
+
+
+def test_max_completion_tokens(openai_client, server):
+    result = openai_client.chat.completions.create(
+        model=server.model, messages=[{"role": "user", "content": "Tell me a long story."}], temperature=0,
+        max_completion_tokens=5)
+    assert result.choices[0].finish_reason == "length"
+    assert result.usage.completion_tokens == 5
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_string_is_not_in_the_output(openai_client, server, stream):
+    kwargs = dict(model=server.model, messages=FRANCE, temperature=0, max_tokens=24, stop=["Paris"])
+    if stream:
+        chunks = list(openai_client.chat.completions.create(**kwargs, stream=True))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks)
+        reason = chunks[-1].choices[0].finish_reason
+    else:
+        result = openai_client.chat.completions.create(**kwargs)
+        text, reason = result.choices[0].message.content, result.choices[0].finish_reason
+    assert "Paris" not in text
+    assert reason == "stop"
+    assert "France" in text  # it did answer, up to the stop string
+
+
+def test_seed_reproducibility(openai_client, server):
+    def sample(seed: int) -> str:
+        return openai_client.completions.create(model=server.model, prompt="Once upon a time", temperature=1.0,
+                                                seed=seed, max_tokens=16).choices[0].text
+
+    first = sample(1234)
+    assert sample(1234) == first
+    streamed = openai_client.completions.create(model=server.model, prompt="Once upon a time", temperature=1.0,
+                                                seed=1234, max_tokens=16, stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == first
+    assert len({first, sample(1), sample(2)}) > 1, "different seeds should (almost surely) differ"
+
+
+def test_errors_become_sdk_exceptions(openai_client, server):
+    with pytest.raises(openai.NotFoundError) as not_found:
+        openai_client.chat.completions.create(model="no-such-model", messages=FRANCE, max_tokens=2)
+    assert not_found.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as bad:
+        openai_client.chat.completions.create(model=server.model, messages=FRANCE, max_tokens=2, temperature=3)
+    assert bad.value.param == "temperature"
+    with pytest.raises(openai.BadRequestError) as too_long:
+        openai_client.completions.create(model=server.model, prompt="hi", max_tokens=9000)
+    assert too_long.value.code == "context_length_exceeded"

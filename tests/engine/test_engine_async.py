@@ -1,0 +1,94 @@
+"""The async facade over the model thread: events, cancellation, cleanup, errors (tiny model)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+import pytest
+
+from app.engine.engine import Engine, EngineConfig
+from app.engine.errors import ContextLengthExceeded, EngineDead, Overloaded
+from app.engine.loader import LoadConfig
+from app.engine.scheduler import SchedulerConfig
+from app.engine.types import SamplingParams
+
+LONG = SamplingParams(temperature=0, max_tokens=200, ignore_eos=True)
+
+
+@pytest.fixture
+async def engine(tiny_model_dir):
+    config = EngineConfig(LoadConfig(str(tiny_model_dir), device="cpu", dtype="float32"), "tiny",
+                          scheduler=SchedulerConfig(max_running=4, max_waiting=2))
+    engine = Engine(config)
+    await engine.start()
+    yield engine
+    await engine.stop()
+
+
+async def _idle(engine: Engine, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while engine.num_active_requests or engine.num_running or engine.num_waiting or engine.kv_cache_bytes:
+        assert asyncio.get_running_loop().time() < deadline, "the engine did not go idle"
+        await asyncio.sleep(0.01)
+
+
+async def test_events_end_with_a_final_event_and_usage_counts(engine):
+    ids = await engine.encode_chat([{"role": "user", "content": "Hello"}])
+    events = [e async for e in engine.generate(ids, SamplingParams(temperature=0, max_tokens=7))]
+    assert events[-1].finish_reason is not None and all(e.finish_reason is None for e in events[:-1])
+    assert events[-1].num_prompt_tokens == len(ids) and events[-1].num_completion_tokens == len(events)
+    await _idle(engine)
+
+
+async def test_closing_mid_stream_aborts_and_frees_the_kv_cache(engine):
+    ids = await engine.encode_text("The capital of France")
+    stream = engine.generate(ids, LONG)
+    got = [await stream.__anext__() for _ in range(3)]
+    assert engine.num_active_requests == 1 and engine.kv_cache_bytes > 0
+    await stream.aclose()
+    await _idle(engine)
+    assert len(got) == 3
+
+
+async def test_a_stream_never_started_is_aborted_when_closed_or_dropped(engine):
+    ids = await engine.encode_text("The capital of France")
+    await engine.generate(ids, LONG).aclose()
+    engine.generate(ids, LONG)  # dropped at once: the finalizer aborts it
+    gc.collect()
+    await _idle(engine)
+
+
+async def test_a_cancelled_consumer_task_aborts_its_request(engine):
+    ids = await engine.encode_text("Hello world")
+
+    async def consume():
+        async with __import__("contextlib").aclosing(engine.generate(ids, LONG)) as stream:
+            async for _ in stream:
+                await asyncio.sleep(0)
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await _idle(engine)
+
+
+async def test_admission_errors_are_raised_before_streaming(engine):
+    ids = await engine.encode_text("Hello")
+    with pytest.raises(ContextLengthExceeded, match="256"):
+        engine.generate(ids, SamplingParams(max_tokens=300))
+    streams = [engine.generate(ids, LONG) for _ in range(6)]  # 4 running + 2 waiting
+    with pytest.raises(Overloaded):
+        engine.generate(ids, LONG)
+    for stream in streams:
+        await stream.aclose()
+    await _idle(engine)
+
+
+async def test_a_stopped_engine_refuses_work(engine):
+    ids = await engine.encode_text("Hello")
+    await engine.stop()
+    with pytest.raises(EngineDead):
+        engine.generate(ids, LONG)
