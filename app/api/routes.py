@@ -46,7 +46,7 @@ async def completions(body: CompletionRequest, engine: Engine = Depends(get_engi
     prompt_ids = await engine.encode_text(text) if text is not None else engine.check_ids(body.prompt_ids())
     framer = Framer(f"cmpl-{uuid.uuid4().hex}", model, include_usage=body.include_usage)
     events = engine.generate(prompt_ids, body.to_sampling_params(), framer.id)
-    echo = (text if text is not None else engine.decode(prompt_ids)) if body.echo else None
+    echo = (text if text is not None else await engine.decode(prompt_ids)) if body.echo else None
     if body.stream:
         return sse_response(events, framer, echo)
     completion, last = await collect(events)

@@ -9,11 +9,13 @@ torch runs on the model thread only, never on the event loop.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import queue
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping, Sequence as Seq
 from dataclasses import dataclass, field, replace
 
@@ -58,6 +60,10 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._active: set[str] = set()
         self._dead: BaseException | None = None
+        # Written by the model thread after each step, read by the event loop: (running, waiting, kv bytes).
+        self._load = (0, 0, 0)
+        # One thread for prompt encoding: a fast tokenizer must not be used by two threads at once.
+        self._tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix="tokenwire-tokenize")
         self._core: EngineCore | None = None
         self._loaded: LoadedModel | None = None
         self.encoder: PromptEncoder | None = None
@@ -74,6 +80,8 @@ class Engine:
 
     def _attach(self, loaded: LoadedModel) -> None:
         self._loaded = loaded
+        # The model thread detokenizes with its own copy; the original serves prompt encoding.
+        self._detokenizer_tokenizer = copy.deepcopy(loaded.tokenizer)
         vocab = int(loaded.model.config.get_text_config().vocab_size)
         max_len = min(self.config.max_model_len or loaded.max_position_embeddings, loaded.max_position_embeddings)
         sched = replace(self.config.scheduler, kv_bytes_per_token=kv_bytes_per_token(loaded))
@@ -90,6 +98,7 @@ class Engine:
         if self._thread is not None and self._thread.is_alive():
             self._inbox.put(("stop", None))
             await asyncio.to_thread(self._thread.join, 10)
+        self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def is_alive(self) -> bool:
@@ -101,29 +110,32 @@ class Engine:
 
     @property
     def num_running(self) -> int:
-        return len(self._core.scheduler.admitted) if self._core else 0
+        return self._load[0]
 
     @property
     def num_waiting(self) -> int:
-        return len(self._core.scheduler.waiting) if self._core else 0
+        return self._load[1]
 
     @property
     def kv_cache_bytes(self) -> int:
-        return self._core.kv_cache_bytes if self._core else 0
+        return self._load[2]
 
     # ---- prompts ----------------------------------------------------------------------------
 
     async def encode_text(self, text: str) -> list[int]:
-        return await asyncio.to_thread(self._encoder().encode_text, text)
+        return await self._tokenize(self._encoder().encode_text, text)
 
     async def encode_chat(self, messages: Seq[Mapping[str, str]]) -> list[int]:
-        return await asyncio.to_thread(self._encoder().encode_chat, messages)
+        return await self._tokenize(self._encoder().encode_chat, messages)
+
+    async def _tokenize(self, function, argument):
+        return await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, function, argument)
 
     def check_ids(self, ids: Seq[int]) -> list[int]:
         return self._encoder().check_ids(ids)
 
-    def decode(self, ids: Seq[int]) -> str:
-        return self._encoder().decode(ids)
+    async def decode(self, ids: Seq[int]) -> str:
+        return await self._tokenize(self._encoder().decode, ids)
 
     def _encoder(self) -> PromptEncoder:
         if self.encoder is None:
@@ -184,7 +196,7 @@ class Engine:
             prompt_ids=prompt_ids,
             params=params,
             eos_token_ids=frozenset(self._loaded.eos_token_ids),
-            detokenizer=IncrementalDetokenizer(self._loaded.tokenizer, prompt_ids),
+            detokenizer=IncrementalDetokenizer(self._detokenizer_tokenizer, prompt_ids),
             generator=generator,
             sink=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
         )
@@ -202,10 +214,15 @@ class Engine:
                 while self._handle_commands(block=not core.has_work):
                     if core.has_work:
                         self._step(core)
+                    self._publish_load(core)
         except BaseException as exc:  # noqa: BLE001 - the thread must report any death
             log.exception("model thread died")
             self._dead = exc
             self._fail_all(core, EngineDead("the model thread died"))
+
+    def _publish_load(self, core: EngineCore) -> None:
+        sched = core.scheduler
+        self._load = (len(sched.admitted), len(sched.waiting), core.kv_cache_bytes)
 
     def _handle_commands(self, block: bool) -> bool:
         """Apply queued adds/aborts; False once asked to stop."""

@@ -1,7 +1,8 @@
 """Continuous-batching bookkeeping: who waits, who prefills, who decodes. No torch calls here.
 
 Each step spends a token budget: one token per running row, the rest on prompt chunks of the
-oldest admitted sequences. Admission reserves KV memory for a row's worst case (prompt + max_tokens,
+oldest admitted sequences; while rows decode, prompt tokens are capped further, because every
+prefill forward delays the next token of every running stream. Admission reserves KV memory for a row's worst case (prompt + max_tokens,
 padded to the longest row), so a running batch never outgrows the budget.
 """
 
@@ -20,6 +21,8 @@ class SchedulerConfig:
     max_running: int = 64
     max_waiting: int = 256
     max_batched_tokens: int = 512  # per step: decode rows + prompt tokens of prefill chunks
+    # Prompt tokens per step while rows decode: a prefill forward stalls every running stream.
+    max_prefill_tokens_while_decoding: int = 64
     kv_budget_bytes: int = 8 << 30
     kv_bytes_per_token: int = 0  # all layers, keys and values; 0 disables the memory check
 
@@ -102,6 +105,8 @@ class Scheduler:
     def schedule(self) -> StepPlan:
         plan = StepPlan(decode=list(self.running))
         budget = self.config.max_batched_tokens - len(plan.decode)
+        if plan.decode:
+            budget = min(budget, self.config.max_prefill_tokens_while_decoding)
         for sequence in self._prefill_candidates():
             # At least one prompt chunk per step, so a full decode batch cannot starve prefill.
             if budget <= 0 and plan.prefill:

@@ -113,7 +113,7 @@ class FakeEngine:
                                  param="prompt")
         return list(ids)
 
-    def decode(self, ids: Sequence[int]) -> str:
+    async def decode(self, ids: Sequence[int]) -> str:
         return "".join(chr(i) for i in ids)
 
     # ---- generation ---------------------------------------------------------------------------

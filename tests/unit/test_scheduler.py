@@ -24,7 +24,7 @@ def _seq(name: str, prompt_len: int, max_tokens: int = 10) -> Sequence:
 
 
 def test_prompt_chunks_share_the_budget_left_by_decode_rows():
-    sched = Scheduler(SchedulerConfig(max_batched_tokens=100))
+    sched = Scheduler(SchedulerConfig(max_batched_tokens=100, max_prefill_tokens_while_decoding=1000))
     running = [_seq(f"r{i}", 5) for i in range(3)]
     for s in running:
         sched.add(s)
@@ -85,3 +85,15 @@ def test_whole_prompts_group_by_length_with_bounded_padding():
     lengths = [20, 3, 21, 200, 19, 4, 190]
     groups = group_by_length([_seq(f"s{n}", n) for n in lengths])
     assert [[s.num_prompt_tokens for s in g] for g in groups] == [[3, 4], [19, 20, 21], [190, 200]]
+
+
+def test_prompt_tokens_are_capped_while_rows_decode_but_not_when_idle():
+    sched = Scheduler(SchedulerConfig(max_batched_tokens=512, max_prefill_tokens_while_decoding=64))
+    first = _seq("first", 300)
+    sched.add(first)
+    assert [(c.start, c.end) for c in sched.schedule().prefill] == [(0, 300)]  # nothing decodes yet
+    first.num_prefilled = 300
+    sched.start_running(first)
+    sched.add(_seq("second", 300))
+    plan = sched.schedule()
+    assert plan.decode == [first] and [(c.start, c.end) for c in plan.prefill] == [(0, 64)]
