@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 
 import pytest
@@ -61,14 +62,16 @@ async def test_a_stream_never_started_is_aborted_when_closed_or_dropped(engine):
 
 async def test_a_cancelled_consumer_task_aborts_its_request(engine):
     ids = await engine.encode_text("Hello world")
+    first_token = asyncio.Event()
 
-    async def consume():
-        async with __import__("contextlib").aclosing(engine.generate(ids, LONG)) as stream:
+    async def slow_consumer():
+        async with contextlib.aclosing(engine.generate(ids, LONG)) as stream:
             async for _ in stream:
-                await asyncio.sleep(0)
+                first_token.set()
+                await asyncio.sleep(30)  # a client that stops reading
 
-    task = asyncio.create_task(consume())
-    await asyncio.sleep(0.2)
+    task = asyncio.create_task(slow_consumer())
+    await asyncio.wait_for(first_token.wait(), 10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
