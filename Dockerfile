@@ -45,7 +45,8 @@ RUN python -m app.prepare_model --out models/SmolLM2-135M-Instruct --no-keep-ggu
 
 # DL3064 reads "TOKEN" in TOKENWIRE_HOST as a secret; it is only the listen address.
 # hadolint ignore=DL3064
-ENV TOKENWIRE_HOST=0.0.0.0
+ENV TOKENWIRE_HOST=0.0.0.0 \
+    TOKENWIRE_LOG_FORMAT=json
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('TOKENWIRE_PORT', '8000') + '/health', timeout=4)"]

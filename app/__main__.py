@@ -1,21 +1,19 @@
-"""`python -m app`: read settings, configure logging, run uvicorn. No other logic."""
+"""`python -m app`: read settings, configure logging, serve (app/lifecycle.py). No other logic."""
 
 from __future__ import annotations
 
-import logging
-
-import uvicorn
+import sys
 
 from app.config import Settings
+from app.lifecycle import serve
+from app.logs import configure_logging
 from app.main import create_app
 
 
 def main() -> None:
     settings = Settings()
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level, timeout_graceful_shutdown=10)
+    configure_logging(settings.log_level, settings.log_format)
+    sys.exit(serve(create_app(settings), settings))
 
 
 if __name__ == "__main__":

@@ -5,10 +5,10 @@ They are converted to the engine's frozen EngineConfig at the edge and passed in
 
 from __future__ import annotations
 
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.engine.engine import EngineConfig
@@ -39,17 +39,53 @@ class Settings(BaseSettings):
     kv_cache_memory_mb: int = Field(4096, ge=16, description="KV-cache budget; admission reserves worst cases")
     trust_remote_code: bool = Field(False, description="allow model folders that ship Python code")
 
+    # HTTP limits and access control (see README "Limits"); app.main and app.__main__ apply them.
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body in bytes; larger gets 413")
+    max_header_bytes: int = Field(16384, ge=1024, description="request line + headers in bytes; larger is refused")
+    request_read_timeout_s: float = Field(10.0, gt=0, description="time to receive a whole body; slower gets 408")
+    keep_alive_timeout_s: int = Field(5, ge=1, description="idle keep-alive connections are closed after this")
+    request_timeout_s: float = Field(600.0, ge=0, description="generation deadline per request; 0 = none")
+    api_keys: SecretStr = Field(SecretStr(""), description="comma-separated bearer keys; empty = no auth")
+    api_key_file: str = Field("", description="a file with one API key per line (# comments allowed)")
+    cors_origins: str = Field("", description="comma-separated allowed browser origins; empty = no CORS")
+
+    # Lifecycle and observability (see README "Lifecycle" and "Observability").
+    drain_timeout_s: float = Field(25.0, ge=0, description="after SIGTERM: time in-flight requests get to finish")
+    sse_keepalive_s: float = Field(15.0, gt=0, description="seconds between `: ping` comments on a stream")
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line")
+    log_prompts: bool = Field(False, description="put prompts in the request log (they may hold personal data)")
+
     @property
     def model_name(self) -> str:
         if self.served_model_name:
             return self.served_model_name
         return PurePath(self.model.rstrip("/")).name.removesuffix(".gguf") or self.model
 
+    def api_key_list(self) -> tuple[str, ...]:
+        """Keys from TOKENWIRE_API_KEYS and TOKENWIRE_API_KEY_FILE; none means the API is open."""
+        keys = self.api_keys.get_secret_value().split(",")
+        if self.api_key_file:
+            lines = Path(self.api_key_file).read_text(encoding="utf-8").splitlines()
+            keys += [line for line in lines if not line.lstrip().startswith("#")]
+        return tuple(dict.fromkeys(k.strip() for k in keys if k.strip()))
+
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+    def uvicorn_options(self) -> dict[str, object]:
+        """uvicorn keyword arguments for the connection limits.
+
+        h11, not httptools: only h11 bounds the header size (uvicorn answers 400 and closes).
+        """
+        return {"http": "h11", "h11_max_incomplete_event_size": self.max_header_bytes,
+                "timeout_keep_alive": self.keep_alive_timeout_s}
+
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
             load=LoadConfig(self.model, self.device, self.dtype, self.trust_remote_code),
             served_model_name=self.model_name,
             max_model_len=self.max_model_len,
+            request_timeout_s=self.request_timeout_s,
             scheduler=SchedulerConfig(
                 max_running=self.max_running,
                 max_waiting=self.max_waiting,

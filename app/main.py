@@ -5,8 +5,15 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
+from app.api.auth import ApiKeyAuth
+from app.api.drain import DrainGate, DrainState
 from app.api.errors import install_error_handlers
+from app.api.metrics import Metrics
+from app.api.probes import router as probes_router
+from app.api.request_context import RequestContext
+from app.api.request_limits import RequestLimits
 from app.api.routes import router
 from app.config import Settings
 from app.engine.engine import Engine
@@ -14,8 +21,9 @@ from app.engine.engine import Engine
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
     """Build the app; the lifespan starts the engine (loading the model) and stops it on shutdown."""
+    settings = settings or Settings()
     if engine is None:
-        engine = Engine((settings or Settings()).engine_config())
+        engine = Engine(settings.engine_config())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -28,5 +36,36 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app = FastAPI(title="tokenwire", version="0.1.0", lifespan=lifespan)
     app.state.engine = engine
     app.include_router(router)
+    app.include_router(probes_router)
     install_error_handlers(app)
+    add_lifecycle(app, settings)
+    add_http_guards(app, settings)
+    add_request_context(app, settings, engine)
     return app
+
+
+def add_lifecycle(app: FastAPI, settings: Settings) -> None:
+    """The drain gate (app.lifecycle runs the drain on SIGTERM), innermost: it counts only requests past the guards."""
+    app.state.drain = DrainState()
+    app.state.sse_keepalive_s = settings.sse_keepalive_s
+    app.add_middleware(DrainGate, state=app.state.drain)
+
+
+def add_request_context(app: FastAPI, settings: Settings, engine: Engine) -> None:
+    """Outermost: every response (401s and 413s too) carries X-Request-Id and is counted and logged."""
+    app.state.metrics = Metrics(engine)
+    app.state.log_prompts = settings.log_prompts
+    app.add_middleware(RequestContext, metrics=app.state.metrics)
+
+
+def add_http_guards(app: FastAPI, settings: Settings) -> None:
+    """Innermost first: size/time limits, API keys, CORS (outermost: preflights and 401s get CORS headers)."""
+    app.add_middleware(RequestLimits, max_header_bytes=settings.max_header_bytes,
+                       max_bytes=settings.max_body_bytes, read_timeout_s=settings.request_read_timeout_s)
+    keys = settings.api_key_list()
+    if keys:
+        app.add_middleware(ApiKeyAuth, keys=keys)
+    origins = settings.cors_origin_list()
+    if origins:
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "OPTIONS"],
+                           allow_headers=["*"], expose_headers=["Retry-After"])

@@ -14,10 +14,19 @@ from app.engine.errors import ContextLengthExceeded, EngineDead, EngineError, In
 
 log = logging.getLogger(__name__)
 
+REQUEST_ID_HEADER = "X-Request-Id"
+
 
 class ModelNotFound(Exception):
     def __init__(self, model: str) -> None:
         super().__init__(f"the model {model!r} does not exist; GET /v1/models lists the served model")
+
+
+class Draining(Exception):
+    """The server is shutting down (SIGTERM): it takes no new requests, or ran out of time for this one."""
+
+    def __init__(self, message: str = "the server is shutting down; retry on another instance") -> None:
+        super().__init__(message)
 
 
 # type -> (HTTP status, OpenAI error type, code); the first matching entry wins (subclasses first).
@@ -26,6 +35,7 @@ ERROR_TABLE: list[tuple[type[BaseException], int, str, str | None]] = [
     (InvalidRequest, 400, "invalid_request_error", None),
     (ModelNotFound, 404, "invalid_request_error", "model_not_found"),
     (Overloaded, 429, "rate_limit_error", "overloaded"),
+    (Draining, 503, "service_unavailable", "draining"),
     (EngineDead, 503, "service_unavailable", "engine_unavailable"),
     (EngineError, 500, "server_error", None),
 ]
@@ -61,28 +71,37 @@ def _most_relevant(errors: list[dict]) -> dict:
     return errors[0] if errors else {}
 
 
-def _validation_response(_: Request, exc: RequestValidationError) -> JSONResponse:
+def _validation_response(request: Request, exc: RequestValidationError) -> JSONResponse:
     first = _most_relevant(list(exc.errors()))
     if first.get("type") == "json_invalid":
         param = None
         message = f"the body is not valid JSON: {first.get('ctx', {}).get('error', 'parse error')}"
     else:
         param = _validation_param(first)
-        message = f"{param or 'body'}: {first.get('msg', 'invalid value')}"
-    return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
+        # pydantic prefixes our validators' messages with "Value error, "; the param already says where.
+        message = f"{param or 'body'}: {str(first.get('msg', 'invalid value')).removeprefix('Value error, ')}"
+    return _respond(request, 400, error_body(message, "invalid_request_error", param))
 
 
-def _http_response(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+def _http_response(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    return JSONResponse(error_body(str(exc.detail), type_), status_code=exc.status_code,
-                        headers=getattr(exc, "headers", None))
+    return _respond(request, exc.status_code, error_body(str(exc.detail), type_), getattr(exc, "headers", None))
 
 
-def _typed_response(_: Request, exc: Exception) -> JSONResponse:
+def _typed_response(request: Request, exc: Exception) -> JSONResponse:
     status, body = describe(exc)
     if status >= 500:
         log.error("request failed: %r", exc, exc_info=exc if status == 500 else None)
     headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Overloaded) else None
+    return _respond(request, status, body, headers)
+
+
+def _respond(request: Request, status: int, body: dict, headers: dict | None = None) -> JSONResponse:
+    """Note the error code for the request log; a 500 is sent outside the request-id middleware, so add the id."""
+    request.state.error_code = body["error"]["code"]
+    request_id = getattr(request.state, "request_id", None)
+    if request_id:
+        headers = {**(headers or {}), REQUEST_ID_HEADER: request_id}
     return JSONResponse(body, status_code=status, headers=headers)
 
 

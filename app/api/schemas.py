@@ -7,24 +7,45 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.engine.types import SamplingParams
 
 MAX_STOP_STRINGS = 4
 MAX_STOP_LENGTH = 256
 MAX_LOGIT_BIAS = 300
+MAX_REQUEST_TIMEOUT_S = 86_400.0
+
+
+def _valid_unicode(text: str) -> str:
+    # JSON may escape lone surrogates ("\ud800"); they are not text and would fail in the tokenizer.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"contains an unpaired surrogate at position {exc.start}; not valid Unicode") from exc
+    return text
+
+
+def _top_k(value: int) -> int:
+    if value == 0:
+        raise ValueError("must be -1 (disabled) or at least 1")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
 
 Temperature = Annotated[float, Field(ge=0.0, le=2.0, description="0 = greedy; higher = more random")]
 TopP = Annotated[float, Field(gt=0.0, le=1.0, description="nucleus sampling mass")]
-TopK = Annotated[int, Field(ge=-1, description="-1 or 0 disables; otherwise keep the k most likely")]
+TopK = Annotated[int, Field(ge=-1, description="-1 disables; otherwise keep the k most likely"), AfterValidator(_top_k)]
 MinP = Annotated[float, Field(ge=0.0, le=1.0, description="drop tokens below min_p * top probability")]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0, description="OpenAI additive penalty")]
 RepetitionPenalty = Annotated[float, Field(gt=0.0, le=10.0, description="HF multiplicative penalty; 1 = off")]
 MaxTokens = Annotated[int, Field(ge=1, description="tokens to generate; default: the rest of the context")]
 Seed = Annotated[int, Field(ge=-(2**63), lt=2**64, description="same seed, same text")]
-StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_LENGTH)]
+StopString = Annotated[Text, Field(min_length=1, max_length=MAX_STOP_LENGTH)]
 Stop = StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None
+Timeout = Annotated[float, Field(gt=0, le=MAX_REQUEST_TIMEOUT_S,
+                                 description="seconds until generation ends with finish_reason timeout")]
 LogitBias = Annotated[dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]], Field(max_length=MAX_LOGIT_BIAS)]
 
 
@@ -37,7 +58,7 @@ class _GenerationRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str
+    model: Text
     max_tokens: MaxTokens | None = None
     temperature: Temperature = 1.0
     top_p: TopP = 1.0
@@ -52,7 +73,8 @@ class _GenerationRequest(BaseModel):
     n: Annotated[int, Field(ge=1, le=1, description="choices per request; only 1 is served")] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    user: Text | None = None
+    timeout: Timeout | None = None  # extension; the server's own deadline still applies when shorter
 
     @field_validator("logit_bias")
     @classmethod
@@ -83,14 +105,16 @@ class _GenerationRequest(BaseModel):
             seed=self.seed,
             max_tokens=self._max_tokens(),
             stop=stop,
+            timeout_s=self.timeout,
         )
 
 
 TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+PromptText = Annotated[Text, Field(min_length=1)]
 
 
 class CompletionRequest(_GenerationRequest):
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] | TokenIds | Annotated[
+    prompt: PromptText | Annotated[list[PromptText], Field(min_length=1, max_length=1)] | TokenIds | Annotated[
         list[TokenIds], Field(min_length=1, max_length=1)]
     echo: bool = False
     suffix: str | None = None
@@ -122,15 +146,15 @@ class CompletionRequest(_GenerationRequest):
 
 class TextPart(BaseModel):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | Annotated[list[TextPart], Field(min_length=1)] | None = None
-    name: str | None = None
+    content: Text | Annotated[list[TextPart], Field(min_length=1)] | None = None
+    name: Text | None = None
 
     @model_validator(mode="after")
     def _has_content(self) -> ChatMessage:

@@ -7,6 +7,8 @@ the batch. Finished and aborted sequences leave the batch at once, freeing their
 
 from __future__ import annotations
 
+import time
+
 import torch
 from transformers import DynamicCache
 
@@ -53,6 +55,7 @@ class EngineCore:
         return True
 
     def step(self) -> None:
+        self.expire(time.monotonic())
         plan = self.scheduler.schedule()
         if plan.decode:
             self._decode(plan.decode)
@@ -62,6 +65,13 @@ class EngineCore:
                 self._prefill_chunk(chunk)
         for group in group_by_length(whole):
             self._prefill_whole(group)
+
+    def expire(self, now: float) -> None:
+        """End sequences past their deadline (finish_reason timeout) and free them like finished ones."""
+        expired = self.scheduler.expired(now)
+        for sequence in expired:
+            sequence.sink(sequence.expire())
+        self._release(expired)
 
     def _decode(self, rows: list[Sequence]) -> None:
         logits = self.runner.decode(self.batch, [s.output_ids[-1] for s in rows])

@@ -32,7 +32,7 @@ from app.engine.sampler import make_generator
 from app.engine.scheduler import Scheduler, SchedulerConfig
 from app.engine.sequence import Sequence
 from app.engine.stream import RequestStream
-from app.engine.types import ModelInfo, SamplingParams, TokenEvent
+from app.engine.types import EngineState, ModelInfo, SamplingParams, TokenEvent
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ class EngineConfig:
     load: LoadConfig
     served_model_name: str
     max_model_len: int = 0  # 0: the model's own max_position_embeddings
+    request_timeout_s: float = 0.0  # server-wide generation deadline; 0: none. Requests may only shorten it.
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
@@ -60,6 +61,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._active: set[str] = set()
         self._dead: BaseException | None = None
+        self._warm = False  # a warm-up generation ran: the engine is ready for traffic
         # Written by the model thread after each step, read by the event loop: (running, waiting, kv bytes).
         self._load = (0, 0, 0)
         # One thread for prompt encoding: a fast tokenizer must not be used by two threads at once.
@@ -76,7 +78,16 @@ class Engine:
         started = time.perf_counter()
         loaded = await asyncio.to_thread(load, self.config.load)
         self._attach(loaded)
-        log.info("model ready in %.1fs", time.perf_counter() - started)
+        log.info("model loaded in %.1fs", time.perf_counter() - started)
+        await self._warm_up()
+        log.info("model ready in %.1fs (warm-up generation done)", time.perf_counter() - started)
+
+    async def _warm_up(self) -> None:
+        """A 2-token greedy generation through the real path: first-call costs are paid before traffic."""
+        ids = await self.encode_text("Hello") or [0]
+        async for _ in self.generate(ids, SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True)):
+            pass
+        self._warm = True
 
     def _attach(self, loaded: LoadedModel) -> None:
         self._loaded = loaded
@@ -99,6 +110,16 @@ class Engine:
             self._inbox.put(("stop", None))
             await asyncio.to_thread(self._thread.join, 10)
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def state(self) -> EngineState:
+        if self._dead is not None:
+            return EngineState.DEAD
+        if self._thread is None:
+            return EngineState.LOADING
+        if not self._thread.is_alive():
+            return EngineState.STOPPED
+        return EngineState.READY if self._warm else EngineState.LOADING
 
     @property
     def is_alive(self) -> bool:
@@ -163,7 +184,12 @@ class Engine:
             if not 0 <= token_id < self.info.vocab_size:
                 raise InvalidRequest(f"logit_bias names token id {token_id}, outside the vocabulary",
                                      param="logit_bias")
-        return replace(params, max_tokens=max_tokens)
+        return replace(params, max_tokens=max_tokens, timeout_s=self._timeout(params.timeout_s))
+
+    def _timeout(self, requested: float | None) -> float | None:
+        """The shorter of the request's own deadline and the server's (either may be absent)."""
+        limits = [t for t in (requested, self.config.request_timeout_s) if t]
+        return min(limits) if limits else None
 
     def generate(self, prompt_ids: Seq[int], params: SamplingParams,
                  request_id: str | None = None) -> RequestStream:
@@ -175,7 +201,8 @@ class Engine:
         limits = self._core.scheduler.config
         if len(self._active) >= limits.max_running + limits.max_waiting:
             raise Overloaded("too many requests in flight; retry shortly")
-        request_id = request_id or uuid.uuid4().hex
+        if request_id is None or request_id in self._active:  # ids key aborts: keep them unique
+            request_id = f"{request_id}-{uuid.uuid4().hex[:8]}" if request_id else uuid.uuid4().hex
         events: asyncio.Queue[TokenEvent | BaseException] = asyncio.Queue()
         sequence = self._new_sequence(request_id, list(prompt_ids), params, events)
         if not self._core.scheduler.fits_alone(sequence):
@@ -184,6 +211,8 @@ class Engine:
                 "the KV-cache memory budget", param="max_tokens")
         self._active.add(request_id)
         self._inbox.put(("add", sequence))
+        if self._dead is not None:  # the thread died since the check above: nobody will read the inbox
+            self._reject_queued(EngineDead("the model thread died"))
         return RequestStream(request_id, events, self._abort, self._active.discard)
 
     def _new_sequence(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
@@ -204,6 +233,10 @@ class Engine:
     def _abort(self, request_id: str) -> None:
         self._inbox.put(("abort", request_id))  # thread-safe; applied before the next step
 
+    def fail_all(self, error: Exception) -> None:
+        """End every request in flight with `error` (a drain deadline passed); applied between steps."""
+        self._inbox.put(("fail", error))
+
     # ---- the model thread -------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -218,7 +251,19 @@ class Engine:
         except BaseException as exc:  # noqa: BLE001 - the thread must report any death
             log.exception("model thread died")
             self._dead = exc
+            self._load = (0, 0, 0)  # before the requests learn of it: nothing runs any more
             self._fail_all(core, EngineDead("the model thread died"))
+            self._reject_queued(EngineDead("the model thread died"))
+
+    def _reject_queued(self, error: EngineError) -> None:
+        """Fail adds left in the inbox of a dead model thread (safe from any thread)."""
+        while True:
+            try:
+                command, payload = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if command == "add":
+                payload.sink(error)  # type: ignore[attr-defined]
 
     def _publish_load(self, core: EngineCore) -> None:
         sched = core.scheduler
@@ -239,6 +284,8 @@ class Engine:
                 self._add(payload)  # type: ignore[arg-type]
             elif command == "abort":
                 self._core.abort(payload)  # type: ignore[arg-type]
+            elif command == "fail":
+                self._fail_all(self._core, payload)  # type: ignore[arg-type]
 
     def _add(self, sequence: Sequence) -> None:
         try:
@@ -254,12 +301,18 @@ class Engine:
             self._fail_all(core, EngineError("generation failed inside the engine"))
 
     @staticmethod
-    def _fail_all(core: EngineCore | None, error: EngineError) -> None:
+    def _fail_all(core: EngineCore | None, error: Exception) -> None:
+        """Tell every request first, then free them: a broken core must not keep anyone waiting."""
         if core is None:
             return
         sched = core.scheduler
-        for sequence in [*sched.waiting, *sched.prefilling, *sched.running]:
+        sequences = [*sched.waiting, *sched.prefilling, *sched.running]
+        for sequence in sequences:
             sequence.sink(error)
-            core.abort(sequence.request_id)
+        try:
+            for sequence in sequences:
+                core.abort(sequence.request_id)
+        except Exception:  # noqa: BLE001 - the requests already have their error
+            log.exception("freeing failed requests failed")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from jinja2.exceptions import SecurityError, TemplateError
 from transformers import PreTrainedTokenizerBase
 
 from app.engine.errors import InvalidRequest
@@ -41,9 +42,14 @@ class PromptEncoder:
     def encode_chat(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
         if not self.has_chat_template:
             raise InvalidRequest("this model has no chat template; use /v1/completions", param="messages")
-        text = self.tokenizer.apply_chat_template(
-            [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
-        )
+        try:
+            text = self.tokenizer.apply_chat_template(
+                [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
+            )
+        except SecurityError:
+            raise  # the model's template misbehaved: a server fault, not the request's
+        except TemplateError as exc:  # e.g. raise_exception("roles must alternate")
+            raise InvalidRequest(f"the model's chat template refused these messages: {exc}", param="messages") from exc
         # The template already wrote any BOS; encoding must not add another.
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         if not ids:

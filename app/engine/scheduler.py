@@ -8,6 +8,7 @@ padded to the longest row), so a running batch never outgrows the budget.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -83,8 +84,10 @@ class Scheduler:
         return self.prefilling + self.running
 
     def add(self, sequence: Sequence) -> None:
-        if len(self.waiting) >= self.config.max_waiting:
-            raise Overloaded(f"the waiting queue is full ({self.config.max_waiting} requests)")
+        # Requests arrive faster than steps admit them: count everything unfinished, as generate() does.
+        capacity = self.config.max_running + self.config.max_waiting
+        if self.num_unfinished >= capacity:
+            raise Overloaded(f"the engine is full ({capacity} requests running or waiting)")
         self.waiting.append(sequence)
 
     def reserved_bytes(self, rows: list[Sequence]) -> int:
@@ -122,6 +125,7 @@ class Scheduler:
         while self.waiting and self.can_admit(self.waiting[0]):
             sequence = self.waiting.popleft()
             sequence.status = SequenceStatus.PREFILLING
+            sequence.scheduled_at = time.monotonic()
             self.prefilling.append(sequence)
             yield sequence
 
@@ -139,6 +143,10 @@ class Scheduler:
                 return
         if sequence in self.waiting:
             self.waiting.remove(sequence)
+
+    def expired(self, now: float) -> list[Sequence]:
+        """Unfinished sequences whose deadline has passed, wherever they are."""
+        return [s for s in (*self.waiting, *self.prefilling, *self.running) if s.is_expired(now)]
 
     def find(self, request_id: str) -> Sequence | None:
         for sequence in (*self.waiting, *self.prefilling, *self.running):

@@ -7,6 +7,7 @@ It owns no model state; the KV cache lives in the runner's batch, keyed by the s
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -15,7 +16,7 @@ import torch
 from app.engine.detokenizer import IncrementalDetokenizer
 from app.engine.sampler import PenaltyState
 from app.engine.stopping import StopMatcher, check_token_stop
-from app.engine.types import FinishReason, SamplingParams, TokenEvent
+from app.engine.types import FinishReason, RequestTimings, SamplingParams, TokenEvent
 
 
 class SequenceStatus(enum.Enum):
@@ -24,6 +25,7 @@ class SequenceStatus(enum.Enum):
     RUNNING = "running"  # a row of the decode batch
     FINISHED_STOPPED = "finished_stopped"
     FINISHED_LENGTH = "finished_length"
+    FINISHED_TIMEOUT = "finished_timeout"  # its deadline passed between steps
     FINISHED_ABORTED = "finished_aborted"
 
     @property
@@ -35,6 +37,7 @@ class SequenceStatus(enum.Enum):
 _FINISH_REASONS = {
     SequenceStatus.FINISHED_STOPPED: FinishReason.STOP,
     SequenceStatus.FINISHED_LENGTH: FinishReason.LENGTH,
+    SequenceStatus.FINISHED_TIMEOUT: FinishReason.TIMEOUT,
 }
 
 EventSink = Callable[[TokenEvent | BaseException], None]
@@ -57,9 +60,17 @@ class Sequence:
     num_prefilled: int = 0
     # Token statistics for repetition/presence/frequency penalties; built only when params ask.
     penalties: PenaltyState | None = None
+    # time.monotonic() after which the engine ends it with TIMEOUT; default: params.timeout_s after arrival.
+    deadline: float | None = None
+    # time.monotonic() stamps reported on the final event (queue time and latency metrics).
+    arrival: float = field(default_factory=time.monotonic)
+    scheduled_at: float | None = None  # set by the scheduler on admission
+    first_token_at: float | None = None
 
     def __post_init__(self) -> None:
         self.stop_matcher = StopMatcher(self.params.stop)
+        if self.deadline is None and self.params.timeout_s:
+            self.deadline = self.arrival + self.params.timeout_s
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -84,6 +95,8 @@ class Sequence:
 
     def append_token(self, token_id: int) -> TokenEvent:
         """Record one sampled token and return the event it produces (final if the sequence ended)."""
+        if not self.output_ids:
+            self.first_token_at = time.monotonic()
         self.output_ids.append(token_id)
         self._count(token_id)
         if self._is_stop_token(token_id):
@@ -102,6 +115,19 @@ class Sequence:
     def abort(self) -> None:
         self.status = SequenceStatus.FINISHED_ABORTED
 
+    def is_expired(self, now: float) -> bool:
+        return self.deadline is not None and now >= self.deadline
+
+    def expire(self) -> TokenEvent:
+        """End at the deadline: the final event flushes held-back text and carries no new token."""
+        text, stopped = self.stop_matcher.push(self.detokenizer.flush())
+        if not stopped:
+            text += self.stop_matcher.flush()
+        self.status = SequenceStatus.FINISHED_TIMEOUT
+        return TokenEvent(text=text, token_ids=(), num_prompt_tokens=self.num_prompt_tokens,
+                          num_completion_tokens=self.num_output_tokens, finish_reason=self.finish_reason,
+                          timings=self.timings())
+
     def _is_stop_token(self, token_id: int) -> bool:
         p = self.params
         return check_token_stop(token_id, self.eos_token_ids, p.stop_token_ids, p.ignore_eos)
@@ -117,7 +143,12 @@ class Sequence:
             num_prompt_tokens=self.num_prompt_tokens,
             num_completion_tokens=self.num_output_tokens,
             finish_reason=self.finish_reason,
+            timings=self.timings() if self.status.is_finished else None,
         )
+
+    def timings(self) -> RequestTimings:
+        """The stamps so far; called when the sequence finishes, which is then the `finished` time."""
+        return RequestTimings(self.arrival, self.scheduled_at, self.first_token_at, time.monotonic())
 
     def _count(self, token_id: int) -> None:
         if self.penalties is not None:

@@ -11,13 +11,15 @@ class FinishReason(str, enum.Enum):
 
     STOP = "stop"  # EOS token or a stop string
     LENGTH = "length"  # max_tokens or the context window ran out
+    TIMEOUT = "timeout"  # the request's deadline passed (an extension of OpenAI's values)
 
 
 @dataclass(frozen=True)
 class SamplingParams:
     """How to pick tokens and when to stop, already validated and in engine terms.
 
-    top_k <= 0 disables top-k; max_tokens None means "the rest of the context window".
+    top_k <= 0 disables top-k; max_tokens None means "the rest of the context window";
+    timeout_s None means no deadline (the engine applies its own default at admission).
     """
 
     temperature: float = 1.0
@@ -33,6 +35,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    timeout_s: float | None = None  # seconds from admission until generation ends with TIMEOUT
 
     @property
     def is_greedy(self) -> bool:
@@ -52,6 +55,30 @@ class TokenEvent:
     num_prompt_tokens: int
     num_completion_tokens: int
     finish_reason: FinishReason | None = None
+    timings: RequestTimings | None = None  # on the last event only
+
+
+@dataclass(frozen=True)
+class RequestTimings:
+    """When a request moved through the engine, in time.monotonic() seconds (None: never got there)."""
+
+    arrival: float
+    scheduled: float | None = None  # admitted to its first prefill step
+    first_token: float | None = None
+    finished: float | None = None
+
+    @property
+    def queue_time_s(self) -> float | None:
+        return None if self.scheduled is None else self.scheduled - self.arrival
+
+
+class EngineState(str, enum.Enum):
+    """What the engine can do now; only READY takes traffic (GET /ready)."""
+
+    LOADING = "loading"  # the model is loading or warming up
+    READY = "ready"
+    STOPPED = "stopped"  # shut down on purpose
+    DEAD = "dead"  # the model thread died
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from app.engine.errors import EngineDead, InvalidRequest
-from app.engine.types import FinishReason, ModelInfo, SamplingParams, TokenEvent
+from app.engine.types import EngineState, FinishReason, ModelInfo, SamplingParams, TokenEvent
 
 MODEL_NAME = "fake-model"
 VOCAB_SIZE = 50_000
@@ -50,6 +50,7 @@ class FakeEngine:
     generate_error: BaseException | None = None
     event_delay_s: float = 0.0
     alive: bool = True
+    warm: bool = True  # False: started but not warmed up (GET /ready says loading)
     running: int = 0
     waiting: int = 0
     kv_bytes: int = 0
@@ -58,6 +59,7 @@ class FakeEngine:
     started: bool = False
     stopped: bool = False
     calls: list[GenerateCall] = field(default_factory=list)
+    failure: BaseException | None = None  # set by fail_all(): every open stream raises it next
     encoded_texts: list[str] = field(default_factory=list)
     encoded_chats: list[list[dict[str, str]]] = field(default_factory=list)
     checked_ids: list[list[int]] = field(default_factory=list)
@@ -75,6 +77,14 @@ class FakeEngine:
     @property
     def is_alive(self) -> bool:
         return self.alive and self.started and not self.stopped
+
+    @property
+    def state(self) -> EngineState:
+        if not self.alive:
+            return EngineState.DEAD
+        if self.stopped:
+            return EngineState.STOPPED
+        return EngineState.READY if self.started and self.warm else EngineState.LOADING
 
     @property
     def num_running(self) -> int:
@@ -136,6 +146,8 @@ class FakeEngine:
             for item in script:
                 if self.event_delay_s:
                     await asyncio.sleep(self.event_delay_s)
+                if self.failure is not None:
+                    item = self.failure
                 if isinstance(item, BaseException):
                     call.finished = True
                     raise item
@@ -147,6 +159,9 @@ class FakeEngine:
             if not call.finished:
                 call.closed_early = True
             self._open_iterators -= 1
+
+    def fail_all(self, error: Exception) -> None:
+        self.failure = error
 
     @property
     def last_call(self) -> GenerateCall:

@@ -8,8 +8,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -27,6 +27,12 @@ class Server:
     model: str
     max_model_len: int
     log_path: Path
+    process: subprocess.Popen | None = field(default=None, compare=False, repr=False)
+
+    def stop(self) -> None:
+        """Stop this server now (SIGTERM, then kill); later calls do nothing."""
+        if self.process is not None:
+            stop(self.process)
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
@@ -64,8 +70,8 @@ def stop(process: subprocess.Popen) -> None:
         process.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def _launch(log_dir: Path, env_overrides: dict[str, str]) -> tuple[Server, subprocess.Popen]:
+    """Start `python -m app` on a free loopback port and wait until it is healthy."""
     if not (DEFAULT_MODEL_DIR / "config.json").is_file():
         pytest.fail(f"the default model is missing in {DEFAULT_MODEL_DIR}; run `make model` first")
     port = free_port()
@@ -73,17 +79,57 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWIRE_")}
     env.update(TOKENWIRE_HOST="127.0.0.1", TOKENWIRE_PORT=str(port), TOKENWIRE_LOG_LEVEL="info",
                PYTHONUNBUFFERED="1")
-    log_path = tmp_path_factory.mktemp("e2e-server") / "server.log"
+    env.update(env_overrides)
+    log_path = log_dir / "server.log"
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO_ROOT, env=env,
                                    stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until_healthy(url, process, log_path)
-        model = httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]
-        yield Server(url, model["id"], model["max_model_len"], log_path)
+        headers = _auth_headers(env_overrides)
+        model = httpx.get(f"{url}/v1/models", headers=headers, timeout=10).json()["data"][0]
+    except BaseException:
+        stop(process)
+        raise
+    return Server(url, model["id"], model["max_model_len"], log_path, process), process
+
+
+def _auth_headers(env: dict[str, str]) -> dict[str, str]:
+    """A server started with API keys is queried with its first key."""
+    keys = [k.strip() for k in env.get("TOKENWIRE_API_KEYS", "").split(",") if k.strip()]
+    return {"Authorization": f"Bearer {keys[0]}"} if keys else {}
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    started, process = _launch(tmp_path_factory.mktemp("e2e-server"), {})
+    try:
+        yield started
     finally:
         stop(process)
+
+
+@pytest.fixture(scope="session")
+def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Server]]:
+    """Factory for extra servers with their own settings: `start_server(TOKENWIRE_MAX_RUNNING="2")`.
+
+    Call it from a module-scoped fixture so each configuration starts once, and `server.stop()` it at
+    the module's end (only one torch process should compete for the CPU); any still running are
+    stopped when the session ends.
+    """
+    processes: list[subprocess.Popen] = []
+
+    def start(**env: str) -> Server:
+        started, process = _launch(tmp_path_factory.mktemp("e2e-server-custom"), {k: str(v) for k, v in env.items()})
+        processes.append(process)
+        return started
+
+    try:
+        yield start
+    finally:
+        for process in processes:
+            stop(process)
 
 
 @pytest.fixture

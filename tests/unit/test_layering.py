@@ -3,7 +3,8 @@
     app.engine  knows nothing of HTTP, settings or the server: torch and transformers only;
     app.api     may import app.engine, never the app factory, settings or the server;
     app.config  may import app.engine (it builds EngineConfig), never the HTTP layer;
-    app.main    wires app.api + app.config + app.engine.
+    app.main    wires app.api + app.config + app.engine;
+    app.lifecycle (uvicorn, signals) and app.logs are used by app.__main__ only.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import pytest
 
 APP = Path(__file__).resolve().parents[2] / "app"
 
-WEB = ("fastapi", "starlette", "sse_starlette", "uvicorn")
+WEB = ("fastapi", "starlette", "sse_starlette", "uvicorn", "prometheus_client")
+PROCESS = ("app.lifecycle", "app.logs")  # what only `python -m app` runs
 SETTINGS = ("pydantic_settings",)
 
 
@@ -62,12 +64,12 @@ def files_under(package: str) -> list[Path]:
 
 
 def test_engine_imports_no_web_settings_or_outer_layers():
-    forbidden = (*WEB, *SETTINGS, "app.api", "app.config", "app.main", "app.__main__")
+    forbidden = (*WEB, *SETTINGS, *PROCESS, "app.api", "app.config", "app.main", "app.__main__")
     assert violations(files_under("engine"), forbidden) == []
 
 
 def test_api_imports_no_factory_settings_or_server():
-    forbidden = (*SETTINGS, "uvicorn", "app.config", "app.main", "app.__main__")
+    forbidden = (*SETTINGS, *PROCESS, "uvicorn", "app.config", "app.main", "app.__main__")
     assert violations(files_under("api"), forbidden) == []
 
 

@@ -1,0 +1,39 @@
+"""Operational routes: liveness, readiness and Prometheus metrics.
+
+They read only plain values the engine publishes (ints, its state), never the model thread, so they
+answer at once under full load.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+
+from app.api.routes import get_engine
+from app.engine.engine import Engine
+from app.engine.types import EngineState
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(engine: Engine = Depends(get_engine)):
+    """Liveness plus the engine's load; 503 once the model thread is not running."""
+    body = {"status": "ok" if engine.is_alive else "unavailable", "running": engine.num_running,
+            "waiting": engine.num_waiting, "active_requests": engine.num_active_requests,
+            "kv_cache_bytes": engine.kv_cache_bytes}
+    return JSONResponse(body, status_code=200 if engine.is_alive else 503)
+
+
+@router.get("/ready")
+async def ready(request: Request, engine: Engine = Depends(get_engine)):
+    """Readiness: 200 only once the model is loaded and warmed up, and not while draining."""
+    state = engine.state
+    status = "draining" if request.app.state.drain.closed and state is EngineState.READY else state.value
+    return JSONResponse({"status": status}, status_code=200 if status == "ready" else 503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request):
+    metrics = request.app.state.metrics
+    return Response(metrics.render(), media_type=metrics.content_type)
