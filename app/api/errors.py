@@ -29,11 +29,16 @@ class Draining(Exception):
         super().__init__(message)
 
 
+class ClientGone(Exception):
+    """The client of a non-streamed request disconnected before its answer was ready."""
+
+
 # type -> (HTTP status, OpenAI error type, code); the first matching entry wins (subclasses first).
 ERROR_TABLE: list[tuple[type[BaseException], int, str, str | None]] = [
     (ContextLengthExceeded, 400, "invalid_request_error", "context_length_exceeded"),
     (InvalidRequest, 400, "invalid_request_error", None),
     (ModelNotFound, 404, "invalid_request_error", "model_not_found"),
+    (ClientGone, 499, "client_closed_request", "client_disconnected"),  # nginx's code; nobody reads it
     (Overloaded, 429, "rate_limit_error", "overloaded"),
     (Draining, 503, "service_unavailable", "draining"),
     (EngineDead, 503, "service_unavailable", "engine_unavailable"),

@@ -47,7 +47,7 @@ async def completions(body: CompletionRequest, request: Request, engine: Engine 
     echo = (text if text is not None else await engine.decode(prompt_ids)) if body.echo else None
     if body.stream:
         return sse_response(request, events, framer, echo)
-    completion, last = await collect(events)
+    completion, last = await collect(events, request.is_disconnected)
     return framer.response((echo or "") + completion, last)
 
 
@@ -60,7 +60,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, engine
                    body.messages)
     if body.stream:
         return sse_response(request, events, framer)
-    completion, last = await collect(events)
+    completion, last = await collect(events, request.is_disconnected)
     return framer.response(completion, last)
 
 

@@ -49,14 +49,20 @@ Timeout = Annotated[float, Field(gt=0, le=MAX_REQUEST_TIMEOUT_S,
 LogitBias = Annotated[dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]], Field(max_length=MAX_LOGIT_BIAS)]
 
 
+# Strict: OpenAI refuses "2" for an integer or "yes" for a boolean; so do we (ints still pass as floats).
+STRICT = ConfigDict(strict=True, extra="ignore")
+
+
 class StreamOptions(BaseModel):
+    model_config = STRICT
+
     include_usage: bool = False
 
 
 class _GenerationRequest(BaseModel):
     """Fields shared by both endpoints."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
 
     model: Text
     max_tokens: MaxTokens | None = None
@@ -145,12 +151,14 @@ class CompletionRequest(_GenerationRequest):
 
 
 class TextPart(BaseModel):
+    model_config = STRICT
+
     type: Literal["text"]
     text: Text
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | Annotated[list[TextPart], Field(min_length=1)] | None = None

@@ -5,12 +5,13 @@ then `[DONE]`. Leaving early closes the engine iterator, which aborts the reques
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 
-from app.api.errors import describe
+from app.api.errors import ClientGone, describe
 from app.api.framing import Framer
 from app.engine.types import TokenEvent
 
@@ -43,8 +44,25 @@ async def stream_events(events: AsyncIterator[TokenEvent], framer: Framer,
     yield {"data": DONE}
 
 
-async def collect(events: AsyncIterator[TokenEvent]) -> tuple[str, TokenEvent]:
-    """Run a request to the end: (all text, last event)."""
+async def collect(events: AsyncIterator[TokenEvent],
+                  is_disconnected: Callable[[], Awaitable[bool]] | None = None,
+                  poll_s: float = 0.25) -> tuple[str, TokenEvent]:
+    """Run a request to the end: (all text, last event). Aborts it if the client goes away."""
+    task = asyncio.ensure_future(_gather(events))
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=poll_s)
+            if done:
+                return task.result()
+            if is_disconnected is not None and await is_disconnected():
+                raise ClientGone("the client disconnected before the completion was ready")
+    finally:
+        if not task.done():
+            task.cancel()  # closes the engine stream, which aborts the request
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def _gather(events: AsyncIterator[TokenEvent]) -> tuple[str, TokenEvent]:
     parts: list[str] = []
     last: TokenEvent | None = None
     async with aclosing(events):  # type: ignore[type-var]
