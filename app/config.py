@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     max_waiting: int = Field(256, ge=0, description="requests queued beyond the running ones; more get 429")
     max_batched_tokens: int = Field(512, ge=16, description="tokens per step: decode rows + prompt chunks")
     max_prefill_tokens_while_decoding: int = Field(
-        64, ge=1, description="prompt tokens per step while other streams decode (caps their token gaps)")
+        48, ge=1, description="chunk size for long prompts while other streams decode (caps their token gaps)")
     kv_cache_memory_mb: int = Field(4096, ge=16, description="KV-cache budget; admission reserves worst cases")
     trust_remote_code: bool = Field(False, description="allow model folders that ship Python code")
 

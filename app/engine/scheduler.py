@@ -1,8 +1,8 @@
 """Continuous-batching bookkeeping: who waits, who prefills, who decodes. No torch calls here.
 
 Each step spends a token budget: one token per running row, the rest on prompt chunks of the
-oldest admitted sequences; while rows decode, prompt tokens are capped further, because every
-prefill forward delays the next token of every running stream. Admission reserves KV memory for a row's worst case (prompt + max_tokens,
+oldest admitted sequences; while rows decode, long prompts advance by small chunks only, because a
+big prefill forward delays the next token of every running stream. Admission reserves KV memory for a row's worst case (prompt + max_tokens,
 padded to the longest row), so a running batch never outgrows the budget.
 """
 
@@ -23,7 +23,7 @@ class SchedulerConfig:
     max_waiting: int = 256
     max_batched_tokens: int = 512  # per step: decode rows + prompt tokens of prefill chunks
     # Prompt tokens per step while rows decode: a prefill forward stalls every running stream.
-    max_prefill_tokens_while_decoding: int = 64
+    max_prefill_tokens_while_decoding: int = 48
     kv_budget_bytes: int = 8 << 30
     kv_bytes_per_token: int = 0  # all layers, keys and values; 0 disables the memory check
 
@@ -108,15 +108,21 @@ class Scheduler:
     def schedule(self) -> StepPlan:
         plan = StepPlan(decode=list(self.running))
         budget = self.config.max_batched_tokens - len(plan.decode)
-        if plan.decode:
-            budget = min(budget, self.config.max_prefill_tokens_while_decoding)
+        # While rows decode, long prompts advance by small chunks: a big prefill forward would
+        # freeze every running stream. Short prompts still go whole, so bursts start quickly.
+        long_budget = self.config.max_prefill_tokens_while_decoding if plan.decode else budget
         for sequence in self._prefill_candidates():
             # At least one prompt chunk per step, so a full decode batch cannot starve prefill.
             if budget <= 0 and plan.prefill:
                 break
-            size = min(max(budget, 1), sequence.num_prompt_tokens - sequence.num_prefilled)
+            remaining = sequence.num_prompt_tokens - sequence.num_prefilled
+            is_long = remaining > self.config.max_prefill_tokens_while_decoding
+            if is_long and long_budget <= 0:
+                continue
+            size = min(max(min(budget, long_budget) if is_long else budget, 1), remaining)
             plan.prefill.append(PrefillChunk(sequence, sequence.num_prefilled, sequence.num_prefilled + size))
             budget -= size
+            long_budget -= size if is_long else 0
         return plan
 
     def _prefill_candidates(self) -> Iterator[Sequence]:

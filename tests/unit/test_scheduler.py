@@ -97,3 +97,17 @@ def test_prompt_tokens_are_capped_while_rows_decode_but_not_when_idle():
     sched.add(_seq("second", 300))
     plan = sched.schedule()
     assert plan.decode == [first] and [(c.start, c.end) for c in plan.prefill] == [(0, 64)]
+
+
+def test_short_prompts_go_whole_while_long_ones_are_chunked_next_to_decoding_rows():
+    sched = Scheduler(SchedulerConfig(max_batched_tokens=512, max_prefill_tokens_while_decoding=64))
+    running = _seq("running", 4)
+    sched.add(running)
+    sched.schedule()
+    running.num_prefilled = 4
+    sched.start_running(running)
+    for name, length in (("long-a", 300), ("short-a", 60), ("long-b", 300), ("short-b", 50)):
+        sched.add(_seq(name, length))
+    plan = sched.schedule()
+    assert [(c.sequence.request_id, c.end) for c in plan.prefill] == [
+        ("long-a", 64), ("short-a", 60), ("short-b", 50)]  # long-b waits: the long budget is spent
