@@ -25,6 +25,7 @@ from app.engine.core import EngineCore
 from app.engine.detokenizer import IncrementalDetokenizer
 from app.engine.errors import ContextLengthExceeded, EngineDead, EngineError, InvalidRequest, Overloaded
 from app.engine.kv_batch import check_plain_cache
+from app.engine.memory import release_free_memory
 from app.engine.loader import LoadConfig, LoadedModel, load
 from app.engine.prompts import PromptEncoder
 from app.engine.runner import ModelRunner
@@ -247,6 +248,8 @@ class Engine:
                 while self._handle_commands(block=not core.has_work):
                     if core.has_work:
                         self._step(core)
+                        if not core.has_work:
+                            release_free_memory()  # idle now: return freed pages before blocking
                     self._publish_load(core)
         except BaseException as exc:  # noqa: BLE001 - the thread must report any death
             log.exception("model thread died")
