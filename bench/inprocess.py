@@ -13,31 +13,21 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 
 import torch
 
 from app.config import Settings
-from app.engine.core import EngineCore
+from app.engine.core import EngineCore, build_core
 from app.engine.detokenizer import IncrementalDetokenizer
-from app.engine.engine import EngineConfig, kv_bytes_per_token
+from app.engine.engine import EngineConfig
 from app.engine.loader import LoadedModel, load
 from app.engine.prompts import PromptEncoder
-from app.engine.runner import ModelRunner
-from app.engine.scheduler import Scheduler
 from app.engine.sequence import Sequence
 from app.engine.types import SamplingParams
 from bench.prompts import PROMPTS
 from bench.stats import decode_rate, fmt, ms, percentile
 
 clock = time.perf_counter
-
-
-def build_core(loaded: LoadedModel, config: EngineConfig) -> EngineCore:
-    """EngineCore exactly as Engine._attach makes it (without the model thread)."""
-    vocab = int(loaded.model.config.get_text_config().vocab_size)
-    sched = replace(config.scheduler, kv_bytes_per_token=kv_bytes_per_token(loaded))
-    return EngineCore(ModelRunner(loaded.model, loaded.device), Scheduler(sched), vocab)
 
 
 def new_sequence(loaded: LoadedModel, request_id: str, prompt_ids: list[int], max_tokens: int,
@@ -81,7 +71,7 @@ def stream_numbers(start: float, events: list[tuple[float, int, str]]) -> dict:
 def measure(loaded: LoadedModel, config: EngineConfig, max_tokens: int, batch_sizes: list[int],
             repeats: int) -> dict:
     """One unmeasured warm-up, then `repeats` single-stream runs (medians) and each bigger batch once."""
-    core = build_core(loaded, config)
+    core = build_core(loaded, config.scheduler)
     prompt_ids = PromptEncoder(loaded.tokenizer, core.vocab_size).encode_text(PROMPTS["short"])
     run_batch(core, loaded, prompt_ids, max_tokens, 1)
     singles = [run_batch(core, loaded, prompt_ids, max_tokens, 1) for _ in range(repeats)]

@@ -8,16 +8,34 @@ the batch. Finished and aborted sequences leave the batch at once, freeing their
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
 from transformers import DynamicCache
 
 from app.engine import sampler
-from app.engine.kv_batch import KVBatch, layer_bytes, select_rows
+from app.engine.kv_batch import KVBatch, check_plain_cache, layer_bytes, select_rows
+from app.engine.loader import LoadedModel
 from app.engine.runner import ModelRunner
 from app.engine.sampler import PenaltyState, SamplingTensors
-from app.engine.scheduler import PrefillChunk, Scheduler, group_by_length
+from app.engine.scheduler import PrefillChunk, Scheduler, SchedulerConfig, group_by_length
 from app.engine.sequence import Sequence
+
+
+def kv_bytes_per_token(loaded: LoadedModel) -> int:
+    """KV-cache bytes one token costs across all layers (keys and values)."""
+    cfg = loaded.model.config.get_text_config()
+    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return 2 * cfg.num_hidden_layers * heads * head_dim * loaded.dtype.itemsize
+
+
+def build_core(loaded: LoadedModel, scheduler: SchedulerConfig) -> EngineCore:
+    """The core for a loaded model, its KV cost per token filled in; the one place a core is made."""
+    runner = ModelRunner(loaded.model, loaded.device)
+    check_plain_cache(runner.new_cache())  # refuse sliding/linear-attention models up front
+    config = replace(scheduler, kv_bytes_per_token=kv_bytes_per_token(loaded))
+    return EngineCore(runner, Scheduler(config), int(loaded.model.config.get_text_config().vocab_size))
 
 
 def _uses_penalties(sequence: Sequence) -> bool:

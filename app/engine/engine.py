@@ -21,16 +21,14 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from app.engine.core import EngineCore
+from app.engine.core import EngineCore, build_core
 from app.engine.detokenizer import IncrementalDetokenizer
 from app.engine.errors import ContextLengthExceeded, EngineDead, EngineError, InvalidRequest, Overloaded
-from app.engine.kv_batch import check_plain_cache
 from app.engine.memory import release_free_memory
 from app.engine.loader import LoadConfig, LoadedModel, load
 from app.engine.prompts import PromptEncoder
-from app.engine.runner import ModelRunner
 from app.engine.sampler import make_generator
-from app.engine.scheduler import Scheduler, SchedulerConfig
+from app.engine.scheduler import SchedulerConfig
 from app.engine.sequence import Sequence
 from app.engine.stream import RequestStream
 from app.engine.types import EngineState, ModelInfo, SamplingParams, TokenEvent
@@ -45,14 +43,6 @@ class EngineConfig:
     max_model_len: int = 0  # 0: the model's own max_position_embeddings
     request_timeout_s: float = 0.0  # server-wide generation deadline; 0: none. Requests may only shorten it.
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-
-
-def kv_bytes_per_token(loaded: LoadedModel) -> int:
-    """KV-cache bytes one token costs across all layers (keys and values)."""
-    cfg = loaded.model.config.get_text_config()
-    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return 2 * cfg.num_hidden_layers * heads * head_dim * loaded.dtype.itemsize
 
 
 class Engine:
@@ -94,12 +84,9 @@ class Engine:
         self._loaded = loaded
         # The model thread detokenizes with its own copy; the original serves prompt encoding.
         self._detokenizer_tokenizer = copy.deepcopy(loaded.tokenizer)
-        vocab = int(loaded.model.config.get_text_config().vocab_size)
+        self._core = build_core(loaded, self.config.scheduler)
+        vocab = self._core.vocab_size
         max_len = min(self.config.max_model_len or loaded.max_position_embeddings, loaded.max_position_embeddings)
-        sched = replace(self.config.scheduler, kv_bytes_per_token=kv_bytes_per_token(loaded))
-        runner = ModelRunner(loaded.model, loaded.device)
-        check_plain_cache(runner.new_cache())  # refuse sliding/linear-attention models up front
-        self._core = EngineCore(runner, Scheduler(sched), vocab)
         self.encoder = PromptEncoder(loaded.tokenizer, vocab)
         self.info = ModelInfo(self.config.served_model_name, max_len, vocab, loaded.eos_token_ids,
                               self.encoder.has_chat_template, int(time.time()))

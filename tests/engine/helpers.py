@@ -4,20 +4,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from app.engine.core import EngineCore
+from app.engine.core import EngineCore, build_core
 from app.engine.detokenizer import IncrementalDetokenizer
-from app.engine.engine import kv_bytes_per_token
-from app.engine.runner import ModelRunner
 from app.engine.sampler import make_generator
-from app.engine.scheduler import Scheduler, SchedulerConfig
+from app.engine.scheduler import SchedulerConfig
 from app.engine.sequence import Sequence
 from app.engine.types import SamplingParams, TokenEvent
 
 
 def make_core(loaded, **scheduler) -> EngineCore:
-    config = SchedulerConfig(kv_bytes_per_token=kv_bytes_per_token(loaded), **scheduler)
-    vocab = loaded.model.config.vocab_size
-    return EngineCore(ModelRunner(loaded.model, loaded.device), Scheduler(config), vocab)
+    return build_core(loaded, SchedulerConfig(**scheduler))
 
 
 def make_sequence(loaded, request_id: str, prompt_ids: list[int], params: SamplingParams,
