@@ -58,7 +58,8 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_loaded(tiny_model_dir: Path):
-    """The tiny model loaded through the real loader, in fp32 on the CPU."""
-    from app.engine.loader import LoadConfig, load
+    """The tiny model loaded through the real loader, in fp32 on the CPU (or TOKENWIRE_TEST_DEVICE)."""
+    from app.engine.loader import load
+    from tests.engine.helpers import tiny_load_config
 
-    return load(LoadConfig(str(tiny_model_dir), device="cpu", dtype="float32"))
+    return load(tiny_load_config(tiny_model_dir))

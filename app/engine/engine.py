@@ -232,6 +232,7 @@ class Engine:
         core = self._core
         try:
             with torch.inference_mode():
+                core.runner.warm_row_counts(core.scheduler.config.max_running)
                 while self._handle_commands(block=not core.has_work):
                     if core.has_work:
                         self._step(core)

@@ -61,6 +61,39 @@ class ModelRunner:
         return self._forward(input_ids, mask, positions, batch.cache)
 
     @torch.inference_mode()
+    def warm_row_counts(self, max_rows: int) -> None:
+        """Run each distinct weight matrix once per batch size 1..max_rows, before any traffic.
+
+        On CPU oneDNN builds and caches a kernel per (rows, weight) shape, ~0.6 MiB each: made here,
+        the server's memory no longer creeps up as traffic hits new batch sizes (and nobody waits for it).
+        """
+        matmuls = self._distinct_matmuls()
+        for rows in range(1, max_rows + 1):
+            for module, width, dtype in matmuls:
+                module(torch.zeros((rows, 1, width), dtype=dtype, device=self.device))
+
+    def _distinct_matmuls(self) -> list[tuple[torch.nn.Module, int, torch.dtype]]:
+        """(module, input width, input dtype) for each distinct weighted leaf layer a forward pass uses."""
+        found: dict[tuple, tuple[torch.nn.Module, int, torch.dtype]] = {}
+
+        def record(module: torch.nn.Module, args: tuple) -> None:
+            if args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
+                weight = module.weight
+                key = (type(module), tuple(weight.shape), weight.dtype, getattr(module, "bias", None) is not None)
+                found.setdefault(key, (module, args[0].shape[-1], args[0].dtype))
+
+        layers = [m for m in self.model.modules()
+                  if not any(m.children()) and isinstance(getattr(m, "weight", None), torch.Tensor)
+                  and m.weight.dim() == 2]
+        hooks = [m.register_forward_pre_hook(record) for m in layers]
+        try:
+            self.prefill_batch([[0]])
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return list(found.values())
+
+    @torch.inference_mode()
     def full_logits(self, token_ids: list[int]) -> torch.Tensor:
         """Logits at every position of one uncached forward pass (a reference for tests and checks)."""
         input_ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
+from pathlib import Path
 
 from app.engine.core import EngineCore, build_core
 from app.engine.detokenizer import IncrementalDetokenizer
+from app.engine.loader import LoadConfig
 from app.engine.sampler import make_generator
 from app.engine.scheduler import SchedulerConfig
 from app.engine.sequence import Sequence
 from app.engine.types import SamplingParams, TokenEvent
+
+# Engine tests run on the CPU; TOKENWIRE_TEST_DEVICE=cuda runs the same tests on a GPU.
+TEST_DEVICE = os.environ.get("TOKENWIRE_TEST_DEVICE", "cpu")
+
+
+def tiny_load_config(model_dir: Path | str) -> LoadConfig:
+    """The tiny model in fp32 on the test device: exact enough to compare token for token."""
+    return LoadConfig(str(model_dir), device=TEST_DEVICE, dtype="float32")
 
 
 def make_core(loaded, **scheduler) -> EngineCore:

@@ -10,10 +10,9 @@ import time
 import pytest
 
 from app.engine.engine import Engine, EngineConfig
-from app.engine.loader import LoadConfig
 from app.engine.sequence import SequenceStatus
 from app.engine.types import FinishReason, SamplingParams
-from tests.engine.helpers import make_core, make_sequence, output_of, run_alone, run_to_end
+from tests.engine.helpers import make_core, make_sequence, output_of, run_alone, run_to_end, tiny_load_config
 
 LONG = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
 PAST = 0.0  # a monotonic time that has always passed
@@ -93,7 +92,7 @@ def test_the_deadline_defaults_to_timeout_s_from_creation(tiny_loaded):
 
 @pytest.fixture
 async def engine(tiny_model_dir):
-    config = EngineConfig(LoadConfig(str(tiny_model_dir), device="cpu", dtype="float32"), "tiny",
+    config = EngineConfig(tiny_load_config(tiny_model_dir), "tiny",
                           request_timeout_s=60)
     engine = Engine(config)
     await engine.start()

@@ -10,16 +10,16 @@ import pytest
 
 from app.engine.engine import Engine, EngineConfig
 from app.engine.errors import ContextLengthExceeded, EngineDead, Overloaded
-from app.engine.loader import LoadConfig
 from app.engine.scheduler import SchedulerConfig
 from app.engine.types import SamplingParams
+from tests.engine.helpers import tiny_load_config
 
 LONG = SamplingParams(temperature=0, max_tokens=200, ignore_eos=True)
 
 
 @pytest.fixture
 async def engine(tiny_model_dir):
-    config = EngineConfig(LoadConfig(str(tiny_model_dir), device="cpu", dtype="float32"), "tiny",
+    config = EngineConfig(tiny_load_config(tiny_model_dir), "tiny",
                           scheduler=SchedulerConfig(max_running=4, max_waiting=2))
     engine = Engine(config)
     await engine.start()

@@ -13,10 +13,10 @@ from asgi_lifespan import LifespanManager
 from app.config import Settings
 from app.engine.engine import Engine, EngineConfig
 from app.engine.errors import EngineDead
-from app.engine.loader import LoadConfig
 from app.engine.scheduler import SchedulerConfig
 from app.engine.types import EngineState, SamplingParams
 from app.main import create_app
+from tests.engine.helpers import tiny_load_config
 
 LONG = SamplingParams(temperature=0, max_tokens=200, ignore_eos=True)
 
@@ -26,7 +26,7 @@ class ThreadKiller(BaseException):
 
 
 def make_engine(model_dir, **scheduler) -> Engine:
-    config = EngineConfig(LoadConfig(str(model_dir), device="cpu", dtype="float32"), "tiny",
+    config = EngineConfig(tiny_load_config(model_dir), "tiny",
                           scheduler=SchedulerConfig(**scheduler))
     return Engine(config)
 

@@ -11,7 +11,7 @@ PROMPTS = ["The capital of France", "Hello world! How", "東京は日本の", "d
 
 
 def _hf_greedy(loaded, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
-    input_ids = torch.tensor([prompt_ids])
+    input_ids = torch.tensor([prompt_ids], device=loaded.device)
     out = loaded.model.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
                                 max_new_tokens=max_new_tokens, eos_token_id=None, pad_token_id=0)
     return out[0, len(prompt_ids):].tolist()
@@ -47,7 +47,7 @@ def test_incremental_logits_match_full_forward(tiny_loaded):
     last = runner.prefill(cache, ids[split:-3], split)
     full = runner.full_logits(ids)
     torch.testing.assert_close(last, full[len(ids) - 4], atol=1e-4, rtol=1e-4)
-    core.batch.join(cache, torch.ones((1, len(ids) - 3), dtype=torch.long))
+    core.batch.join(cache, torch.ones((1, len(ids) - 3), dtype=torch.long, device=tiny_loaded.device))
     for position in range(len(ids) - 3, len(ids)):
         step = core.runner.decode(core.batch, [ids[position]])[0]
         torch.testing.assert_close(step, full[position], atol=1e-4, rtol=1e-4)

@@ -1,0 +1,41 @@
+"""Start-up warming of per-shape kernels: every distinct weight matrix, once per decode batch size."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+from app.engine.runner import ModelRunner
+from app.engine.types import SamplingParams
+from tests.engine.helpers import run_alone
+
+
+def test_each_distinct_weight_runs_once_per_row_count(tiny_loaded):
+    runner = ModelRunner(tiny_loaded.model, tiny_loaded.device)
+    calls: Counter[tuple[tuple[int, ...], int]] = Counter()
+
+    def record(module: torch.nn.Module, args: tuple) -> None:
+        calls[(tuple(module.weight.shape), args[0].shape[0])] += 1
+
+    linears = [m for m in tiny_loaded.model.modules() if isinstance(m, torch.nn.Linear)]
+    hooks = [m.register_forward_pre_hook(record) for m in linears]
+    try:
+        runner.warm_row_counts(3)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    shapes = {tuple(m.weight.shape) for m in linears}
+    assert len(shapes) == 5  # q/o, k/v, gate/up, down, lm_head in the tiny Llama
+    # Finding the layers costs one forward of a single row; then one call per shape and row count.
+    warmed = calls - Counter({(shape, 1): sum(1 for m in linears if tuple(m.weight.shape) == shape)
+                              for shape in shapes})
+    assert warmed == Counter({(shape, rows): 1 for shape in shapes for rows in (1, 2, 3)})
+
+
+def test_warming_leaves_generation_unchanged(tiny_loaded):
+    ids = tiny_loaded.tokenizer.encode("The capital of France")
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    before = run_alone(tiny_loaded, ids, params)
+    ModelRunner(tiny_loaded.model, tiny_loaded.device).warm_row_counts(4)
+    assert run_alone(tiny_loaded, ids, params) == before
