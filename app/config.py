@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from app.engine.engine import EngineConfig
 from app.engine.loader import LoadConfig
 from app.engine.scheduler import SchedulerConfig
+from app.http_protocol import h11_with_head_deadline
 
 DEFAULT_MODEL = "models/SmolLM2-135M-Instruct"
 
@@ -42,6 +43,8 @@ class Settings(BaseSettings):
     # HTTP limits and access control (see README "Limits"); app.main and app.__main__ apply them.
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body in bytes; larger gets 413")
     max_header_bytes: int = Field(16384, ge=1024, description="request line + headers in bytes; larger is refused")
+    request_head_timeout_s: float = Field(
+        10.0, gt=0, description="time to receive the request line and headers; slower gets 408, connection closed")
     request_read_timeout_s: float = Field(10.0, gt=0, description="time to receive a whole body; slower gets 408")
     keep_alive_timeout_s: int = Field(5, ge=1, description="idle keep-alive connections are closed after this")
     request_timeout_s: float = Field(600.0, ge=0, description="generation deadline per request; 0 = none")
@@ -75,9 +78,11 @@ class Settings(BaseSettings):
     def uvicorn_options(self) -> dict[str, object]:
         """uvicorn keyword arguments for the connection limits.
 
-        h11, not httptools: only h11 bounds the header size (uvicorn answers 400 and closes).
+        h11, not httptools: only h11 bounds the header size (uvicorn answers 400 and closes); our
+        subclass of its protocol also bounds the time a head may take.
         """
-        return {"http": "h11", "h11_max_incomplete_event_size": self.max_header_bytes,
+        return {"http": h11_with_head_deadline(self.request_head_timeout_s),
+                "h11_max_incomplete_event_size": self.max_header_bytes,
                 "timeout_keep_alive": self.keep_alive_timeout_s}
 
     def engine_config(self) -> EngineConfig:

@@ -1,6 +1,6 @@
-"""API keys over every route the real server publishes, and slow clients that stall mid-body.
+"""API keys over every route the real server publishes, and slow clients that stall mid-head or mid-body.
 
-One extra server (loopback only) with two API keys, a 3 s body deadline and room for exactly one
+One extra server (loopback only) with two API keys, a 2 s head and a 3 s body deadline and room for exactly one
 request (TOKENWIRE_MAX_RUNNING=1, TOKENWIRE_MAX_WAITING=0): a stalled client that held an engine slot
 would turn the normal request beside it into a 429.
 """
@@ -19,6 +19,7 @@ pytestmark = pytest.mark.e2e
 
 KEYS = ("sk-e2e-sweep-one", "sk-e2e-sweep-two")
 READ_TIMEOUT_S = 3.0
+HEAD_TIMEOUT_S = 2.0
 MARGIN_S = 3.0
 OPEN = {"/health", "/ready"}
 # FastAPI serves these itself; they are not in the spec's `paths` but are routes all the same.
@@ -39,6 +40,7 @@ WRONG_AUTHORIZATIONS = [
 @pytest.fixture(scope="module")
 def guarded(start_server):
     server = start_server(TOKENWIRE_API_KEYS=",".join(KEYS), TOKENWIRE_REQUEST_READ_TIMEOUT_S=str(READ_TIMEOUT_S),
+                          TOKENWIRE_REQUEST_HEAD_TIMEOUT_S=str(HEAD_TIMEOUT_S),
                           TOKENWIRE_MAX_RUNNING="1", TOKENWIRE_MAX_WAITING="0")
     yield server
     server.stop()
@@ -187,3 +189,53 @@ def test_stalled_bodies_get_408_and_hold_no_slot(guarded, http):
     assert wait_idle(http)["status"] == "ok"
     again = http.post("/v1/completions", json={"model": guarded.model, "prompt": "Hello", "max_tokens": 2})
     assert again.status_code == 200 and again.json()["usage"]["completion_tokens"] == 2, again.text
+
+
+def trickle_head(url: str, gap_s: float = 0.25) -> tuple[bytes, float | None]:
+    """Send a request head one byte per `gap_s`, never ending it; (what came back, seconds until closed)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=gap_s) as sock:
+        started = time.monotonic()
+        sock.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nX-Slow: ".encode())
+        received = b""
+        while time.monotonic() - started < HEAD_TIMEOUT_S + MARGIN_S:
+            try:
+                chunk = sock.recv(4096)
+            except TimeoutError:
+                if not received:  # write only while nothing came back: a write after the close resets
+                    sock.sendall(b"a")
+                continue
+            if not chunk:
+                return received, time.monotonic() - started
+            received += chunk
+    return received, None
+
+
+def test_a_head_that_never_ends_gets_408_and_is_closed(guarded):
+    received, closed_after = trickle_head(guarded.url)
+    assert received.startswith(b"HTTP/1.1 408"), received[:300]
+    assert b'"request_timeout"' in received and b"connection: close" in received.lower(), received
+    assert closed_after is not None, "the server never closed the trickling connection"
+    assert HEAD_TIMEOUT_S - 0.5 < closed_after < HEAD_TIMEOUT_S + MARGIN_S, closed_after
+
+
+def test_a_connection_that_sends_nothing_is_closed_without_an_answer(guarded):
+    host, port = guarded.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=HEAD_TIMEOUT_S + MARGIN_S) as sock:
+        started = time.monotonic()
+        assert sock.recv(4096) == b""
+        assert HEAD_TIMEOUT_S - 0.5 < time.monotonic() - started < HEAD_TIMEOUT_S + MARGIN_S
+
+
+def test_the_head_deadline_does_not_cut_a_long_response_or_the_next_request(guarded, http):
+    body = {"model": guarded.model, "prompt": "Once upon a time", "max_tokens": 200, "temperature": 0,
+            "stream": True, "logit_bias": {"0": -100, "1": -100, "2": -100}}
+    started = time.monotonic()
+    with http.stream("POST", "/v1/completions", json=body) as response:
+        assert response.status_code == 200, response.read()
+        events = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert time.monotonic() - started > HEAD_TIMEOUT_S, "the response should outlast the head deadline"
+    assert events[-1] == "data: [DONE]" and '"finish_reason":"length"' in events[-2], events[-3:]
+    time.sleep(HEAD_TIMEOUT_S / 2)  # idle on the kept-alive connection, within its keep-alive time
+    again = http.post("/v1/completions", json={"model": guarded.model, "prompt": "Hello", "max_tokens": 2})
+    assert again.status_code == 200, again.text
