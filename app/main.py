@@ -11,6 +11,7 @@ from app.api.auth import ApiKeyAuth
 from app.api.drain import DrainGate, DrainState
 from app.api.errors import install_error_handlers
 from app.api.metrics import Metrics
+from app.api.openapi import install_openapi
 from app.api.probes import router as probes_router
 from app.api.request_context import RequestContext
 from app.api.request_limits import RequestLimits
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(router)
     app.include_router(probes_router)
     install_error_handlers(app)
+    install_openapi(app)
     add_lifecycle(app, settings)
     add_http_guards(app, settings)
     add_request_context(app, settings, engine)

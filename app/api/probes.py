@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from app.api.openapi import METRICS_RESPONSES, PROBE_RESPONSES
 from app.api.routes import get_engine
 from app.engine.engine import Engine
 from app.engine.types import EngineState
@@ -16,7 +17,7 @@ from app.engine.types import EngineState
 router = APIRouter()
 
 
-@router.get("/health")
+@router.get("/health", responses=PROBE_RESPONSES)
 async def health(engine: Engine = Depends(get_engine)):
     """Liveness plus the engine's load; 503 once the model thread is not running."""
     body = {"status": "ok" if engine.is_alive else "unavailable", "running": engine.num_running,
@@ -25,7 +26,7 @@ async def health(engine: Engine = Depends(get_engine)):
     return JSONResponse(body, status_code=200 if engine.is_alive else 503)
 
 
-@router.get("/ready")
+@router.get("/ready", responses=PROBE_RESPONSES)
 async def ready(request: Request, engine: Engine = Depends(get_engine)):
     """Readiness: 200 only once the model is loaded and warmed up, and not while draining."""
     state = engine.state
@@ -33,7 +34,7 @@ async def ready(request: Request, engine: Engine = Depends(get_engine)):
     return JSONResponse({"status": status}, status_code=200 if status == "ready" else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response, responses=METRICS_RESPONSES)
 async def metrics(request: Request):
     metrics = request.app.state.metrics
     return Response(metrics.render(), media_type=metrics.content_type)

@@ -7,6 +7,7 @@ from sse_starlette import EventSourceResponse
 
 from app.api.errors import ModelNotFound
 from app.api.framing import ChatFramer, Framer
+from app.api.openapi import GENERATION_RESPONSES, UNAUTHORIZED
 from app.api.request_context import completion_id, track
 from app.api.schemas import ChatCompletionRequest, CompletionRequest
 from app.api.sse import collect, stream_events
@@ -37,7 +38,7 @@ def sse_response(request: Request, events, framer: Framer, echo_text: str | None
                                ping=request.app.state.sse_keepalive_s, headers=STREAM_HEADERS)
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", responses=GENERATION_RESPONSES)
 async def completions(body: CompletionRequest, request: Request, engine: Engine = Depends(get_engine)):
     model = served_model(body.model, engine)
     text = body.prompt_text()
@@ -51,7 +52,7 @@ async def completions(body: CompletionRequest, request: Request, engine: Engine 
     return framer.response((echo or "") + completion, last)
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", responses=GENERATION_RESPONSES)
 async def chat_completions(body: ChatCompletionRequest, request: Request, engine: Engine = Depends(get_engine)):
     model = served_model(body.model, engine)
     prompt_ids = await engine.encode_chat(body.template_messages())
@@ -64,7 +65,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, engine
     return framer.response(completion, last)
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses=UNAUTHORIZED)
 async def list_models(engine: Engine = Depends(get_engine)):
     info = engine.info
     models = [] if info is None else [{

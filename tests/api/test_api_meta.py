@@ -30,3 +30,19 @@ async def test_health_reports_a_dead_engine(client, fake):
 
 async def test_lifespan_starts_the_engine(client, fake):
     assert fake.started and not fake.stopped  # the fixture checks `stopped` after shutdown
+
+
+async def test_the_openapi_document_describes_the_real_answers(client):
+    spec = (await client.get("/openapi.json")).json()
+    statuses = {status for item in spec["paths"].values() for op in item.values() for status in op["responses"]}
+    assert "422" not in statuses, statuses
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    for path in ("/v1/completions", "/v1/chat/completions"):
+        responses = spec["paths"][path]["post"]["responses"]
+        assert set(responses["200"]["content"]) == {"application/json", "text/event-stream"}
+        for status in ("400", "401", "404", "408", "413", "429", "431", "503"):
+            schema = responses[status]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, (path, status)
+    error = spec["components"]["schemas"]["ErrorDetail"]
+    assert set(error["properties"]) == {"message", "type", "param", "code"}
+    assert set(spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == {"text/plain"}

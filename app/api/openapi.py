@@ -1,0 +1,77 @@
+"""The OpenAPI document says what the server really answers.
+
+FastAPI documents a 422 with its own error schema for every route with a body; this server answers a
+bad body with 400 in OpenAI's error shape, a streamed request with server-sent events, and refuses with
+401/404/408/413/429/431/503 on the generation routes. Schema fuzzing checks answers against this document.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error shape, used by every refusal."""
+
+    error: ErrorDetail
+
+
+class ProbeStatus(BaseModel):
+    status: str
+
+
+def _error(description: str) -> dict:
+    return {"model": ErrorResponse, "description": description}
+
+
+UNAUTHORIZED = {401: _error("API keys are configured and the request has no valid `Authorization: Bearer` key")}
+
+GENERATION_RESPONSES: dict[int | str, dict] = {
+    200: {"description": "the completion as JSON; with `stream: true`, a server-sent event stream of chunks "
+                         "that ends with `data: [DONE]`",
+          "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+    400: _error("a bad body or parameter, or a prompt + max_tokens that cannot fit the context or KV budget"),
+    **UNAUTHORIZED,
+    404: _error("`model` is not the served model"),
+    408: _error("the body did not arrive within TOKENWIRE_REQUEST_READ_TIMEOUT_S"),
+    413: _error("the body is larger than TOKENWIRE_MAX_BODY_BYTES"),
+    429: _error("running and waiting requests are at their caps; retry after `Retry-After` seconds"),
+    431: _error("the request line and headers are larger than TOKENWIRE_MAX_HEADER_BYTES"),
+    503: _error("the server is draining after SIGTERM, or its model thread stopped"),
+}
+
+METRICS_RESPONSES: dict[int | str, dict] = {
+    200: {"description": "Prometheus text exposition format",
+          "content": {"text/plain": {"schema": {"type": "string"}}}},
+    **UNAUTHORIZED,
+}
+
+PROBE_RESPONSES: dict[int | str, dict] = {
+    503: {"model": ProbeStatus, "description": "not live / not ready (the body says why)"},
+}
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Serve the generated document without FastAPI's 422 responses and validation-error schemas."""
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
