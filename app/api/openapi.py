@@ -29,6 +29,11 @@ class ProbeStatus(BaseModel):
     status: str
 
 
+# One server-sent event of a stream, as SSE parsers (and schema fuzzers) see it.
+SSE_EVENT = {"type": "object", "required": ["data"],
+             "properties": {"data": {"type": "string", "description": "a JSON chunk; the last event is [DONE]"}}}
+
+
 def _error(description: str) -> dict:
     return {"model": ErrorResponse, "description": description}
 
@@ -38,7 +43,7 @@ UNAUTHORIZED = {401: _error("API keys are configured and the request has no vali
 GENERATION_RESPONSES: dict[int | str, dict] = {
     200: {"description": "the completion as JSON; with `stream: true`, a server-sent event stream of chunks "
                          "that ends with `data: [DONE]`",
-          "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+          "content": {"text/event-stream": {"schema": SSE_EVENT}}},
     400: _error("a bad body or parameter, or a prompt + max_tokens that cannot fit the context or KV budget"),
     **UNAUTHORIZED,
     404: _error("`model` is not the served model"),
