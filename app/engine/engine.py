@@ -11,21 +11,17 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-import queue
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping, Sequence as Seq
 from dataclasses import dataclass, field, replace
 
-import torch
-
 from app.engine.core import EngineCore, build_core
 from app.engine.detokenizer import IncrementalDetokenizer
-from app.engine.errors import ContextLengthExceeded, EngineDead, EngineError, InvalidRequest, Overloaded
-from app.engine.memory import release_free_memory
+from app.engine.errors import ContextLengthExceeded, EngineDead, InvalidRequest, Overloaded
 from app.engine.loader import LoadConfig, LoadedModel, load
+from app.engine.model_thread import ModelThread
 from app.engine.prompts import PromptEncoder
 from app.engine.sampler import make_generator
 from app.engine.scheduler import SchedulerConfig
@@ -48,13 +44,9 @@ class EngineConfig:
 class Engine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        self._inbox: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._model_thread: ModelThread | None = None
         self._active: set[str] = set()
-        self._dead: BaseException | None = None
         self._warm = False  # a warm-up generation ran: the engine is ready for traffic
-        # Written by the model thread after each step, read by the event loop: (running, waiting, kv bytes).
-        self._load = (0, 0, 0)
         # One thread for prompt encoding: a fast tokenizer must not be used by two threads at once.
         self._tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix="tokenwire-tokenize")
         self._core: EngineCore | None = None
@@ -90,28 +82,29 @@ class Engine:
         self.encoder = PromptEncoder(loaded.tokenizer, vocab)
         self.info = ModelInfo(self.config.served_model_name, max_len, vocab, loaded.eos_token_ids,
                               self.encoder.has_chat_template, int(time.time()))
-        self._thread = threading.Thread(target=self._run, name="tokenwire-model", daemon=True)
-        self._thread.start()
+        self._model_thread = ModelThread(self._core)
+        self._model_thread.start()
 
     async def stop(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            self._inbox.put(("stop", None))
-            await asyncio.to_thread(self._thread.join, 10)
+        if self._model_thread is not None and self._model_thread.is_running:
+            self._model_thread.stop()
+            await asyncio.to_thread(self._model_thread.join, 10)
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def state(self) -> EngineState:
-        if self._dead is not None:
-            return EngineState.DEAD
-        if self._thread is None:
+        if self._model_thread is None:
             return EngineState.LOADING
-        if not self._thread.is_alive():
+        if self._model_thread.dead is not None:
+            return EngineState.DEAD
+        if not self._model_thread.is_running:
             return EngineState.STOPPED
         return EngineState.READY if self._warm else EngineState.LOADING
 
     @property
     def is_alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and self._dead is None
+        thread = self._model_thread
+        return thread is not None and thread.is_running and thread.dead is None
 
     @property
     def num_active_requests(self) -> int:
@@ -119,15 +112,18 @@ class Engine:
 
     @property
     def num_running(self) -> int:
-        return self._load[0]
+        return self._published_load()[0]
 
     @property
     def num_waiting(self) -> int:
-        return self._load[1]
+        return self._published_load()[1]
 
     @property
     def kv_cache_bytes(self) -> int:
-        return self._load[2]
+        return self._published_load()[2]
+
+    def _published_load(self) -> tuple[int, int, int]:
+        return (0, 0, 0) if self._model_thread is None else self._model_thread.load
 
     # ---- prompts ----------------------------------------------------------------------------
 
@@ -198,9 +194,8 @@ class Engine:
                 f"prompt + max_tokens ({sequence.num_tokens + sequence.max_tokens} tokens) exceeds "
                 "the KV-cache memory budget", param="max_tokens")
         self._active.add(request_id)
-        self._inbox.put(("add", sequence))
-        if self._dead is not None:  # the thread died since the check above: nobody will read the inbox
-            self._reject_queued(EngineDead("the model thread died"))
+        assert self._model_thread is not None
+        self._model_thread.add(sequence)
         return RequestStream(request_id, events, self._abort, self._active.discard)
 
     def _new_sequence(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
@@ -219,91 +214,10 @@ class Engine:
         )
 
     def _abort(self, request_id: str) -> None:
-        self._inbox.put(("abort", request_id))  # thread-safe; applied before the next step
+        if self._model_thread is not None:
+            self._model_thread.abort(request_id)  # thread-safe; applied before the next step
 
     def fail_all(self, error: Exception) -> None:
         """End every request in flight with `error` (a drain deadline passed); applied between steps."""
-        self._inbox.put(("fail", error))
-
-    # ---- the model thread -------------------------------------------------------------------
-
-    def _run(self) -> None:
-        assert self._core is not None
-        core = self._core
-        try:
-            with torch.inference_mode():
-                core.runner.warm_row_counts(core.scheduler.config.max_running)
-                while self._handle_commands(block=not core.has_work):
-                    if core.has_work:
-                        self._step(core)
-                        if not core.has_work:
-                            release_free_memory()  # idle now: return freed pages before blocking
-                    self._publish_load(core)
-        except BaseException as exc:  # noqa: BLE001 - the thread must report any death
-            log.exception("model thread died")
-            self._dead = exc
-            self._load = (0, 0, 0)  # before the requests learn of it: nothing runs any more
-            self._fail_all(core, EngineDead("the model thread died"))
-            self._reject_queued(EngineDead("the model thread died"))
-
-    def _reject_queued(self, error: EngineError) -> None:
-        """Fail adds left in the inbox of a dead model thread (safe from any thread)."""
-        while True:
-            try:
-                command, payload = self._inbox.get_nowait()
-            except queue.Empty:
-                return
-            if command == "add":
-                payload.sink(error)  # type: ignore[attr-defined]
-
-    def _publish_load(self, core: EngineCore) -> None:
-        sched = core.scheduler
-        self._load = (len(sched.admitted), len(sched.waiting), core.kv_cache_bytes)
-
-    def _handle_commands(self, block: bool) -> bool:
-        """Apply queued adds/aborts; False once asked to stop."""
-        while True:
-            try:
-                command, payload = self._inbox.get(block=block)
-            except queue.Empty:
-                return True
-            block = False
-            if command == "stop":
-                self._fail_all(self._core, EngineDead("the engine is shutting down"))
-                return False
-            if command == "add":
-                self._add(payload)  # type: ignore[arg-type]
-            elif command == "abort":
-                self._core.abort(payload)  # type: ignore[arg-type]
-            elif command == "fail":
-                self._fail_all(self._core, payload)  # type: ignore[arg-type]
-
-    def _add(self, sequence: Sequence) -> None:
-        try:
-            self._core.add(sequence)
-        except EngineError as exc:
-            sequence.sink(exc)
-
-    def _step(self, core: EngineCore) -> None:
-        try:
-            core.step()
-        except Exception:  # a failed step fails its requests, not the server
-            log.exception("engine step failed; failing the requests in flight")
-            self._fail_all(core, EngineError("generation failed inside the engine"))
-
-    @staticmethod
-    def _fail_all(core: EngineCore | None, error: Exception) -> None:
-        """Tell every request first, then free them: a broken core must not keep anyone waiting."""
-        if core is None:
-            return
-        sched = core.scheduler
-        sequences = [*sched.waiting, *sched.prefilling, *sched.running]
-        for sequence in sequences:
-            sequence.sink(error)
-        try:
-            for sequence in sequences:
-                core.abort(sequence.request_id)
-        except Exception:  # noqa: BLE001 - the requests already have their error
-            log.exception("freeing failed requests failed")
-
-
+        if self._model_thread is not None:
+            self._model_thread.fail_all(error)

@@ -1,0 +1,133 @@
+"""The model thread: the one thread that steps the EngineCore (so the one that runs torch).
+
+Everything reaches it as a command on a queue, applied between steps: add a sequence, abort one, fail
+every request in flight, stop. Events go back through each sequence's sink; after each step the load
+(running, waiting, KV bytes) is published as one tuple that probes read without waiting on the thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+
+import torch
+
+from app.engine.core import EngineCore
+from app.engine.errors import EngineDead, EngineError
+from app.engine.memory import release_free_memory
+from app.engine.sequence import Sequence
+
+log = logging.getLogger(__name__)
+
+
+class ModelThread:
+    def __init__(self, core: EngineCore) -> None:
+        self.core = core
+        self.dead: BaseException | None = None  # what killed the thread, if anything did
+        self.load = (0, 0, 0)  # (running, waiting, KV bytes), replaced whole after each step
+        self._inbox: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="tokenwire-model", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    # ---- commands (safe from any thread) ---------------------------------------------------------
+
+    def add(self, sequence: Sequence) -> None:
+        self._inbox.put(("add", sequence))
+        if self.dead is not None:  # it died since the caller checked: nobody will read the inbox
+            self._reject_queued(EngineDead("the model thread died"))
+
+    def abort(self, request_id: str) -> None:
+        self._inbox.put(("abort", request_id))
+
+    def fail_all(self, error: Exception) -> None:
+        self._inbox.put(("fail", error))
+
+    def stop(self) -> None:
+        self._inbox.put(("stop", None))
+
+    # ---- the thread ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        core = self.core
+        try:
+            with torch.inference_mode():
+                core.runner.warm_row_counts(core.scheduler.config.max_running)
+                while self._handle_commands(block=not core.has_work):
+                    if core.has_work:
+                        self._step()
+                        if not core.has_work:
+                            release_free_memory()  # idle now: return freed pages before blocking
+                    self._publish_load()
+        except BaseException as exc:  # noqa: BLE001 - the thread must report any death
+            log.exception("model thread died")
+            self.dead = exc
+            self.load = (0, 0, 0)  # before the requests learn of it: nothing runs any more
+            self._fail_everything(EngineDead("the model thread died"))
+            self._reject_queued(EngineDead("the model thread died"))
+
+    def _handle_commands(self, block: bool) -> bool:
+        """Apply queued commands; False once asked to stop."""
+        while True:
+            try:
+                command, payload = self._inbox.get(block=block)
+            except queue.Empty:
+                return True
+            block = False
+            if command == "stop":
+                self._fail_everything(EngineDead("the engine is shutting down"))
+                return False
+            if command == "add":
+                self._add(payload)  # type: ignore[arg-type]
+            elif command == "abort":
+                self.core.abort(payload)  # type: ignore[arg-type]
+            elif command == "fail":
+                self._fail_everything(payload)  # type: ignore[arg-type]
+
+    def _add(self, sequence: Sequence) -> None:
+        try:
+            self.core.add(sequence)
+        except EngineError as exc:
+            sequence.sink(exc)
+
+    def _step(self) -> None:
+        try:
+            self.core.step()
+        except Exception:  # a failed step fails its requests, not the server
+            log.exception("engine step failed; failing the requests in flight")
+            self._fail_everything(EngineError("generation failed inside the engine"))
+
+    def _publish_load(self) -> None:
+        sched = self.core.scheduler
+        self.load = (len(sched.admitted), len(sched.waiting), self.core.kv_cache_bytes)
+
+    def _fail_everything(self, error: Exception) -> None:
+        """Tell every request first, then free them: a broken core must not keep anyone waiting."""
+        sched = self.core.scheduler
+        sequences = [*sched.waiting, *sched.prefilling, *sched.running]
+        for sequence in sequences:
+            sequence.sink(error)
+        try:
+            for sequence in sequences:
+                self.core.abort(sequence.request_id)
+        except Exception:  # noqa: BLE001 - the requests already have their error
+            log.exception("freeing failed requests failed")
+
+    def _reject_queued(self, error: EngineError) -> None:
+        """Fail the adds still queued for a dead thread."""
+        while True:
+            try:
+                command, payload = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if command == "add":
+                payload.sink(error)  # type: ignore[attr-defined]
