@@ -5,6 +5,7 @@ warm-up round; see WARM_UP_TOKENS).
 After each round the engine is idle again within seconds (no running, waiting or active request, no KV
 cache), and the server's RSS after round 3 is within 5% of its RSS after round 1 (nothing left behind
 grows per round). Every client that stayed gets a complete, well-formed stream ending in [DONE].
+While a round runs, /health and /ready (polled from another thread) answer 200 within PROBE_QUICK_S.
 Runs against the shared session server (TOKENWIRE_MAX_RUNNING 64).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -202,3 +204,47 @@ def test_a_non_streamed_client_that_leaves_frees_its_slot(server, http):
             time.sleep(0.05)
     finally:
         wait_idle(http, 15)  # leave the shared server idle for the next test either way
+
+
+PROBE_QUICK_S = 0.5
+
+
+@dataclass(frozen=True)
+class ProbeAnswer:
+    path: str
+    status: int
+    seconds: float
+    running: int | None  # /health's count of running sequences
+
+
+def poll_probes(url: str, stop: threading.Event, seen: list[ProbeAnswer]) -> None:
+    """From a thread of its own: /health and /ready in turn until `stop`."""
+    with httpx.Client(base_url=url, timeout=10) as http:
+        while not stop.is_set():
+            for path in ("/health", "/ready"):
+                sent = time.monotonic()
+                response = http.get(path)
+                seconds = time.monotonic() - sent
+                seen.append(ProbeAnswer(path, response.status_code, seconds, response.json().get("running")))
+            time.sleep(0.05)
+
+
+def test_probes_answer_fast_while_64_streams_decode(server, http):
+    wait_idle(http, IDLE_WITHIN_S)
+    seen: list[ProbeAnswer] = []
+    stop = threading.Event()
+    poller = threading.Thread(target=poll_probes, args=(server.url, stop, seen), daemon=True)
+    poller.start()
+    try:
+        asyncio.run(run_round(plan_round(ROUNDS + 2, server.model), server.url))
+    finally:
+        stop.set()
+        poller.join(15)
+    busiest = max(a.running or 0 for a in seen)
+    assert busiest >= CLIENTS // 2, f"the load never got high: at most {busiest} running"
+    assert {a.path for a in seen} == {"/health", "/ready"} and len(seen) >= 10, seen
+    assert all(a.status == 200 for a in seen), [a for a in seen if a.status != 200]
+    slowest = sorted(seen, key=lambda a: a.seconds)[-3:]
+    print(f"{len(seen)} probes, at most {busiest} running; slowest: {slowest}")
+    assert slowest[-1].seconds < PROBE_QUICK_S, slowest
+    wait_idle(http, IDLE_WITHIN_S)
