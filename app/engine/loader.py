@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from app.engine.memory import keep_one_copy_of_cpu_kernels
+
 log = logging.getLogger(__name__)
 
 
@@ -103,6 +105,7 @@ def load(config: LoadConfig) -> LoadedModel:
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     log.info("loading %s on %s as %s", config.model, device, dtype)
+    keep_one_copy_of_cpu_kernels()
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     hf_model = load_weights(config.model, dtype, device, config.trust_remote_code)
     max_pos = int(getattr(hf_model.config, "max_position_embeddings", 0) or 2048)

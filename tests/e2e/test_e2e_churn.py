@@ -34,7 +34,7 @@ IDLE_WITHIN_S = 5.0
 # (measured on 2 CPUs without a warm-up, RSS after each round: 986, 1047, 1111, 1115, 1116, 1101 MiB: a
 # plateau after 3 rounds, not a leak). So round 0 runs all 64 clients to 32 tokens each, a wider batch
 # than the measured rounds reach. The other creep, oneDNN's kernel per (batch rows, weight) shape
-# (~0.6 MiB each), is paid at start-up: the server builds them for every decode batch size then.
+# (~0.35 MiB each), is paid at start-up: the server builds them for every decode batch size then.
 WARM_UP_TOKENS = 32
 RSS_TOLERANCE = 0.05
 # Ban the model's end tokens, so a leaver is surely still generating when it leaves.
