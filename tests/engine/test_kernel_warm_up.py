@@ -6,6 +6,7 @@ from collections import Counter
 
 import torch
 
+from app.engine import runner as runner_module
 from app.engine.runner import ModelRunner
 from app.engine.types import SamplingParams
 from tests.engine.helpers import run_alone
@@ -39,3 +40,15 @@ def test_warming_leaves_generation_unchanged(tiny_loaded):
     before = run_alone(tiny_loaded, ids, params)
     ModelRunner(tiny_loaded.model, tiny_loaded.device).warm_row_counts(4)
     assert run_alone(tiny_loaded, ids, params) == before
+
+
+def test_warming_stops_at_its_row_cap(tiny_loaded, monkeypatch):
+    monkeypatch.setattr(runner_module, "MAX_WARM_ROWS", 2)
+    rows_seen: set[int] = set()
+    lm_head = tiny_loaded.model.lm_head
+    hook = lm_head.register_forward_pre_hook(lambda module, args: rows_seen.add(args[0].shape[0]))
+    try:
+        ModelRunner(tiny_loaded.model, tiny_loaded.device).warm_row_counts(64)
+    finally:
+        hook.remove()
+    assert rows_seen == {1, 2}
