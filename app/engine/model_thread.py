@@ -61,7 +61,7 @@ class ModelThread:
         core = self.core
         try:
             with torch.inference_mode():
-                core.runner.warm_row_counts(core.scheduler.config.max_running)
+                self._warm_kernels()
                 while self._handle_commands(block=not core.has_work):
                     if core.has_work:
                         self._step()
@@ -74,6 +74,13 @@ class ModelThread:
             self.load = (0, 0, 0)  # before the requests learn of it: nothing runs any more
             self._fail_everything(EngineDead("the model thread died"))
             self._reject_queued(EngineDead("the model thread died"))
+
+    def _warm_kernels(self) -> None:
+        # An optimisation only: a model whose layers cannot be called alone still serves.
+        try:
+            self.core.runner.warm_row_counts(self.core.scheduler.config.max_running)
+        except Exception:  # noqa: BLE001
+            log.warning("warming per-shape kernels failed; they are built on first use instead", exc_info=True)
 
     def _handle_commands(self, block: bool) -> bool:
         """Apply queued commands; False once asked to stop."""

@@ -7,9 +7,10 @@ from collections import Counter
 import torch
 
 from app.engine import runner as runner_module
+from app.engine.engine import Engine, EngineConfig
 from app.engine.runner import ModelRunner
 from app.engine.types import SamplingParams
-from tests.engine.helpers import run_alone
+from tests.engine.helpers import run_alone, tiny_load_config
 
 
 def test_each_distinct_weight_runs_once_per_row_count(tiny_loaded):
@@ -52,3 +53,19 @@ def test_warming_stops_at_its_row_cap(tiny_loaded, monkeypatch):
     finally:
         hook.remove()
     assert rows_seen == {1, 2}
+
+
+async def test_a_model_that_cannot_be_warmed_still_serves(tiny_model_dir, monkeypatch, caplog):
+    def refuse(self, max_rows):
+        raise RuntimeError("this model's layers cannot be called alone")
+
+    monkeypatch.setattr(ModelRunner, "warm_row_counts", refuse)
+    engine = Engine(EngineConfig(tiny_load_config(tiny_model_dir), "tiny"))
+    await engine.start()
+    try:
+        ids = await engine.encode_text("Hello")
+        events = [e async for e in engine.generate(ids, SamplingParams(temperature=0, max_tokens=3, ignore_eos=True))]
+        assert events[-1].num_completion_tokens == 3 and events[-1].finish_reason is not None
+        assert engine.is_alive and "warming per-shape kernels failed" in caplog.text
+    finally:
+        await engine.stop()
