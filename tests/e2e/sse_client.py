@@ -15,18 +15,7 @@ def post_stream(http: httpx.Client, path: str, body: dict) -> tuple[httpx.Respon
     assert response.headers["content-type"].startswith("text/event-stream")
     assert response.headers["cache-control"] == "no-cache"
     assert response.headers["x-accel-buffering"] == "no"
-    text = raw.decode("utf-8", errors="strict")  # the whole stream is valid UTF-8
-    payloads = []
-    assert text.endswith("\n\n"), text[-80:]
-    for block in text.split("\n\n")[:-1]:
-        lines = block.split("\n")
-        if all(line.startswith(":") for line in lines):  # keep-alive comment
-            continue
-        assert len(lines) == 1 and lines[0].startswith("data: "), f"bad SSE event: {block!r}"
-        payloads.append(lines[0].removeprefix("data: "))
-    assert payloads[-1] == "[DONE]" and payloads.count("[DONE]") == 1, payloads[-3:]
-    events = [json.loads(p) for p in payloads[:-1]]
-    assert not any("error" in e for e in events), events
+    events = parse_events(raw)
     return response, events
 
 
@@ -45,3 +34,21 @@ def finish_reason(events: list[dict]) -> str | None:
     reasons = [e["choices"][0]["finish_reason"] for e in events if e["choices"]]
     assert all(r is None for r in reasons[:-1]), reasons
     return reasons[-1]
+
+
+def parse_events(raw: bytes) -> list[dict]:
+    """A whole SSE body: strict UTF-8, one `data:` line per event (`:` comments allowed), exactly one
+    final [DONE], no error event; the JSON events before [DONE]."""
+    text = raw.decode("utf-8", errors="strict")
+    assert text.endswith("\n\n"), text[-80:]
+    payloads = []
+    for block in text.split("\n\n")[:-1]:
+        lines = block.split("\n")
+        if all(line.startswith(":") for line in lines):  # keep-alive comment
+            continue
+        assert len(lines) == 1 and lines[0].startswith("data: "), f"bad SSE event: {block!r}"
+        payloads.append(lines[0].removeprefix("data: "))
+    assert payloads and payloads[-1] == "[DONE]" and payloads.count("[DONE]") == 1, payloads[-3:]
+    events = [json.loads(p) for p in payloads[:-1]]
+    assert events and not any("error" in e for e in events), events
+    return events

@@ -15,6 +15,8 @@ import time
 import httpx
 import pytest
 
+from tests.e2e.health import wait_idle
+
 pytestmark = pytest.mark.e2e
 
 KEYS = ("sk-e2e-sweep-one", "sk-e2e-sweep-two")
@@ -75,16 +77,6 @@ def assert_401(response: httpx.Response) -> None:
     body = response.json()
     assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
     assert body["error"]["code"] == "invalid_api_key", body
-
-
-def wait_idle(http: httpx.Client, timeout_s: float = 10) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        health = http.get("/health").json()
-        if (health["running"], health["waiting"], health["active_requests"], health["kv_cache_bytes"]) == (0, 0, 0, 0):
-            return health
-        assert time.monotonic() < deadline, health
-        time.sleep(0.05)
 
 
 # ---- the key sweep -------------------------------------------------------------------------------------

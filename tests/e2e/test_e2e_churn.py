@@ -12,7 +12,6 @@ Runs against the shared session server (TOKENWIRE_MAX_RUNNING 64).
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import threading
 import time
@@ -22,6 +21,9 @@ from dataclasses import dataclass
 import httpx
 import psutil
 import pytest
+
+from tests.e2e.health import wait_idle
+from tests.e2e.sse_client import parse_events
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -82,25 +84,8 @@ def plan_round(round_no: int, model: str) -> list[Client]:
     return clients
 
 
-def parse_stream(raw: bytes) -> list[dict]:
-    """A whole SSE body: strict UTF-8, `data:` events (pings allowed), one final [DONE], no error event."""
-    text = raw.decode("utf-8", errors="strict")
-    assert text.endswith("\n\n"), text[-200:]
-    payloads = []
-    for block in text.split("\n\n")[:-1]:
-        lines = block.split("\n")
-        if all(line.startswith(":") for line in lines):
-            continue
-        assert len(lines) == 1 and lines[0].startswith("data: "), f"bad SSE event: {block!r}"
-        payloads.append(lines[0].removeprefix("data: "))
-    assert payloads and payloads[-1] == "[DONE]" and payloads.count("[DONE]") == 1, payloads[-3:]
-    events = [json.loads(p) for p in payloads[:-1]]
-    assert events and not any("error" in e for e in events), events
-    return events
-
-
 def check_complete(client: Client, raw: bytes) -> None:
-    events = parse_stream(raw)
+    events = parse_events(raw)
     assert len({(e["id"], e["created"], e["model"]) for e in events}) == 1
     chat = client.path.endswith("chat/completions")
     assert all(e["object"] == ("chat.completion.chunk" if chat else "text_completion") for e in events)
@@ -155,16 +140,6 @@ async def run_client(client: Client, url: str) -> str:
 
 async def run_round(clients: list[Client], url: str) -> list[str]:
     return await asyncio.gather(*(run_client(c, url) for c in clients))
-
-
-def wait_idle(http: httpx.Client, timeout_s: float) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        health = http.get("/health").json()
-        if (health["running"], health["waiting"], health["active_requests"], health["kv_cache_bytes"]) == (0, 0, 0, 0):
-            return health
-        assert time.monotonic() < deadline, f"not idle {timeout_s}s after the round: {health}"
-        time.sleep(0.05)
 
 
 def test_three_rounds_of_churn_leave_nothing_behind(server, http):

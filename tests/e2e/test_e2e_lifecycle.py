@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
+from tests.e2e.health import wait_idle
 from tests.e2e.sse_client import deltas, finish_reason, post_stream
 
 pytestmark = pytest.mark.e2e
 
 # Ban the model's end tokens, so only max_tokens (or an abort) can end a request.
 NO_EOS = {"0": -100, "1": -100, "2": -100}
-
-
-def wait_idle(http: httpx.Client, timeout_s: float = 5.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        health = http.get("/health").json()
-        idle = health["active_requests"] == 0 and health["running"] == 0 and health["waiting"] == 0
-        if (idle and health["kv_cache_bytes"] == 0) or time.monotonic() > deadline:
-            return health
-        time.sleep(0.05)
 
 
 def assert_still_serving(http: httpx.Client, model: str) -> None:

@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from tests.e2e.health import wait_idle
 from tests.e2e.sse_client import finish_reason
 
 pytestmark = pytest.mark.e2e
@@ -49,15 +50,6 @@ def error_of(response: httpx.Response, status: int) -> dict:
     body = response.json()
     assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
     return body["error"]
-
-
-def wait_idle(http: httpx.Client, timeout_s: float = 10) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        health = http.get("/health").json()
-        if health["active_requests"] == 0 and health["kv_cache_bytes"] == 0 or time.monotonic() > deadline:
-            return health
-        time.sleep(0.05)
 
 
 # ---- access ---------------------------------------------------------------------------------------
