@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from tests.e2e.sse_client import parse_events
+
 pytestmark = pytest.mark.e2e
 
 MAX_RUNNING = 4
@@ -87,11 +89,7 @@ def check_accepted(outcome: Outcome) -> None:
         assert (choice["message"]["content"] if chat else choice["text"]), body
         assert body["usage"]["completion_tokens"] == MAX_TOKENS, body
         return
-    text = outcome.body.decode("utf-8", errors="strict")
-    payloads = [line.removeprefix("data: ") for line in text.split("\n") if line.startswith("data: ")]
-    assert payloads[-1] == "[DONE]" and payloads.count("[DONE]") == 1, payloads[-3:]
-    events = [json.loads(p) for p in payloads[:-1]]
-    assert not any("error" in e for e in events), events
+    events = parse_events(outcome.body)
     reasons = [e["choices"][0]["finish_reason"] for e in events]
     assert all(r is None for r in reasons[:-1]) and reasons[-1] == "length", reasons
 
