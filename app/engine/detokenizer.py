@@ -2,10 +2,16 @@
 
 Invariant: the concatenation of every `step()` result and `flush()` equals
 `decode(context + generated)[len(decode(context)):]`, where `context` is the last few prompt
-tokens; for byte-level BPE (and with no prompt) that is `tokenizer.decode(generated)`. For
+tokens, less an unfinished character at the very end (below); for byte-level BPE (and with no
+prompt) that is `tokenizer.decode(generated)`. For
 SentencePiece-style tokenizers the context is what gives the first word its leading space.
 No delta ends inside a UTF-8 sequence, so none contains U+FFFD unless the model produced
 invalid bytes. Each step decodes only the short window since the last emitted text.
+
+The end of a generation (EOS, stop, max_tokens, deadline) can fall inside a character. Rule:
+`flush()` drops the final tokens that only begin a character (at most a few), so the text ends with
+the last whole character and never with a U+FFFD the model did not make; their ids still count as
+generated tokens. Streamed deltas and the non-streamed text both come from here, so they agree.
 
 Method: prefix/read offsets as in TGI `decode_token` and vLLM `detokenize_incrementally`.
 """
@@ -19,6 +25,9 @@ from transformers import PreTrainedTokenizerBase
 # How many prompt tokens to keep as left context (vLLM uses the same number).
 _PROMPT_CONTEXT_TOKENS = 5
 _REPLACEMENT_CHAR = "\ufffd"
+# A UTF-8 character has at most 4 bytes and a token at least 1, so an unfinished one spans at most
+# 3 tokens; one more allows for a token that decodes to nothing (a skipped special token).
+_MAX_UNFINISHED_TAIL_TOKENS = 4
 
 
 class IncrementalDetokenizer:
@@ -54,10 +63,20 @@ class IncrementalDetokenizer:
         return self._advance(new_text)
 
     def flush(self) -> str:
-        """Return whatever is still held back (even a dangling U+FFFD); call once at the end."""
-        if self._read_offset == len(self._ids):
+        """Return the held-back text that forms whole characters; call once, at the end.
+
+        Trailing tokens that only begin a character are dropped (the fewest that make the text stop
+        ending in U+FFFD). If no such cut exists, the U+FFFDs are invalid bytes the model made: kept.
+        """
+        pending = len(self._ids) - self._read_offset
+        if pending == 0:
             return ""
-        return self._advance(self._decode(self._ids[self._prefix_offset :]))
+        window = self._ids[self._prefix_offset :]
+        for dropped in range(min(pending, _MAX_UNFINISHED_TAIL_TOKENS) + 1):
+            text = self._decode(window[: len(window) - dropped])
+            if not text.endswith(_REPLACEMENT_CHAR):
+                return self._advance(text)
+        return self._advance(self._decode(window))
 
     def _advance(self, new_text: str) -> str:
         """Emit the window's text past the prefix and slide the window to the new tokens."""

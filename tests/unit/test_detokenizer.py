@@ -9,8 +9,11 @@ import string
 import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from app.engine.detokenizer import IncrementalDetokenizer
+
+BYTE_DECODER = {char: byte for byte, char in bytes_to_unicode().items()}
 
 FFFD = "\ufffd"
 EMOJI = "Hi 👋🏽 there"
@@ -116,12 +119,65 @@ def test_special_tokens_skipped_or_kept(byte_bpe):
     assert "".join(kept) == byte_bpe.decode(ids, skip_special_tokens=False)
 
 
-def test_flush_returns_dangling_partial_character(byte_bpe):
+# ---- a generation that ends inside a character ---------------------------------------------
+
+
+def test_flush_drops_an_unfinished_character_at_the_end(byte_bpe):
     ids = encode(byte_bpe, "ab") + encode(byte_bpe, "👋")[:2]  # the model stopped mid emoji
+    assert byte_bpe.decode(ids) == f"ab{FFFD}"
     deltas = stream(byte_bpe, ids)
-    assert "".join(deltas[:-1]) == "ab"
-    assert deltas[-1] == FFFD
-    assert "".join(deltas) == byte_bpe.decode(ids)
+    assert "".join(deltas) == "ab"
+    assert not any(FFFD in d for d in deltas)
+
+
+def token_bytes(tokenizer, token_id: int) -> bytes:
+    """The bytes one token stands for, in either fixture's vocabulary."""
+    piece = tokenizer.convert_ids_to_tokens(token_id)
+    if piece.startswith("<0x") and piece.endswith(">"):  # SentencePiece byte fallback
+        return bytes([int(piece[3:-1], 16)])
+    if tokenizer.backend_tokenizer.pre_tokenizer is None:  # the SentencePiece-like fixture
+        return piece.replace("▁", " ").encode()
+    return bytes(BYTE_DECODER[c] for c in piece)  # byte-level BPE: one char per byte
+
+
+@pytest.mark.parametrize("fixture", ["byte_bpe", "sentencepiece_like"])
+@pytest.mark.parametrize("text", [EMOJI, CJK, f"{CJK} {EMOJI}!"])
+def test_every_cut_ends_with_the_last_whole_character(request, fixture, text):
+    """Cut the ids anywhere, as max_tokens, a stop token or a deadline can: the text is exactly the
+    whole characters among the bytes before the cut, and no delta carries U+FFFD."""
+    tokenizer = request.getfixturevalue(fixture)
+    prompt_ids = encode(tokenizer, "Hello")
+    ids = encode(tokenizer, text)
+    whole = "".join(stream(tokenizer, ids, prompt_ids)).encode()
+    cuts_inside_a_char = 0
+    for cut in range(1, len(ids) + 1):
+        covered = whole[: sum(len(token_bytes(tokenizer, i)) for i in ids[:cut])]
+        expected = covered.decode("utf-8", errors="ignore")  # drops only the unfinished tail
+        cuts_inside_a_char += len(expected.encode()) < len(covered)
+        deltas = stream(tokenizer, ids[:cut], prompt_ids)
+        assert "".join(deltas) == expected, (cut, deltas)
+        assert not any(FFFD in d for d in deltas), (cut, deltas)
+    assert cuts_inside_a_char >= 3  # the fixtures really split characters
+
+
+def test_only_the_unfinished_tail_is_dropped_not_invalid_bytes_before_it(byte_bpe):
+    wave = encode(byte_bpe, "👋")
+    ids = encode(byte_bpe, "a") + wave[:2] + encode(byte_bpe, "b") + wave[:2]  # invalid, 'b', then unfinished
+    assert "".join(stream(byte_bpe, ids)) == f"a{FFFD}b"
+
+
+def test_invalid_bytes_that_no_short_cut_removes_are_kept(byte_bpe):
+    lead = encode(byte_bpe, "東")[0]  # a lead byte alone: every prefix of this run ends in U+FFFD
+    ids = encode(byte_bpe, "a") + [lead] * 8
+    assert "".join(stream(byte_bpe, ids)) == byte_bpe.decode(ids)
+
+
+def test_a_second_flush_adds_nothing(byte_bpe):
+    detok = IncrementalDetokenizer(byte_bpe)
+    for token_id in encode(byte_bpe, "ab") + encode(byte_bpe, "👋")[:2]:
+        detok.step(token_id)
+    assert detok.flush() == "" and detok.flush() == ""  # "ab" went out with its steps; the rest is dropped
+    assert len(detok.token_ids) == len(encode(byte_bpe, "ab")) + 2  # dropped text, counted tokens
 
 
 def test_invalid_bytes_in_the_middle_come_out_once_the_text_moves_on(byte_bpe):
