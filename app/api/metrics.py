@@ -7,6 +7,7 @@ Latencies are observed when a generation request ends, from its RequestRecord; t
 from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import InfoMetricFamily
 
 from app.api.record import RequestRecord
 
@@ -49,6 +50,7 @@ class Metrics:
         for name, (documentation, attribute) in gauges.items():
             gauge = Gauge(name, documentation, registry=self.registry)
             gauge.set_function(lambda attribute=attribute: getattr(engine, attribute))
+        self.registry.register(RuntimeInfoCollector(engine))
 
     def observe(self, record: RequestRecord) -> None:
         """Count a finished generation request and observe its latencies."""
@@ -66,3 +68,19 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class RuntimeInfoCollector:
+    """`tokenwire_runtime_info{device, dtype, torch_threads, cpu_features, ...} 1`, once the model is loaded."""
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+
+    def collect(self):
+        runtime = self._engine.runtime
+        if runtime is None:
+            return
+        labels = {key: ",".join(value) if isinstance(value, tuple) else str(value)
+                  for key, value in runtime.as_dict().items()}
+        yield InfoMetricFamily("tokenwire_runtime", "What the server runs on and why: device, dtype (and the "
+                               "reason it was chosen), torch threads, CPU features", value=labels)

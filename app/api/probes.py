@@ -19,10 +19,11 @@ router = APIRouter()
 
 @router.get("/health", responses=PROBE_RESPONSES)
 async def health(engine: Engine = Depends(get_engine)):
-    """Liveness plus the engine's load; 503 once the model thread is not running."""
+    """Liveness, the engine's load and what it runs on (device, dtype, threads, CPU features); 503 once dead."""
     body = {"status": "ok" if engine.is_alive else "unavailable", "running": engine.num_running,
             "waiting": engine.num_waiting, "active_requests": engine.num_active_requests,
-            "kv_cache_bytes": engine.kv_cache_bytes}
+            "kv_cache_bytes": engine.kv_cache_bytes,
+            "runtime": None if engine.runtime is None else engine.runtime.as_dict()}
     return JSONResponse(body, status_code=200 if engine.is_alive else 503)
 
 

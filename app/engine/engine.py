@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from app.engine.core import EngineCore, build_core
 from app.engine.detokenizer import IncrementalDetokenizer
 from app.engine.errors import ContextLengthExceeded, EngineDead, InvalidRequest, Overloaded
+from app.engine.hardware import RuntimeInfo
 from app.engine.loader import LoadConfig, LoadedModel, load
 from app.engine.model_thread import ModelThread
 from app.engine.prompts import PromptEncoder
@@ -121,6 +122,11 @@ class Engine:
     @property
     def kv_cache_bytes(self) -> int:
         return self._published_load()[2]
+
+    @property
+    def runtime(self) -> RuntimeInfo | None:
+        """Device, dtype, threads and CPU features chosen at load; None until the model is loaded."""
+        return None if self._loaded is None else self._loaded.runtime
 
     def _published_load(self) -> tuple[int, int, int]:
         return (0, 0, 0) if self._model_thread is None else self._model_thread.load

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from app.engine.hardware import CpuFeatures, RuntimeInfo, detect_cpu_features
 from app.engine.memory import keep_one_copy_of_cpu_kernels
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class LoadedModel:
     max_position_embeddings: int
     device: torch.device
     dtype: torch.dtype
+    runtime: RuntimeInfo
 
 
 def resolve_device(name: str) -> torch.device:
@@ -46,25 +48,26 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def cpu_supports_bf16() -> bool:
-    """True where the CPU has native bf16 dot products (AVX512-BF16 or AMX); elsewhere bf16 is slow."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
+           "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(name: str, device: torch.device, cpu: CpuFeatures | None = None) -> tuple[torch.dtype, str]:
+    """The dtype to load in, and why (for the start-up log and /health)."""
     if name != "auto":
-        dtypes = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
-                  "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
-        if name not in dtypes:
+        if name not in _DTYPES:
             raise ValueError(f"unknown dtype {name!r}; use auto, bfloat16, float16 or float32")
-        return dtypes[name]
+        return _DTYPES[name], "asked for"
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, "auto: the GPU supports bf16"
+        return torch.float16, "auto: the GPU has no bf16"
+    cpu = cpu or detect_cpu_features()
+    if cpu.native_bf16:
+        return torch.bfloat16, "auto: the CPU has native bf16 (AVX512-BF16/AMX)"
+    if cpu.isa_cap and ("avx512_bf16" in cpu.flags or "amx_bf16" in cpu.flags):
+        return torch.float32, f"auto: ONEDNN_MAX_CPU_ISA={cpu.isa_cap} rules out native bf16"
+    return torch.float32, "auto: no native bf16 on this CPU (bf16 would be emulated, slow for batches)"
 
 
 def split_gguf_reference(model: str) -> tuple[str, str | None]:
@@ -103,11 +106,14 @@ def eos_token_ids(hf_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
 def load(config: LoadConfig) -> LoadedModel:
     """Load model and tokenizer onto the resolved device and dtype."""
     device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
-    log.info("loading %s on %s as %s", config.model, device, dtype)
+    cpu = detect_cpu_features()
+    dtype, reason = resolve_dtype(config.dtype, device, cpu)
+    runtime = RuntimeInfo(str(device), str(dtype).removeprefix("torch."), reason, torch.get_num_threads(),
+                          cpu.names, cpu.isa_cap, torch.__version__)
+    log.info("loading %s: %s", config.model, runtime.summary())
     keep_one_copy_of_cpu_kernels()
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     hf_model = load_weights(config.model, dtype, device, config.trust_remote_code)
     max_pos = int(getattr(hf_model.config, "max_position_embeddings", 0) or 2048)
-    return LoadedModel(hf_model, tokenizer, eos_token_ids(hf_model, tokenizer), max_pos, device, dtype)
+    return LoadedModel(hf_model, tokenizer, eos_token_ids(hf_model, tokenizer), max_pos, device, dtype, runtime)
 

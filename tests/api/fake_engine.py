@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from app.engine.errors import EngineDead, InvalidRequest
+from app.engine.hardware import RuntimeInfo
 from app.engine.types import EngineState, FinishReason, ModelInfo, SamplingParams, TokenEvent
 
 MODEL_NAME = "fake-model"
@@ -30,6 +31,7 @@ def scripted_events(texts: Sequence[str], finish_reason: FinishReason | None = F
     return events
 
 
+FAKE_RUNTIME = RuntimeInfo("cpu", "float32", "asked for", 2, ("avx2",), "", "0.0")
 DEFAULT_SCRIPT = scripted_events(["Hello", ",", " world", "!"])
 
 
@@ -101,6 +103,10 @@ class FakeEngine:
     @property
     def kv_cache_bytes(self) -> int:
         return self.kv_bytes
+
+    @property
+    def runtime(self) -> RuntimeInfo | None:
+        return FAKE_RUNTIME if self.started else None
 
     # ---- prompts ------------------------------------------------------------------------------
 

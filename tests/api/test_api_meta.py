@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.api.fake_engine import MODEL_NAME
+from tests.api.fake_engine import FAKE_RUNTIME, MODEL_NAME
 
 
 async def test_models(client):
@@ -18,14 +18,26 @@ async def test_health(client, fake):
     response = await client.get("/health")
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "running": 2, "waiting": 5, "active_requests": 0,
-                               "kv_cache_bytes": 123_456}
+                               "kv_cache_bytes": 123_456, "runtime": {
+                                   "device": "cpu", "dtype": "float32", "dtype_reason": "asked for",
+                                   "torch_threads": 2, "cpu_features": ["avx2"], "isa_cap": "",
+                                   "torch_version": "0.0"}}
 
 
 async def test_health_reports_a_dead_engine(client, fake):
     fake.alive = False
     body = (await client.get("/health")).json()
     assert body["status"] == "unavailable"
-    assert set(body) == {"status", "running", "waiting", "active_requests", "kv_cache_bytes"}
+    assert set(body) == {"status", "running", "waiting", "active_requests", "kv_cache_bytes", "runtime"}
+
+
+async def test_metrics_show_what_the_server_runs_on(client):
+    text = (await client.get("/metrics")).text
+    lines = [line for line in text.splitlines() if line.startswith("tokenwire_runtime_info{")]
+    assert len(lines) == 1 and lines[0].endswith(" 1.0"), lines
+    for key, value in FAKE_RUNTIME.as_dict().items():
+        shown = ",".join(value) if isinstance(value, tuple) else str(value)
+        assert f'{key}="{shown}"' in lines[0]
 
 
 async def test_lifespan_starts_the_engine(client, fake):
