@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -56,10 +57,25 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
-@pytest.fixture(scope="session")
-def tiny_loaded(tiny_model_dir: Path):
-    """The tiny model loaded through the real loader, in fp32 on the CPU (or TOKENWIRE_TEST_DEVICE)."""
+@functools.cache
+def _load_tiny(model_dir: Path, dtype: str):
     from app.engine.loader import load
     from tests.engine.helpers import tiny_load_config
 
-    return load(tiny_load_config(tiny_model_dir))
+    return load(tiny_load_config(model_dir, dtype=dtype))
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_model_dir: Path):
+    """The tiny model loaded through the real loader on the CPU (or TOKENWIRE_TEST_DEVICE), in fp32
+    unless TOKENWIRE_DTYPE names another dtype."""
+    from tests.engine.helpers import TEST_DTYPE
+
+    return _load_tiny(tiny_model_dir, TEST_DTYPE)
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded_fp32(tiny_model_dir: Path):
+    """The tiny model in fp32 whatever TOKENWIRE_DTYPE says, for tests that compare tokens exactly
+    across batch shapes or code paths (exact only in fp32)."""
+    return _load_tiny(tiny_model_dir, "float32")

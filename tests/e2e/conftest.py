@@ -19,6 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "SmolLM2-135M-Instruct"
 STARTUP_TIMEOUT_S = 120
 SHUTDOWN_TIMEOUT_S = 20
+PASSED_THROUGH = ("TOKENWIRE_DTYPE", "TOKENWIRE_DEVICE")
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,9 @@ def _launch(log_dir: Path, env_overrides: dict[str, str]) -> tuple[Server, subpr
     if not (DEFAULT_MODEL_DIR / "config.json").is_file():
         pytest.fail(f"the default model is missing in {DEFAULT_MODEL_DIR}; run `make model` first")
     port = free_port()
-    # Hermetic: only our settings, whatever TOKENWIRE_* the calling shell has (or .env, which env vars beat).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWIRE_")}
+    # Hermetic: only our settings, whatever TOKENWIRE_* the calling shell has (or .env, which env vars beat),
+    # except the hardware choices, so `TOKENWIRE_DTYPE=bfloat16 make test` runs the e2e servers in bf16.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWIRE_") or k in PASSED_THROUGH}
     env.update(TOKENWIRE_HOST="127.0.0.1", TOKENWIRE_PORT=str(port), TOKENWIRE_LOG_LEVEL="info",
                PYTHONUNBUFFERED="1")
     env.update(env_overrides)

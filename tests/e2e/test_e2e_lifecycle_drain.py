@@ -17,11 +17,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.e2e.default_model import NO_EOS
 from tests.e2e.sse_client import post_stream
 
 pytestmark = pytest.mark.e2e
 
-NO_EOS = {"0": -100, "1": -100, "2": -100}  # only max_tokens (or the drain) can end these requests
 EXIT_TIMEOUT_S = 60
 
 

@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from tests.e2e.default_model import NO_EOS
 from tests.e2e.health import wait_idle
 from tests.e2e.sse_client import finish_reason
 
@@ -24,8 +25,6 @@ KEY = "sk-e2e-limits"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 ORIGIN = "http://app.test"
 MAX_BODY = 4096
-# Ban the model's end tokens, so only max_tokens, a deadline or an abort ends a request.
-NO_EOS = {"0": -100, "1": -100, "2": -100}
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +66,8 @@ def test_keys_guard_everything_but_health(limited):
 
 def test_the_openai_client_sends_its_key(limited):
     with openai.OpenAI(base_url=f"{limited.url}/v1", api_key=KEY, max_retries=0, timeout=60) as client:
-        answer = client.completions.create(model=limited.model, prompt="Hello", max_tokens=2, temperature=0)
+        answer = client.completions.create(model=limited.model, prompt="Hello", max_tokens=2, temperature=0,
+                                           logit_bias=NO_EOS)
         assert answer.usage.completion_tokens == 2
     with openai.OpenAI(base_url=f"{limited.url}/v1", api_key="wrong", max_retries=0, timeout=60) as client:
         with pytest.raises(openai.AuthenticationError):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from tests.e2e.default_model import NO_EOS
 from tests.e2e.sse_client import parse_events
 
 pytestmark = pytest.mark.e2e
@@ -26,9 +27,8 @@ MAX_RUNNING = 4
 MAX_WAITING = 4
 REQUESTS = 200
 MAX_TOKENS = 24
-# Ban the model's end tokens: every accepted request runs its full max_tokens, so the first eight
-# stay in flight while the rest arrive.
-NO_EOS = {"0": -100, "1": -100, "2": -100}
+# With NO_EOS every accepted request runs its full max_tokens, so the first eight stay in flight while
+# the rest arrive.
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,8 @@ def test_the_surplus_gets_429_at_once_and_the_rest_complete(small):
             assert time.monotonic() < deadline, health
             time.sleep(0.05)
         assert health["status"] == "ok" and health["running"] == 0 and health["waiting"] == 0, health
-        again = http.post("/v1/completions", json={"model": small.model, "prompt": "Hello", "max_tokens": 2})
+        again = http.post("/v1/completions", json={"model": small.model, "prompt": "Hello", "max_tokens": 2,
+                                                      "temperature": 0, "logit_bias": NO_EOS})
         assert again.status_code == 200 and again.json()["usage"]["completion_tokens"] == 2, again.text
     print(f"accepted {len(accepted)}, refused {len(refused)}, slowest 429 "
           f"{max(o.latency_s for o in refused):.3f}s")

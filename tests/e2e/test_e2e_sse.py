@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from tests.e2e.default_model import NO_EOS
 from tests.e2e.sse_client import deltas, finish_reason, post_stream
 
 pytestmark = pytest.mark.e2e
@@ -14,7 +17,15 @@ FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 def test_health_and_models(http, server):
     health = http.get("/health").json()
     assert health["status"] == "ok"
-    assert set(health) == {"status", "running", "waiting", "active_requests", "kv_cache_bytes"}
+    assert set(health) == {"status", "running", "waiting", "active_requests", "kv_cache_bytes", "runtime"}
+    runtime = health["runtime"]
+    assert runtime["device"].split(":")[0] in ("cpu", "cuda") and runtime["torch_threads"] >= 1
+    assert runtime["dtype"] in ("float32", "bfloat16", "float16")
+    if os.environ.get("TOKENWIRE_DTYPE", "auto") != "auto":
+        assert runtime["dtype"] == os.environ["TOKENWIRE_DTYPE"]
+    assert runtime["dtype_reason"] and isinstance(runtime["cpu_features"], list)
+    start_up = server.log_path.read_text(errors="replace").split("model ready", 1)[0]
+    assert f"dtype={runtime['dtype']} ({runtime['dtype_reason']})" in start_up  # the start-up log says it too
     models = http.get("/v1/models").json()
     assert models["object"] == "list" and len(models["data"]) == 1
     assert models["data"][0]["id"] == server.model == "SmolLM2-135M-Instruct"
@@ -34,7 +45,7 @@ def test_greedy_chat_answers_paris(http, server):
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
 def test_stream_joins_to_the_non_streamed_text(http, server, path):
-    body = {"model": server.model, "temperature": 0, "max_tokens": 24}
+    body = {"model": server.model, "temperature": 0, "max_tokens": 24, "logit_bias": NO_EOS}
     if path == "/v1/completions":
         body["prompt"] = "The three primary colors are"
     else:
@@ -58,15 +69,20 @@ def test_stream_joins_to_the_non_streamed_text(http, server, path):
     "Emoji list: 😀 😃 😄 😁 😆 😅 🤣 😂 🙂",
     "東京は日本の首都です。大阪は",
 ])
-def test_every_delta_is_whole_utf8(http, server, prompt):
-    """Multi-byte characters split over several tokens must never leak out as U+FFFD or half bytes."""
-    _, events = post_stream(http, "/v1/completions", {
-        "model": server.model, "prompt": prompt, "temperature": 0, "max_tokens": 30})
+@pytest.mark.parametrize("max_tokens", [29, 30, 31])
+def test_every_delta_is_whole_utf8(http, server, prompt, max_tokens):
+    """Characters split over several tokens never leak out as U+FFFD or half bytes, wherever max_tokens
+    cuts (tests/engine/test_unfinished_characters.py cuts inside a character on purpose). That the
+    model continues CJK or emoji text with some CJK or emoji is a fact any sane run gives."""
+    body = {"model": server.model, "prompt": prompt, "temperature": 0, "max_tokens": max_tokens,
+            "logit_bias": NO_EOS}
+    _, events = post_stream(http, "/v1/completions", body)
     parts = deltas(events)
     for part in parts:
-        assert "\ufffd" not in part, parts
+        assert not part.endswith("\ufffd"), parts
         part.encode("utf-8", errors="strict")  # no lone surrogates
     text = "".join(parts)
+    assert text == http.post("/v1/completions", json=body).json()["choices"][0]["text"]
     assert any(ord(c) >= 0x2E80 for c in text), f"expected CJK or emoji in {text!r}"
 
 
@@ -79,7 +95,7 @@ def test_echo_streams_the_prompt_first(http, server):
 @pytest.mark.parametrize("prompt", [[19556, 665], [[19556, 665]]])
 def test_token_id_prompt(http, server, prompt):
     response = http.post("/v1/completions", json={"model": server.model, "prompt": prompt, "echo": True,
-                                                  "temperature": 0, "max_tokens": 3, "logit_bias": {"2": -100}})
+                                                  "temperature": 0, "max_tokens": 3, "logit_bias": NO_EOS})
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}

@@ -6,6 +6,8 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from app.engine.core import EngineCore, build_core
 from app.engine.detokenizer import IncrementalDetokenizer
 from app.engine.loader import LoadConfig
@@ -16,11 +18,21 @@ from app.engine.types import SamplingParams, TokenEvent
 
 # Engine tests run on the CPU; TOKENWIRE_TEST_DEVICE=cuda runs the same tests on a GPU.
 TEST_DEVICE = os.environ.get("TOKENWIRE_TEST_DEVICE", "cpu")
+# fp32 unless TOKENWIRE_DTYPE says otherwise (`TOKENWIRE_DTYPE=bfloat16 make test` runs them in bf16 too).
+TEST_DTYPE = os.environ.get("TOKENWIRE_DTYPE", "float32")
 
 
-def tiny_load_config(model_dir: Path | str) -> LoadConfig:
-    """The tiny model in fp32 on the test device: exact enough to compare token for token."""
-    return LoadConfig(str(model_dir), device=TEST_DEVICE, dtype="float32")
+def logit_tolerance(dtype: torch.dtype) -> dict[str, float]:
+    """How close two paths' logits must be: fp32 nearly exact; bf16/fp16 within a few units of their
+    last place (the tiny model's logits reach about 10, where a bf16 step is 0.0625)."""
+    if dtype == torch.float32:
+        return {"atol": 1e-4, "rtol": 1e-4}
+    return {"atol": 0.25, "rtol": 0.03}
+
+
+def tiny_load_config(model_dir: Path | str, dtype: str = TEST_DTYPE) -> LoadConfig:
+    """The tiny model on the test device, in TEST_DTYPE (fp32 by default)."""
+    return LoadConfig(str(model_dir), device=TEST_DEVICE, dtype=dtype)
 
 
 def make_core(loaded, **scheduler) -> EngineCore:

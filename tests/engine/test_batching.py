@@ -1,7 +1,13 @@
-"""Continuous batching must not change any request's output (tiny random Llama, fp32)."""
+"""Continuous batching must not change any request's output (tiny random Llama).
+
+Token-for-token equality across batch shapes holds in fp32 only: bf16 logits come in steps of 1/16
+here and often tie, so a one-ulp difference between kernels for different row counts flips tokens.
+These tests therefore run in fp32 whatever TOKENWIRE_DTYPE says.
+"""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from app.engine.types import SamplingParams
@@ -14,6 +20,11 @@ PROMPTS = [
     "def main():\n    print('hello')\n",
     "Emoji: 👋🏽 and café",
 ]
+
+
+@pytest.fixture
+def tiny_loaded(tiny_loaded_fp32):
+    return tiny_loaded_fp32
 
 
 def _ids(loaded, text: str) -> list[int]:
@@ -79,10 +90,11 @@ def test_stops_max_tokens_and_eos_per_row_match_the_single_path(tiny_loaded):
     stop = text[len(text) // 2: len(text) // 2 + 2]
     eos_like = base[0][6]  # a token id the model emits: treat it as a stop token
     requests = [
-        (_ids(tiny_loaded, PROMPTS[1]), SamplingParams(temperature=0, max_tokens=30, stop=(stop,))),
-        (_ids(tiny_loaded, PROMPTS[1]), SamplingParams(temperature=0, max_tokens=30,
+        (_ids(tiny_loaded, PROMPTS[1]), SamplingParams(temperature=0, max_tokens=30, stop=(stop,),
+                                                        ignore_eos=True)),
+        (_ids(tiny_loaded, PROMPTS[1]), SamplingParams(temperature=0, max_tokens=30, ignore_eos=True,
                                                         stop_token_ids=(eos_like,))),
-        (_ids(tiny_loaded, PROMPTS[0]), SamplingParams(temperature=0, max_tokens=3)),
+        (_ids(tiny_loaded, PROMPTS[0]), SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)),
         (_ids(tiny_loaded, PROMPTS[3]), SamplingParams(temperature=0, max_tokens=25, ignore_eos=True)),
     ]
     alone = [run_alone(tiny_loaded, ids, params) for ids, params in requests]

@@ -1,6 +1,6 @@
 """Request deadlines: a sequence past its deadline ends with finish_reason timeout between steps,
 wherever it is (waiting, prefilling, decoding), its held-back text is flushed, and its rows are freed
-exactly like other finished rows (tiny random Llama, fp32)."""
+exactly like other finished rows (tiny random Llama)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ def _ids(loaded, text: str) -> list[int]:
     return loaded.tokenizer.encode(text)
 
 
-def test_a_running_row_times_out_and_the_others_are_unchanged(tiny_loaded):
+def test_a_running_row_times_out_and_the_others_are_unchanged(tiny_loaded_fp32):
+    """fp32 whatever TOKENWIRE_DTYPE says: the other row is compared token for token with running alone."""
+    tiny_loaded = tiny_loaded_fp32
     core = make_core(tiny_loaded)
     short = _ids(tiny_loaded, "The capital of France")
     other = _ids(tiny_loaded, "Hello world! How are you")
