@@ -1,7 +1,8 @@
 """The model runner: the only module that calls `model.forward`.
 
-Prefill runs one sequence's prompt (or a chunk of it) into that sequence's own KV cache; decode
-advances every row of the KVBatch by one token. Both return float32 logits for the last position only.
+`prefill_batch` runs whole prompts together, left-padded, into a new cache; `prefill` runs one chunk
+of one long prompt into that sequence's own cache; `decode` advances every row of the KVBatch by one
+token. All return float32 logits for the last position only.
 """
 
 from __future__ import annotations

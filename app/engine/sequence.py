@@ -1,7 +1,8 @@
 """One request's state inside the engine: its tokens, lifecycle, and text post-processing.
 
 A Sequence turns each sampled token id into a TokenEvent (detokenize -> stop check -> finish?).
-It owns no model state; the KV cache lives in the runner's batch, keyed by the sequence.
+It owns no model state: its KV rows live in EngineCore's KVBatch, at the sequence's position in
+`scheduler.running` (a prompt still being chunked has its own cache in EngineCore until it joins).
 """
 
 from __future__ import annotations

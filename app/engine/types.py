@@ -19,7 +19,7 @@ class SamplingParams:
     """How to pick tokens and when to stop, already validated and in engine terms.
 
     top_k <= 0 disables top-k; max_tokens None means "the rest of the context window";
-    timeout_s None means no deadline (the engine applies its own default at admission).
+    timeout_s None means no deadline (the engine applies its own default when the request arrives).
     """
 
     temperature: float = 1.0
@@ -35,7 +35,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
-    timeout_s: float | None = None  # seconds from admission until generation ends with TIMEOUT
+    timeout_s: float | None = None  # seconds from arrival (queueing counts) until it ends with TIMEOUT
 
     @property
     def is_greedy(self) -> bool:
