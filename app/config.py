@@ -39,6 +39,13 @@ class Settings(BaseSettings):
         48, ge=1, description="chunk size for long prompts while other streams decode (caps their token gaps)")
     kv_cache_memory_mb: int = Field(4096, ge=16, description="KV-cache budget; admission reserves worst cases")
     trust_remote_code: bool = Field(False, description="allow model folders that ship Python code")
+    fused_forward: bool = Field(True, description="tokenwire's fused forward for Llama/Mistral/Qwen2 models "
+                                "(false: transformers' own forward for every model)")
+    quantization: Literal["auto", "none", "int8", "int4"] = Field(
+        "auto", description="low-bit weight copies for steps with few rows; auto: on CPU, int4 where exact "
+        "(a 4-bit checkpoint), else int8, used up to the batch size where measured faster")
+    quantized_max_rows: int = Field(0, ge=0, le=256, description="largest step (rows) the low-bit copies "
+                                    "serve; 0 = measured at start-up")
 
     # HTTP limits and access control (see README "Limits"); app.main and app.__main__ apply them.
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body in bytes; larger gets 413")
@@ -87,7 +94,8 @@ class Settings(BaseSettings):
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
-            load=LoadConfig(self.model, self.device, self.dtype, self.trust_remote_code),
+            load=LoadConfig(self.model, self.device, self.dtype, self.trust_remote_code, self.fused_forward,
+                            self.quantization, self.quantized_max_rows),
             served_model_name=self.model_name,
             max_model_len=self.max_model_len,
             request_timeout_s=self.request_timeout_s,

@@ -32,7 +32,7 @@ def kv_bytes_per_token(loaded: LoadedModel) -> int:
 
 def build_core(loaded: LoadedModel, scheduler: SchedulerConfig) -> EngineCore:
     """The core for a loaded model, its KV cost per token filled in; the one place a core is made."""
-    runner = ModelRunner(loaded.model, loaded.device)
+    runner = ModelRunner(loaded.model, loaded.device, loaded.fused)
     check_plain_cache(runner.new_cache())  # refuse sliding/linear-attention models up front
     config = replace(scheduler, kv_bytes_per_token=kv_bytes_per_token(loaded))
     return EngineCore(runner, Scheduler(config), int(loaded.model.config.get_text_config().vocab_size))

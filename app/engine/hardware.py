@@ -76,6 +76,8 @@ class RuntimeInfo:
     cpu_features: tuple[str, ...]
     isa_cap: str
     torch_version: str
+    forward: str = "transformers"  # "fused" (FusedLlama) or "transformers (why)"
+    quantization: str = "none"  # "int8 weight copies (...) for steps of up to N rows" or "none (why)"
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -84,4 +86,5 @@ class RuntimeInfo:
         features = ",".join(self.cpu_features) or "none detected"
         cap = f" (capped at {self.isa_cap})" if self.isa_cap else ""
         return (f"device={self.device} dtype={self.dtype} ({self.dtype_reason}) torch_threads={self.torch_threads} "
-                f"cpu_features={features}{cap} torch={self.torch_version}")
+                f"cpu_features={features}{cap} torch={self.torch_version} forward={self.forward} "
+                f"quantization={self.quantization}")

@@ -6,14 +6,16 @@ A model reference is a local folder, a Hugging Face hub id, or a path to a `.ggu
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from app.engine.fused_llama import FusedLlama, build_fused
 from app.engine.hardware import CpuFeatures, RuntimeInfo, detect_cpu_features
 from app.engine.memory import keep_one_copy_of_cpu_kernels
+from app.engine.quantization import apply_quantization
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,9 @@ class LoadConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto | bfloat16 | float16 | float32
     trust_remote_code: bool = False
+    fused_forward: bool = True  # FusedLlama for Llama-family models; False: transformers' forward always
+    quantization: str = "auto"  # auto | none | int8 | int4: low-bit weight copies for steps with few rows
+    copy_max_rows: int = 0  # largest step the copies serve; 0 = measured at load
 
 
 @dataclass
@@ -37,6 +42,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     runtime: RuntimeInfo
+    fused: FusedLlama | None = None  # the fast forward, when the model is one it knows
 
 
 def resolve_device(name: str) -> torch.device:
@@ -110,10 +116,14 @@ def load(config: LoadConfig) -> LoadedModel:
     dtype, reason = resolve_dtype(config.dtype, device, cpu)
     runtime = RuntimeInfo(str(device), str(dtype).removeprefix("torch."), reason, torch.get_num_threads(),
                           cpu.names, cpu.isa_cap, torch.__version__)
-    log.info("loading %s: %s", config.model, runtime.summary())
+    log.info("loading %s on %s as %s", config.model, device, runtime.dtype)
     keep_one_copy_of_cpu_kernels()
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     hf_model = load_weights(config.model, dtype, device, config.trust_remote_code)
+    fused, forward = build_fused(hf_model, config.fused_forward)
+    quantization = apply_quantization(fused, config.quantization, config.copy_max_rows, dtype, device)
+    runtime = replace(runtime, forward=forward, quantization=quantization)
+    log.info("loaded %s: %s", config.model, runtime.summary())
     max_pos = int(getattr(hf_model.config, "max_position_embeddings", 0) or 2048)
-    return LoadedModel(hf_model, tokenizer, eos_token_ids(hf_model, tokenizer), max_pos, device, dtype, runtime)
-
+    return LoadedModel(hf_model, tokenizer, eos_token_ids(hf_model, tokenizer), max_pos, device, dtype, runtime,
+                       fused)

@@ -21,7 +21,7 @@ async def test_health(client, fake):
                                "kv_cache_bytes": 123_456, "runtime": {
                                    "device": "cpu", "dtype": "float32", "dtype_reason": "asked for",
                                    "torch_threads": 2, "cpu_features": ["avx2"], "isa_cap": "",
-                                   "torch_version": "0.0"}}
+                                   "torch_version": "0.0", "forward": "transformers", "quantization": "none"}}
 
 
 async def test_health_reports_a_dead_engine(client, fake):

@@ -30,9 +30,10 @@ def logit_tolerance(dtype: torch.dtype) -> dict[str, float]:
     return {"atol": 0.25, "rtol": 0.03}
 
 
-def tiny_load_config(model_dir: Path | str, dtype: str = TEST_DTYPE) -> LoadConfig:
-    """The tiny model on the test device, in TEST_DTYPE (fp32 by default)."""
-    return LoadConfig(str(model_dir), device=TEST_DEVICE, dtype=dtype)
+def tiny_load_config(model_dir: Path | str, dtype: str = TEST_DTYPE, **options) -> LoadConfig:
+    """The tiny model on the test device, in TEST_DTYPE (fp32 by default), fused forward, no int8 copies
+    (exact comparisons); `options` override LoadConfig fields."""
+    return LoadConfig(str(model_dir), device=TEST_DEVICE, dtype=dtype, **{"quantization": "none", **options})
 
 
 def make_core(loaded, **scheduler) -> EngineCore:
