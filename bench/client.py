@@ -29,6 +29,7 @@ class LoadConfig:
     interference: bool = False
     interference_max_tokens: int = 256
     api_key: str = ""
+    logit_bias: dict[str, float] = field(default_factory=dict)  # e.g. {"2": -100}: run to max_tokens
 
 
 @dataclass
@@ -94,9 +95,12 @@ def handle_data(result: RequestResult, data: str, now: float) -> None:
 
 
 def payload(cfg: LoadConfig, prompt: str, max_tokens: int) -> dict:
-    """The request body: standard OpenAI fields only, greedy, streamed with usage."""
-    return {"model": cfg.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+    """The request body: standard OpenAI fields only (logit_bias if asked for), greedy, streamed with usage."""
+    body = {"model": cfg.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
             "stream": True, "stream_options": {"include_usage": True}}
+    if cfg.logit_bias:
+        body["logit_bias"] = cfg.logit_bias
+    return body
 
 
 async def stream_one(client: httpx.AsyncClient, cfg: LoadConfig, prompt: str, max_tokens: int,

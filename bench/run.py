@@ -27,6 +27,7 @@ import httpx
 from bench.client import LoadConfig
 from bench.inprocess import summary_line
 from bench.loadgen import markdown_table, run_all
+from bench.perplexity import table as perplexity_table
 from bench.stats import fmt, ratio
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -38,6 +39,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_perplexity(out: Path) -> list[dict]:
+    """bench.perplexity in a child process: each dtype and quantization on the fixed text."""
+    subprocess.run([sys.executable, "-m", "bench.perplexity", "--json", str(out)], cwd=ROOT, check=True,
+                   timeout=600, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())
 
 
 def run_inprocess(args: argparse.Namespace, out: Path) -> dict:
@@ -149,6 +157,9 @@ def report_text(result: dict) -> str:
     lines += [f"server cold start (process start → /health ok): {server['cold_start_s']:.1f} s; "
               f"SIGTERM → exit {server['shutdown_s']:.1f} s (exit code {server['exit_code']}"
               f"{', killed' if server['killed'] else ''})", "", markdown_table(result["http"]), ""]
+    if result.get("perplexity"):
+        lines += ["perplexity on bench/ppl_text.py (lossy levers may be defaults only within 3% of fp32):", "",
+                  perplexity_table(result["perplexity"]), ""]
     lines += [f"ratio HTTP 1-stream decode tok/s ÷ in-process: {fmt(r['http_1stream_over_inprocess'], 2)}"]
     lines += [f"ratio aggregate tok/s 16 streams ÷ 1 stream ({key.rsplit('_', 1)[1]} prompt): {fmt(v, 2)}"
               for key, v in r.items() if key.startswith("agg_16_over_1_")]
@@ -174,6 +185,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--inprocess-repeats", type=int)
     p.add_argument("--inprocess-timeout", type=float, default=600.0)
     p.add_argument("--skip-inprocess", action="store_true")
+    p.add_argument("--skip-perplexity", action="store_true")
     p.add_argument("--no-interference", action="store_true")
     p.add_argument("--interference-max-tokens", type=int)
     p.add_argument("--port", type=int, default=0, help="0: a free loopback port")
@@ -206,10 +218,11 @@ def main(argv: list[str] | None = None) -> None:
               "CPU numbers will be distorted (torch threads slow down badly when cores are shared)",
               file=sys.stderr, flush=True)
     inproc = None if args.skip_inprocess else run_inprocess(args, RESULTS / f"{stamp}-inprocess.json")
+    ppl = None if args.skip_perplexity else run_perplexity(RESULTS / f"{stamp}-perplexity.json")
     http = run_http(args, stamp)
     env["loadavg_after"] = os.getloadavg()
     result = {"stamp": stamp, "args": vars(args), "environment": env, "inprocess": inproc, "http": http,
-              "ratios": ratios(inproc, http)}
+              "ratios": ratios(inproc, http), "perplexity": ppl}
     out = RESULTS / f"{stamp}.json"
     out.write_text(json.dumps(result, indent=2))
     print(report_text(result))
