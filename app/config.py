@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.engine.engine import EngineConfig
 from app.engine.loader import LoadConfig
+from app.engine.prefix_cache import PrefixCacheConfig
 from app.engine.scheduler import SchedulerConfig
 from app.http_protocol import h11_with_head_deadline
 
@@ -38,6 +39,12 @@ class Settings(BaseSettings):
     max_prefill_tokens_while_decoding: int = Field(
         48, ge=1, description="chunk size for long prompts while other streams decode (caps their token gaps)")
     kv_cache_memory_mb: int = Field(4096, ge=16, description="KV-cache budget; admission reserves worst cases")
+    prefix_cache: bool = Field(True, description="reuse the KV of prompt prefixes seen recently (conversations, "
+                               "shared system prompts); false: every prompt is prefilled in full")
+    prefix_cache_share: float = Field(0.5, gt=0, le=1, description="largest share of the KV budget cached "
+                                      "prefixes may hold; they are evicted first when requests need memory")
+    prefix_cache_min_tokens: int = Field(64, ge=1, description="shortest shared prefix worth reusing (a hit "
+                                         "prefills alone instead of in a group of short prompts)")
     trust_remote_code: bool = Field(False, description="allow model folders that ship Python code")
     fused_forward: bool = Field(True, description="tokenwire's fused forward for Llama/Mistral/Qwen2 models "
                                 "(false: transformers' own forward for every model)")
@@ -106,4 +113,8 @@ class Settings(BaseSettings):
                 max_prefill_tokens_while_decoding=self.max_prefill_tokens_while_decoding,
                 kv_budget_bytes=self.kv_cache_memory_mb << 20,
             ),
+            prefix_cache=PrefixCacheConfig(
+                max_bytes=int(self.prefix_cache_share * (self.kv_cache_memory_mb << 20)),
+                min_tokens=self.prefix_cache_min_tokens,
+            ) if self.prefix_cache else None,
         )

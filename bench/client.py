@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import ipaddress
 import json
 import time
@@ -11,6 +12,13 @@ from urllib.parse import urlsplit
 import httpx
 
 clock = time.perf_counter
+_request_numbers = itertools.count(1)
+
+
+def numbered(prompt: str) -> str:
+    """The prompt led by this run's next request number: no two requests share a prefix, so a server's
+    prompt cache (ours, llama.cpp's, vLLM's) cannot answer the load scenarios from memory."""
+    return f"({next(_request_numbers)}) {prompt}"
 
 
 @dataclass
@@ -41,6 +49,8 @@ class RequestResult:
     chunk_times: list[float] = field(default_factory=list)  # chunks with non-empty text
     usage_tokens: int | None = None
     prompt_tokens: int | None = None
+    cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens, when the server sends it
+    text: list[str] = field(default_factory=list)  # the content deltas, in order
     finish_reason: str | None = None
     done: bool = False  # saw data: [DONE]
     error: str | None = None
@@ -87,11 +97,13 @@ def handle_data(result: RequestResult, data: str, now: float) -> None:
         text = choice.get("text") or (choice.get("delta") or {}).get("content")
         if text:
             result.chunk_times.append(now)
+            result.text.append(text)
         result.finish_reason = choice.get("finish_reason") or result.finish_reason
     usage = body.get("usage")
     if usage:
         result.usage_tokens = usage.get("completion_tokens")
         result.prompt_tokens = usage.get("prompt_tokens")
+        result.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
 
 
 def payload(cfg: LoadConfig, prompt: str, max_tokens: int) -> dict:
@@ -105,11 +117,18 @@ def payload(cfg: LoadConfig, prompt: str, max_tokens: int) -> dict:
 
 async def stream_one(client: httpx.AsyncClient, cfg: LoadConfig, prompt: str, max_tokens: int,
                      results: list[RequestResult]) -> RequestResult:
-    """Send one streaming completion; the result is appended first so it is visible while live."""
+    """Send one streaming completion of the numbered prompt; the result is appended first so it is
+    visible while live."""
+    return await stream_request(client, "/v1/completions", payload(cfg, numbered(prompt), max_tokens), results)
+
+
+async def stream_request(client: httpx.AsyncClient, path: str, body: dict,
+                         results: list[RequestResult]) -> RequestResult:
+    """POST one streaming request to `path` and time its chunks (appended to `results` first)."""
     result = RequestResult(t_start=clock())
     results.append(result)
     try:
-        async with client.stream("POST", "/v1/completions", json=payload(cfg, prompt, max_tokens)) as resp:
+        async with client.stream("POST", path, json=body) as resp:
             if resp.status_code != 200:
                 body = (await resp.aread())[:200].decode(errors="replace")
                 result.error = f"HTTP {resp.status_code}: {body}"

@@ -71,7 +71,7 @@ def stream_numbers(start: float, events: list[tuple[float, int, str]]) -> dict:
 def measure(loaded: LoadedModel, config: EngineConfig, max_tokens: int, batch_sizes: list[int],
             repeats: int) -> dict:
     """One unmeasured warm-up, then `repeats` single-stream runs (medians) and each bigger batch once."""
-    core = build_core(loaded, config.scheduler)
+    core = build_core(loaded, config.scheduler, config.prefix_cache)
     prompt_ids = PromptEncoder(loaded.tokenizer, core.vocab_size).encode_text(PROMPTS["short"])
     run_batch(core, loaded, prompt_ids, max_tokens, 1)
     singles = [run_batch(core, loaded, prompt_ids, max_tokens, 1) for _ in range(repeats)]

@@ -36,7 +36,7 @@ def perplexity(loaded: LoadedModel, ids: list[int]) -> float:
         chunk = torch.tensor([ids[start:start + CHUNK]], device=loaded.device)
         positions = torch.arange(start, start + chunk.shape[1], device=loaded.device).unsqueeze(0)
         if loaded.fused is not None:
-            logits = loaded.fused.forward(chunk, None, positions, cache, last_only=False)[0]
+            logits = loaded.fused.forward(chunk, None, positions, cache, last_only=False, use_copies=True)[0]
         else:
             logits = loaded.model(input_ids=chunk, position_ids=positions, cache=cache, use_cache=True).logits[0]
         targets = torch.tensor(ids[start + 1:start + 1 + chunk.shape[1]], device=loaded.device)

@@ -2,8 +2,9 @@
 
 Order matters on a small machine: the in-process run goes first, in its own process, before the
 server starts, so the two never share CPU cores. Then `python -m app` starts on a free loopback port
-(cold start = process start to /health OK), the loadgen scenarios run, the server gets SIGTERM, and
-the combined report is printed and written to bench/results/<timestamp>.json.
+(cold start = process start to /health OK), the loadgen scenarios and the multi-turn chat scenario
+run, the server gets SIGTERM; a second server with the prefix cache off runs the multi-turn scenario
+again as the baseline; the combined report is printed and written to bench/results/<timestamp>.json.
 
     python -m bench.run [--quick] [--concurrency 1 4 16 64] [--requests-per-stream 4] ...
 """
@@ -27,6 +28,8 @@ import httpx
 from bench.client import LoadConfig
 from bench.inprocess import summary_line
 from bench.loadgen import markdown_table, run_all
+from bench.multiturn import markdown as multiturn_table
+from bench.multiturn import run_multiturn
 from bench.perplexity import table as perplexity_table
 from bench.stats import fmt, ratio
 
@@ -57,10 +60,12 @@ def run_inprocess(args: argparse.Namespace, out: Path) -> dict:
     return json.loads(out.read_text())
 
 
-def start_server(port: int, log_path: Path, log_level: str) -> tuple[subprocess.Popen, float]:
-    """Start `python -m app` on 127.0.0.1:port; return it once /health says ok, with the seconds it took."""
+def start_server(port: int, log_path: Path, log_level: str,
+                 settings: dict[str, str] | None = None) -> tuple[subprocess.Popen, float]:
+    """Start `python -m app` on 127.0.0.1:port (with extra TOKENWIRE_* `settings`); return it once
+    /health says ok, with the seconds it took."""
     env = {**os.environ, "TOKENWIRE_HOST": "127.0.0.1", "TOKENWIRE_PORT": str(port),
-           "TOKENWIRE_LOG_LEVEL": log_level}
+           "TOKENWIRE_LOG_LEVEL": log_level, **(settings or {})}
     started = time.perf_counter()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env,
@@ -121,10 +126,26 @@ def run_http(args: argparse.Namespace, stamp: str) -> dict:
     proc, cold_start = start_server(port, log_path, args.server_log_level)
     try:
         report = asyncio.run(run_all(load_config(args, port)))
+        if not args.skip_multiturn:
+            report["multiturn"] = asyncio.run(run_multiturn(f"http://127.0.0.1:{port}", args.multiturn_users,
+                                                            args.multiturn_turns, 32, args.reuse_repeats))
     finally:
         shutdown = stop_server(proc)
     report["server"] = {"cold_start_s": cold_start, **shutdown, "log": str(log_path)}
     return report
+
+
+def run_multiturn_uncached(args: argparse.Namespace, stamp: str) -> dict:
+    """The multi-turn scenario again on a fresh server with the prefix cache off (the baseline)."""
+    port = free_port()
+    log_path = RESULTS / f"{stamp}-server-uncached.log"
+    print(f"starting a server without prefix cache on 127.0.0.1:{port}", file=sys.stderr, flush=True)
+    proc, _ = start_server(port, log_path, args.server_log_level, {"TOKENWIRE_PREFIX_CACHE": "false"})
+    try:
+        return asyncio.run(run_multiturn(f"http://127.0.0.1:{port}", args.multiturn_users, args.multiturn_turns,
+                                         32, 0))
+    finally:
+        stop_server(proc)
 
 
 def find(scenarios: list[dict], prompt: str, concurrency: int) -> dict | None:
@@ -157,6 +178,9 @@ def report_text(result: dict) -> str:
     lines += [f"server cold start (process start → /health ok): {server['cold_start_s']:.1f} s; "
               f"SIGTERM → exit {server['shutdown_s']:.1f} s (exit code {server['exit_code']}"
               f"{', killed' if server['killed'] else ''})", "", markdown_table(result["http"]), ""]
+    if result["http"].get("multiturn"):
+        lines += ["multi-turn chat (bench.multiturn), prefix cache on vs off:", "",
+                  multiturn_table(result["http"]["multiturn"], result.get("multiturn_uncached")), ""]
     if result.get("perplexity"):
         lines += ["perplexity on bench/ppl_text.py (lossy levers may be defaults only within 3% of fp32):", "",
                   perplexity_table(result["perplexity"]), ""]
@@ -167,9 +191,11 @@ def report_text(result: dict) -> str:
 
 
 FULL = {"concurrency": [1, 4, 16, 64], "requests_per_stream": 4, "scenario_timeout": 300.0,
-        "inprocess_batches": [1, 4, 16], "inprocess_repeats": 3, "interference_max_tokens": 256}
+        "inprocess_batches": [1, 4, 16], "inprocess_repeats": 3, "interference_max_tokens": 256,
+        "multiturn_users": [1, 8], "multiturn_turns": 6, "reuse_repeats": 3}
 QUICK = {"concurrency": [1, 4, 16], "requests_per_stream": 2, "scenario_timeout": 90.0,
-         "inprocess_batches": [1, 4], "inprocess_repeats": 2, "interference_max_tokens": 128}
+         "inprocess_batches": [1, 4], "inprocess_repeats": 2, "interference_max_tokens": 128,
+         "multiturn_users": [1, 4], "multiturn_turns": 5, "reuse_repeats": 2}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -186,6 +212,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--inprocess-timeout", type=float, default=600.0)
     p.add_argument("--skip-inprocess", action="store_true")
     p.add_argument("--skip-perplexity", action="store_true")
+    p.add_argument("--skip-multiturn", action="store_true", help="no multi-turn chat scenario")
+    p.add_argument("--multiturn-users", type=int, nargs="+", help="concurrent conversations, one run each")
+    p.add_argument("--multiturn-turns", type=int)
+    p.add_argument("--reuse-repeats", type=int, help="next-turn TTFT pairs (cached vs changed first message)")
     p.add_argument("--no-interference", action="store_true")
     p.add_argument("--interference-max-tokens", type=int)
     p.add_argument("--port", type=int, default=0, help="0: a free loopback port")
@@ -220,9 +250,10 @@ def main(argv: list[str] | None = None) -> None:
     inproc = None if args.skip_inprocess else run_inprocess(args, RESULTS / f"{stamp}-inprocess.json")
     ppl = None if args.skip_perplexity else run_perplexity(RESULTS / f"{stamp}-perplexity.json")
     http = run_http(args, stamp)
+    uncached = None if args.skip_multiturn else run_multiturn_uncached(args, stamp)
     env["loadavg_after"] = os.getloadavg()
     result = {"stamp": stamp, "args": vars(args), "environment": env, "inprocess": inproc, "http": http,
-              "ratios": ratios(inproc, http), "perplexity": ppl}
+              "ratios": ratios(inproc, http), "perplexity": ppl, "multiturn_uncached": uncached}
     out = RESULTS / f"{stamp}.json"
     out.write_text(json.dumps(result, indent=2))
     print(report_text(result))

@@ -13,10 +13,12 @@ from app.engine.types import TokenEvent
 
 
 def usage(event: TokenEvent) -> dict:
+    """OpenAI's usage object; cached_tokens (prompt tokens whose KV was reused) is always present."""
     return {
         "prompt_tokens": event.num_prompt_tokens,
         "completion_tokens": event.num_completion_tokens,
         "total_tokens": event.num_prompt_tokens + event.num_completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": event.num_cached_tokens},
     }
 
 

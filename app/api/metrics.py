@@ -7,7 +7,7 @@ Latencies are observed when a generation request ends, from its RequestRecord; t
 from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import InfoMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
 from app.api.record import RequestRecord
 
@@ -51,6 +51,7 @@ class Metrics:
             gauge = Gauge(name, documentation, registry=self.registry)
             gauge.set_function(lambda attribute=attribute: getattr(engine, attribute))
         self.registry.register(RuntimeInfoCollector(engine))
+        self.registry.register(PrefixCacheCollector(engine))
 
     def observe(self, record: RequestRecord) -> None:
         """Count a finished generation request and observe its latencies."""
@@ -84,3 +85,26 @@ class RuntimeInfoCollector:
                   for key, value in runtime.as_dict().items()}
         yield InfoMetricFamily("tokenwire_runtime", "What the server runs on and why: device, dtype (and the "
                                "reason it was chosen), torch threads, CPU features", value=labels)
+
+
+class PrefixCacheCollector:
+    """The prefix cache's bytes and entries now, and its counters since start (from the engine's snapshot)."""
+
+    COUNTERS = {"hits": "Prompts that reused a cached prefix",
+                "misses": "Prompts that found no reusable prefix",
+                "evictions": "Cached prefixes evicted for room (least recently used first)",
+                "reused_tokens": "Prompt tokens whose KV came from the prefix cache instead of a prefill"}
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+
+    def describe(self):
+        return []  # values come from the engine at scrape time; nothing to check at registration
+
+    def collect(self):
+        stats = self._engine.prefix_cache_stats
+        yield GaugeMetricFamily("tokenwire_prefix_cache_bytes", "KV bytes held by cached prefixes (inside "
+                                "the KV budget)", value=stats.bytes)
+        yield GaugeMetricFamily("tokenwire_prefix_cache_entries", "Cached prefixes held", value=stats.entries)
+        for name, documentation in self.COUNTERS.items():
+            yield CounterMetricFamily(f"tokenwire_prefix_cache_{name}", documentation, value=getattr(stats, name))

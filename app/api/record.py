@@ -33,6 +33,7 @@ class RequestRecord:
     model: str | None = None
     prompt: object = None  # kept only when prompts may be logged
     num_prompt_tokens: int | None = None
+    num_cached_tokens: int | None = None  # of the prompt, reused from the prefix cache
     num_completion_tokens: int = 0
     first_token_at: float | None = None
     last_token_at: float | None = None
@@ -50,6 +51,7 @@ class RequestRecord:
             self.first_token_at = self.first_token_at or now
             self.last_token_at = now
         self.num_prompt_tokens = event.num_prompt_tokens
+        self.num_cached_tokens = event.num_cached_tokens
         self.num_completion_tokens = event.num_completion_tokens
         if event.finish_reason is not None:
             self.finish_reason = event.finish_reason.value

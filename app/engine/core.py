@@ -3,6 +3,10 @@
 A step decodes every running row by one token in one batched forward, then spends the rest of the
 token budget on prompt chunks; a sequence whose prompt completes samples its first token and joins
 the batch. Finished and aborted sequences leave the batch at once, freeing their KV rows.
+
+With a prefix cache, an admitted sequence starts from the longest cached prefix of its prompt and
+prefills only the rest; every completed prompt is stored, and so is a finished conversation
+(prompt + output) when decoding runs on full-precision weights (its KV then equals a prefill's).
 """
 
 from __future__ import annotations
@@ -14,12 +18,16 @@ import torch
 from transformers import DynamicCache
 
 from app.engine import sampler
-from app.engine.kv_batch import KVBatch, check_plain_cache, layer_bytes, select_rows
+from app.engine.kv_store import KVStore, check_plain_cache, layer_bytes
 from app.engine.loader import LoadedModel
+from app.engine.prefix_cache import PrefixCache, PrefixCacheConfig, PrefixCacheStats
 from app.engine.runner import ModelRunner
 from app.engine.sampler import PenaltyState, SamplingTensors
 from app.engine.scheduler import PrefillChunk, Scheduler, SchedulerConfig, group_by_length
-from app.engine.sequence import Sequence
+from app.engine.sequence import Sequence, SequenceStatus
+
+# Finished normally: its KV row is whole and may be stored (aborted ones never are).
+_STORABLE = (SequenceStatus.FINISHED_STOPPED, SequenceStatus.FINISHED_LENGTH, SequenceStatus.FINISHED_TIMEOUT)
 
 
 def kv_bytes_per_token(loaded: LoadedModel) -> int:
@@ -30,12 +38,15 @@ def kv_bytes_per_token(loaded: LoadedModel) -> int:
     return 2 * cfg.num_hidden_layers * heads * head_dim * loaded.dtype.itemsize
 
 
-def build_core(loaded: LoadedModel, scheduler: SchedulerConfig) -> EngineCore:
-    """The core for a loaded model, its KV cost per token filled in; the one place a core is made."""
+def build_core(loaded: LoadedModel, scheduler: SchedulerConfig,
+               prefix_cache: PrefixCacheConfig | None = None) -> EngineCore:
+    """The core for a loaded model, its KV cost per token filled in; the one place a core is made.
+    prefix_cache None: every prompt is prefilled in full."""
     runner = ModelRunner(loaded.model, loaded.device, loaded.fused)
     check_plain_cache(runner.new_cache())  # refuse sliding/linear-attention models up front
     config = replace(scheduler, kv_bytes_per_token=kv_bytes_per_token(loaded))
-    return EngineCore(runner, Scheduler(config), int(loaded.model.config.get_text_config().vocab_size))
+    cache = None if prefix_cache is None else PrefixCache(prefix_cache)
+    return EngineCore(runner, config, int(loaded.model.config.get_text_config().vocab_size), cache)
 
 
 def _uses_penalties(sequence: Sequence) -> bool:
@@ -44,11 +55,13 @@ def _uses_penalties(sequence: Sequence) -> bool:
 
 
 class EngineCore:
-    def __init__(self, runner: ModelRunner, scheduler: Scheduler, vocab_size: int) -> None:
+    def __init__(self, runner: ModelRunner, scheduler: SchedulerConfig, vocab_size: int,
+                 prefix_cache: PrefixCache | None = None) -> None:
         self.runner = runner
-        self.scheduler = scheduler
+        self.prefix_cache = prefix_cache
+        self.scheduler = Scheduler(scheduler, on_admit=self._admit, reclaimable=prefix_cache)
         self.vocab_size = vocab_size
-        self.batch = KVBatch(runner.device)
+        self.store = KVStore(runner.device)
         self._prefill_caches: dict[Sequence, DynamicCache] = {}
 
     @property
@@ -58,7 +71,11 @@ class EngineCore:
     @property
     def kv_cache_bytes(self) -> int:
         prefilling = sum(layer_bytes(layer) for cache in self._prefill_caches.values() for layer in cache.layers)
-        return self.batch.num_bytes + prefilling
+        return self.store.num_bytes + prefilling
+
+    @property
+    def prefix_cache_stats(self) -> PrefixCacheStats:
+        return PrefixCacheStats() if self.prefix_cache is None else self.prefix_cache.stats
 
     def add(self, sequence: Sequence) -> None:
         self.scheduler.add(sequence)
@@ -76,7 +93,7 @@ class EngineCore:
         self.expire(time.monotonic())
         plan = self.scheduler.schedule()
         if plan.decode:
-            self._decode(plan.decode)
+            self._decode()
         whole = [c.sequence for c in plan.prefill if c.start == 0 and c.is_last]
         for chunk in plan.prefill:
             if chunk.sequence not in whole:
@@ -91,15 +108,27 @@ class EngineCore:
             sequence.sink(sequence.expire())
         self._release(expired)
 
-    def _decode(self, rows: list[Sequence]) -> None:
-        logits = self.runner.decode(self.batch, [s.output_ids[-1] for s in rows])
+    def _decode(self) -> None:
+        rows = self.store.rows
+        logits = self.runner.decode(self.store, [s.output_ids[-1] for s in rows])
         self._sample_and_emit(rows, logits)
         self._release([s for s in rows if s.status.is_finished])
+
+    def _admit(self, sequence: Sequence) -> None:
+        """As the scheduler admits a sequence: its penalty state, and its cached prefix if any."""
+        self._init_penalties(sequence)
+        if self.prefix_cache is None:
+            return
+        entry, reused = self.prefix_cache.lookup(sequence.prompt_ids)
+        if entry is None:
+            return
+        remaining = sequence.num_prompt_tokens - reused
+        self._prefill_caches[sequence] = self.runner.cache_starting_with(entry.layers, reused, remaining)
+        sequence.num_prefilled = sequence.num_cached_tokens = reused
 
     def _prefill_whole(self, group: list[Sequence]) -> None:
         """Short prompts that fit this step: one padded forward for the whole group."""
         for sequence in group:
-            self._init_penalties(sequence)
             sequence.num_prefilled = sequence.num_prompt_tokens
         cache, mask, logits = self.runner.prefill_batch([s.prompt_ids for s in group])
         self._start_rows(group, cache, mask, logits)
@@ -110,7 +139,6 @@ class EngineCore:
         cache = self._prefill_caches.get(sequence)
         if cache is None:
             cache = self._prefill_caches[sequence] = self.runner.new_cache()
-            self._init_penalties(sequence)
         logits = self.runner.prefill(cache, sequence.prompt_ids[chunk.start:chunk.end], chunk.start)
         sequence.num_prefilled = chunk.end
         if chunk.is_last:
@@ -120,17 +148,40 @@ class EngineCore:
 
     def _start_rows(self, group: list[Sequence], cache: DynamicCache, mask: torch.Tensor,
                     logits: torch.Tensor) -> None:
-        """Sample each prefilled sequence's first token; those not finished join the decode batch."""
+        """Store the prompts' KV, sample each first token; those not finished join the decode batch."""
+        self._store_prompts(group, cache, mask.shape[1])
         self._sample_and_emit(group, logits)
         keep = [row for row, s in enumerate(group) if not s.status.is_finished]
         self._release([s for s in group if s.status.is_finished])
         if not keep:
             return
         if len(keep) < len(group):
-            mask = mask.index_select(0, select_rows(cache, keep))
-        self.batch.join(cache, mask)
+            index = torch.tensor(keep, dtype=torch.long, device=mask.device)
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
+            mask = mask.index_select(0, index)
+        self.store.join([group[row] for row in keep], cache, mask)
         for row in keep:
             self.scheduler.start_running(group[row])
+
+    def _store_prompts(self, group: list[Sequence], cache: DynamicCache, columns: int) -> None:
+        """Copy each whole prompt's KV (the right-aligned columns of its row) into the prefix cache."""
+        if self.prefix_cache is None:
+            return
+        for row, sequence in enumerate(group):
+            start = columns - sequence.num_prompt_tokens
+            layers = [(layer.keys[row:row + 1, :, start:], layer.values[row:row + 1, :, start:])
+                      for layer in cache.layers]
+            self.prefix_cache.insert(sequence.prompt_ids, layers, self.scheduler.free_bytes())
+
+    def _store_conversation(self, sequence: Sequence) -> None:
+        """A finished row's prompt + output (all but the last token, which was never fed) for the next turn."""
+        if self.prefix_cache is None or not self.runner.decodes_exactly or sequence.status not in _STORABLE:
+            return
+        token_ids = sequence.prompt_ids + sequence.output_ids[:-1]
+        layers = self.store.row_kv(sequence)
+        assert layers[0][0].shape[-2] == len(token_ids), "a row's KV covers its prompt and fed outputs"
+        self.prefix_cache.insert(token_ids, layers, self.scheduler.free_bytes())
 
     def _sample_and_emit(self, rows: list[Sequence], logits: torch.Tensor) -> None:
         tensors = SamplingTensors.from_params([s.params for s in rows], logits.shape[-1], logits.device)
@@ -155,10 +206,10 @@ class EngineCore:
         """Remove finished sequences from the scheduler, their batch rows and prefill caches."""
         if not finished:
             return
-        gone = set(finished)
-        running = self.scheduler.running
-        if any(s in gone for s in running):
-            self.batch.keep([row for row, s in enumerate(running) if s not in gone])
+        leaving = [s for s in finished if s in self.store]
+        for sequence in leaving:
+            self._store_conversation(sequence)
+        self.store.remove(leaving)
         for sequence in finished:
             self._prefill_caches.pop(sequence, None)
             self.scheduler.remove(sequence)

@@ -23,6 +23,7 @@ from app.engine.errors import ContextLengthExceeded, EngineDead, InvalidRequest,
 from app.engine.hardware import RuntimeInfo
 from app.engine.loader import LoadConfig, LoadedModel, load
 from app.engine.model_thread import ModelThread
+from app.engine.prefix_cache import PrefixCacheConfig, PrefixCacheStats
 from app.engine.prompts import PromptEncoder
 from app.engine.sampler import make_generator
 from app.engine.scheduler import SchedulerConfig
@@ -40,6 +41,7 @@ class EngineConfig:
     max_model_len: int = 0  # 0: the model's own max_position_embeddings
     request_timeout_s: float = 0.0  # server-wide generation deadline; 0: none. Requests may only shorten it.
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    prefix_cache: PrefixCacheConfig | None = field(default_factory=PrefixCacheConfig)  # None: off
 
 
 class Engine:
@@ -77,7 +79,7 @@ class Engine:
         self._loaded = loaded
         # The model thread detokenizes with its own copy; the original serves prompt encoding.
         self._detokenizer_tokenizer = copy.deepcopy(loaded.tokenizer)
-        self._core = build_core(loaded, self.config.scheduler)
+        self._core = build_core(loaded, self.config.scheduler, self.config.prefix_cache)
         vocab = self._core.vocab_size
         max_len = min(self.config.max_model_len or loaded.max_position_embeddings, loaded.max_position_embeddings)
         self.encoder = PromptEncoder(loaded.tokenizer, vocab)
@@ -122,6 +124,11 @@ class Engine:
     @property
     def kv_cache_bytes(self) -> int:
         return self._published_load()[2]
+
+    @property
+    def prefix_cache_stats(self) -> PrefixCacheStats:
+        """The prefix cache's bytes and counters as of the last step (all zero when it is off)."""
+        return PrefixCacheStats() if self._model_thread is None else self._model_thread.prefix_cache_stats
 
     @property
     def runtime(self) -> RuntimeInfo | None:

@@ -26,6 +26,7 @@ class ModelThread:
         self.core = core
         self.dead: BaseException | None = None  # what killed the thread, if anything did
         self.load = (0, 0, 0)  # (running, waiting, KV bytes), replaced whole after each step
+        self.prefix_cache_stats = core.prefix_cache_stats  # a frozen snapshot, replaced after each step
         self._inbox: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="tokenwire-model", daemon=True)
 
@@ -116,6 +117,7 @@ class ModelThread:
     def _publish_load(self) -> None:
         sched = self.core.scheduler
         self.load = (len(sched.admitted), len(sched.waiting), self.core.kv_cache_bytes)
+        self.prefix_cache_stats = self.core.prefix_cache_stats
 
     def _fail_everything(self, error: Exception) -> None:
         """Tell every request first, then free them: a broken core must not keep anyone waiting."""

@@ -3,8 +3,9 @@
 On CPU a decode step with one to a few rows is bound by reading the weights, and oneDNN's bf16
 kernels carry a fixed cost per call; torch's weight-only kernels (activations stay 16-bit) read a
 quarter (int8) or an eighth (int4) of fp32's bytes and win there, while the native kernels win once
-many rows share each weight read. So the copy serves steps of at most `copy_max_rows` rows and the
-original weight serves the rest.
+many rows share each weight read. So the copy serves decode steps of at most `copy_max_rows` rows
+and the original weight serves the rest, prefill always: a prompt's KV is then exactly what the
+full-precision model makes, so the prefix cache can hand it to another request unchanged.
 """
 
 from __future__ import annotations
@@ -122,9 +123,14 @@ class PackedLinear:
         self.copy = cls(self.weight) if cls.fits(self.weight) else None
         return self.copy is not None
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def serves_copy(self) -> bool:
+        """True when some decode steps run through the low-bit copy."""
+        return self.copy is not None and self.copy_max_rows > 0
+
+    def __call__(self, x: torch.Tensor, use_copy: bool = True) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
-        if self.copy is not None and rows <= self.copy_max_rows:
+        if use_copy and self.copy is not None and rows <= self.copy_max_rows:
             return self.forward_copy(x)
         return F.linear(x, self.weight, self.bias)
 

@@ -1,9 +1,10 @@
 """The model runner: the only module that calls `model.forward`.
 
 `prefill_batch` runs whole prompts together, left-padded, into a new cache; `prefill` runs one chunk
-of one long prompt into that sequence's own cache; `decode` advances every row of the KVBatch by one
-token. All return float32 logits for the last position only. For Llama-family models the pass runs
-through FusedLlama (same function, fewer ops); otherwise through `model.forward`.
+of one prompt into that sequence's own cache (which may start with a cached prefix's KV); `decode`
+advances every row of the KVStore by one token. All return float32 logits for the last position
+only. For Llama-family models the pass runs through FusedLlama (same function, fewer ops); otherwise
+through `model.forward`. Only decode steps may use the low-bit weight copies.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from app.engine.fused_llama import FusedLlama
-from app.engine.kv_batch import KVBatch
+from app.engine.kv_store import KVStore
 from app.engine.packed_linear import PackedLinear
-from app.engine.slab_cache import slab_cache
+from app.engine.slab_cache import SlabLayer, slab_cache, spare_buffer
 
 # Warming 1..64 rows took 0.4 s for the default model on 2 CPUs, 1..128 about 1 s, 1..256 about 3.5 s;
 # 128 rows' kernels (5 per row count here) also leave most of oneDNN's 1024-entry cache to prompt shapes.
@@ -37,6 +38,26 @@ class ModelRunner:
 
     def new_cache(self) -> DynamicCache:
         return slab_cache(self.model.config)
+
+    @property
+    def decodes_exactly(self) -> bool:
+        """True when decode steps use the full-precision weights, so their KV equals a prefill's."""
+        return self.fused is None or self.fused.decodes_exactly
+
+    def cache_starting_with(self, layers: list[tuple[torch.Tensor, torch.Tensor]], tokens: int,
+                            room: int) -> DynamicCache:
+        """A new one-row cache holding a copy of the first `tokens` columns of `layers`, with room
+        for `room` more columns before it grows."""
+        cache = self.new_cache()
+        held = []
+        for keys, values in layers:
+            key_buffer = spare_buffer(keys, 1, tokens + room)
+            value_buffer = spare_buffer(values, 1, tokens + room)
+            key_buffer[:, :, :tokens] = keys[:, :, :tokens]
+            value_buffer[:, :, :tokens] = values[:, :, :tokens]
+            held.append(SlabLayer.holding(key_buffer, value_buffer, tokens))
+        cache.layers = held
+        return cache
 
     @torch.inference_mode()
     def prefill(self, cache: DynamicCache, token_ids: list[int], start: int) -> torch.Tensor:
@@ -63,11 +84,11 @@ class ModelRunner:
         return cache, mask, logits
 
     @torch.inference_mode()
-    def decode(self, batch: KVBatch, last_tokens: list[int]) -> torch.Tensor:
+    def decode(self, store: KVStore, last_tokens: list[int]) -> torch.Tensor:
         """Feed each row its last sampled token; return next-token logits [rows, V]."""
         input_ids = torch.tensor(last_tokens, dtype=torch.long, device=self.device).unsqueeze(1)
-        mask, positions = batch.decode_inputs()
-        return self._forward(input_ids, mask, positions, batch.cache)
+        mask, positions = store.decode_inputs()
+        return self._forward(input_ids, mask, positions, store.cache, decoding=True)
 
     @torch.inference_mode()
     def warm_row_counts(self, max_rows: int) -> None:
@@ -118,9 +139,9 @@ class ModelRunner:
         return self.model(input_ids=input_ids).logits[0].float()
 
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor,
-                 cache: DynamicCache) -> torch.Tensor:
+                 cache: DynamicCache, decoding: bool = False) -> torch.Tensor:
         if self.fused is not None:
-            return self.fused.forward(input_ids, mask, positions, cache)
+            return self.fused.forward(input_ids, mask, positions, cache, use_copies=decoding)
         output = self.model(
             input_ids=input_ids,
             attention_mask=mask,

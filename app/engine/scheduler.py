@@ -2,8 +2,10 @@
 
 Each step spends a token budget: one token per running row, the rest on prompt chunks of the
 oldest admitted sequences; while rows decode, long prompts advance by small chunks only, because a
-big prefill forward delays the next token of every running stream. Admission reserves KV memory for a row's worst case (prompt + max_tokens,
-padded to the longest row), so a running batch never outgrows the budget.
+big prefill forward delays the next token of every running stream. Admission reserves KV memory for
+a row's worst case (prompt + max_tokens, padded to the longest row), so a running batch never
+outgrows the budget. Cached prefixes count against the same budget; they are reclaimed before a
+request would wait for memory.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Callable, Protocol
 
 from app.engine.errors import Overloaded
 from app.engine.sequence import Sequence, SequenceStatus
@@ -68,12 +71,25 @@ def group_by_length(sequences: list[Sequence], max_padding: float = 0.25) -> lis
     return groups
 
 
+class ReclaimableMemory(Protocol):
+    """Memory inside the KV budget that can be given back on demand (the prefix cache)."""
+
+    @property
+    def num_bytes(self) -> int: ...
+
+    def release(self, nbytes: int) -> int: ...
+
+
 class Scheduler:
-    def __init__(self, config: SchedulerConfig) -> None:
+    def __init__(self, config: SchedulerConfig, on_admit: Callable[[Sequence], None] | None = None,
+                 reclaimable: ReclaimableMemory | None = None) -> None:
         self.config = config
         self.waiting: deque[Sequence] = deque()
         self.prefilling: list[Sequence] = []
-        self.running: list[Sequence] = []  # in KV batch row order
+        self.running: list[Sequence] = []  # decoding; the KVStore knows their rows
+        # Called as a sequence is admitted, before its first chunk is planned: it may skip a cached prefix.
+        self._on_admit = on_admit
+        self._reclaimable = reclaimable
 
     @property
     def num_unfinished(self) -> int:
@@ -103,7 +119,19 @@ class Scheduler:
     def can_admit(self, sequence: Sequence) -> bool:
         if len(self.admitted) >= self.config.max_running:
             return False
-        return self.reserved_bytes(self.admitted + [sequence]) <= self.config.kv_budget_bytes
+        needed = self.reserved_bytes(self.admitted + [sequence])
+        budget = self.config.kv_budget_bytes
+        if needed > budget:
+            return False
+        held = self._reclaimable.num_bytes if self._reclaimable is not None else 0
+        if needed + held > budget:  # cached prefixes give way before anyone waits for memory
+            assert self._reclaimable is not None
+            self._reclaimable.release(needed + held - budget)
+        return True
+
+    def free_bytes(self) -> int:
+        """Budget not reserved by admitted sequences (what cached prefixes may use)."""
+        return max(self.config.kv_budget_bytes - self.reserved_bytes(self.admitted), 0)
 
     def schedule(self) -> StepPlan:
         plan = StepPlan(decode=list(self.running))
@@ -133,6 +161,8 @@ class Scheduler:
             sequence.status = SequenceStatus.PREFILLING
             sequence.scheduled_at = time.monotonic()
             self.prefilling.append(sequence)
+            if self._on_admit is not None:
+                self._on_admit(sequence)
             yield sequence
 
     def start_running(self, sequence: Sequence) -> None:

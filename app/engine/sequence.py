@@ -1,8 +1,8 @@
 """One request's state inside the engine: its tokens, lifecycle, and text post-processing.
 
 A Sequence turns each sampled token id into a TokenEvent (detokenize -> stop check -> finish?).
-It owns no model state: its KV rows live in EngineCore's KVBatch, at the sequence's position in
-`scheduler.running` (a prompt still being chunked has its own cache in EngineCore until it joins).
+It owns no model state: its KV row lives in EngineCore's KVStore, which maps rows to sequences (a
+prompt still being chunked has its own cache in EngineCore until it joins).
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class Sequence:
     output_ids: list[int] = field(default_factory=list)
     status: SequenceStatus = SequenceStatus.WAITING
     num_prefilled: int = 0
+    num_cached_tokens: int = 0  # leading prompt tokens whose KV came from the prefix cache
     # Token statistics for repetition/presence/frequency penalties; built only when params ask.
     penalties: PenaltyState | None = None
     # time.monotonic() after which the engine ends it with TIMEOUT; default: params.timeout_s after arrival.
@@ -127,7 +128,7 @@ class Sequence:
         self.status = SequenceStatus.FINISHED_TIMEOUT
         return TokenEvent(text=text, token_ids=(), num_prompt_tokens=self.num_prompt_tokens,
                           num_completion_tokens=self.num_output_tokens, finish_reason=self.finish_reason,
-                          timings=self.timings())
+                          timings=self.timings(), num_cached_tokens=self.num_cached_tokens)
 
     def _is_stop_token(self, token_id: int) -> bool:
         p = self.params
@@ -145,6 +146,7 @@ class Sequence:
             num_completion_tokens=self.num_output_tokens,
             finish_reason=self.finish_reason,
             timings=self.timings() if self.status.is_finished else None,
+            num_cached_tokens=self.num_cached_tokens,
         )
 
     def timings(self) -> RequestTimings:

@@ -3,7 +3,7 @@
 transformers' DynamicLayer concatenates on every update, copying the whole cache once per token;
 with long contexts that copy costs as much as reading the weights. SlabLayer keeps keys and values
 in a buffer with room to grow and exposes views of the filled part, so it stays a drop-in
-DynamicLayer for the model and for KVBatch (assigning `keys`/`values` replaces the buffer).
+DynamicLayer for the model; KVStore moves whole buffers (spare columns included) between layers.
 """
 
 from __future__ import annotations
@@ -53,7 +53,27 @@ class SlabLayer(DynamicLayer):
 
     @property
     def allocated_bytes(self) -> int:
-        return sum(t.nbytes for t in (self._keys, self._values) if t is not None and t.dim() == 4)
+        """Bytes of the buffers behind this layer, spare and trimmed columns included."""
+        return sum(t.untyped_storage().nbytes() for t in (self._keys, self._values) if t is not None and t.dim() == 4)
+
+    @property
+    def capacity(self) -> int:
+        """Columns the buffers hold, filled or spare."""
+        return 0 if self._keys is None or self._keys.dim() < 4 else int(self._keys.shape[-2])
+
+    @property
+    def buffers(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Keys and values buffers, spare columns included (for KVStore's whole-buffer row moves)."""
+        return self._keys, self._values
+
+    @classmethod
+    def holding(cls, keys: torch.Tensor, values: torch.Tensor, filled: int) -> SlabLayer:
+        """A layer over existing buffers whose first `filled` columns hold KV; the rest is spare."""
+        layer = cls()
+        layer.lazy_initialization(keys, values)
+        layer._keys, layer._values = keys, values
+        layer._num_keys = layer._num_values = filled
+        return layer
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.device = key_states.device
@@ -74,6 +94,14 @@ class SlabLayer(DynamicLayer):
         buffer = _grow(buffer, filled, new)
         buffer[:, :, filled : filled + new.shape[-2]] = new
         return buffer
+
+
+def spare_buffer(like: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
+    """A zeroed [rows, heads, columns + GROW_COLUMNS, head_dim] buffer in `like`'s dtype and device.
+
+    Zeroed, not empty: padding columns are masked out, but a masked NaN would still poison softmax.
+    """
+    return like.new_zeros((rows, like.shape[1], columns + GROW_COLUMNS, like.shape[-1]))
 
 
 def slab_cache(config) -> DynamicCache:

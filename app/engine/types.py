@@ -56,6 +56,7 @@ class TokenEvent:
     num_completion_tokens: int
     finish_reason: FinishReason | None = None
     timings: RequestTimings | None = None  # on the last event only
+    num_cached_tokens: int = 0  # prompt tokens whose KV was reused from the prefix cache
 
 
 @dataclass(frozen=True)

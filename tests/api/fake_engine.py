@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from app.engine.errors import EngineDead, InvalidRequest
 from app.engine.hardware import RuntimeInfo
+from app.engine.prefix_cache import PrefixCacheStats
 from app.engine.types import EngineState, FinishReason, ModelInfo, SamplingParams, TokenEvent
 
 MODEL_NAME = "fake-model"
@@ -56,6 +57,7 @@ class FakeEngine:
     running: int = 0
     waiting: int = 0
     kv_bytes: int = 0
+    prefix_stats: PrefixCacheStats = field(default_factory=PrefixCacheStats)
     info_on_start: ModelInfo | None = field(default_factory=lambda: ModelInfo(
         MODEL_NAME, max_model_len=2048, vocab_size=VOCAB_SIZE, eos_token_ids=(2,), created=1_700_000_000))
     started: bool = False
@@ -107,6 +109,10 @@ class FakeEngine:
     @property
     def runtime(self) -> RuntimeInfo | None:
         return FAKE_RUNTIME if self.started else None
+
+    @property
+    def prefix_cache_stats(self) -> PrefixCacheStats:
+        return self.prefix_stats
 
     # ---- prompts ------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
 from app.engine.errors import ContextLengthExceeded, EngineError, Overloaded
+from app.engine.prefix_cache import PrefixCacheStats
 from app.engine.types import FinishReason
 from app.main import create_app
 from tests.api.fake_engine import FakeEngine, scripted_events
@@ -192,6 +193,18 @@ async def test_metrics_count_requests_by_outcome_and_tokens(fake):
     assert metrics[("tokenwire_requests_running", ())] == 3
     assert metrics[("tokenwire_requests_waiting", ())] == 5
     assert metrics[("tokenwire_kv_cache_bytes", ())] == 12345
+
+
+async def test_metrics_show_the_prefix_cache(fake):
+    fake.prefix_stats = PrefixCacheStats(bytes=4096, entries=2, hits=3, misses=4, evictions=1, reused_tokens=640)
+    async with serve(fake) as client:
+        metrics = samples((await client.get("/metrics")).text)
+    assert metrics[("tokenwire_prefix_cache_bytes", ())] == 4096
+    assert metrics[("tokenwire_prefix_cache_entries", ())] == 2
+    assert metrics[("tokenwire_prefix_cache_hits_total", ())] == 3
+    assert metrics[("tokenwire_prefix_cache_misses_total", ())] == 4
+    assert metrics[("tokenwire_prefix_cache_evictions_total", ())] == 1
+    assert metrics[("tokenwire_prefix_cache_reused_tokens_total", ())] == 640
 
 
 async def test_every_outcome_series_exists_from_the_start(fake):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -121,9 +122,20 @@ async def test_include_usage(client, fake, path):
         assert chunk["usage"] is None
     assert content[-1]["choices"][0]["finish_reason"] == "stop"
     assert usage_chunk["choices"] == []
-    assert usage_chunk["usage"] == {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}
+    assert usage_chunk["usage"] == {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14,
+                                   "prompt_tokens_details": {"cached_tokens": 0}}
     assert (usage_chunk["id"], usage_chunk["created"], usage_chunk["object"]) == (
         content[0]["id"], content[0]["created"], content[0]["object"])
+
+
+@pytest.mark.parametrize("path", ENDPOINTS)
+async def test_cached_prompt_tokens_are_reported_streamed_and_not(client, fake, path):
+    events = scripted_events(["a", "b"], num_prompt_tokens=90)
+    fake.script = [replace(e, num_cached_tokens=64) for e in events]
+    _, chunks = await stream(client, path, stream_options={"include_usage": True})
+    body = (await client.post(path, json=completion_body() if "chat" not in path else chat_body())).json()
+    for usage in (chunks[-1]["usage"], body["usage"]):
+        assert usage["prompt_tokens"] == 90 and usage["prompt_tokens_details"] == {"cached_tokens": 64}
 
 
 @pytest.mark.parametrize("path", ENDPOINTS)
@@ -147,7 +159,8 @@ async def test_completion_response_equals_joined_stream(client, fake):
     assert body["choices"] == [{"index": 0, "text": "".join(c["choices"][0]["text"] for c in chunks),
                                 "logprobs": None, "finish_reason": "length"}]
     assert body["choices"][0]["text"] == "The answer is 42"
-    assert body["usage"] == {"prompt_tokens": 6, "completion_tokens": 5, "total_tokens": 11}
+    assert body["usage"] == {"prompt_tokens": 6, "completion_tokens": 5, "total_tokens": 11,
+                             "prompt_tokens_details": {"cached_tokens": 0}}
     assert fake.last_call.request_id == body["id"]
 
 
@@ -160,7 +173,8 @@ async def test_chat_response_equals_joined_stream(client, fake):
     assert body["choices"] == [{"index": 0, "message": {"role": "assistant", "content": joined, "refusal": None},
                                 "logprobs": None, "finish_reason": "stop"}]
     assert joined == "Paris."
-    assert body["usage"] == {"prompt_tokens": 20, "completion_tokens": 3, "total_tokens": 23}
+    assert body["usage"] == {"prompt_tokens": 20, "completion_tokens": 3, "total_tokens": 23,
+                             "prompt_tokens_details": {"cached_tokens": 0}}
 
 
 @pytest.mark.parametrize("path", ENDPOINTS)

@@ -98,5 +98,6 @@ def test_token_id_prompt(http, server, prompt):
                                                   "temperature": 0, "max_tokens": 3, "logit_bias": NO_EOS})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
+    assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5,
+                             "prompt_tokens_details": {"cached_tokens": 0}}
     assert len(body["choices"][0]["text"]) > 3  # the decoded prompt, then the completion

@@ -11,6 +11,7 @@ import torch
 from app.engine.core import EngineCore, build_core
 from app.engine.detokenizer import IncrementalDetokenizer
 from app.engine.loader import LoadConfig
+from app.engine.prefix_cache import PrefixCacheConfig
 from app.engine.sampler import make_generator
 from app.engine.scheduler import SchedulerConfig
 from app.engine.sequence import Sequence
@@ -36,8 +37,9 @@ def tiny_load_config(model_dir: Path | str, dtype: str = TEST_DTYPE, **options) 
     return LoadConfig(str(model_dir), device=TEST_DEVICE, dtype=dtype, **{"quantization": "none", **options})
 
 
-def make_core(loaded, **scheduler) -> EngineCore:
-    return build_core(loaded, SchedulerConfig(**scheduler))
+def make_core(loaded, prefix_cache: PrefixCacheConfig | None = None, **scheduler) -> EngineCore:
+    """A core with these scheduler settings; no prefix cache unless one is configured."""
+    return build_core(loaded, SchedulerConfig(**scheduler), prefix_cache)
 
 
 def make_sequence(loaded, request_id: str, prompt_ids: list[int], params: SamplingParams,

@@ -131,7 +131,7 @@ def test_kv_memory_is_reported_and_bounded(tiny_loaded):
     run_to_end(core)
     assert all(e[-1].finish_reason is not None for e in events)
     assert core.kv_cache_bytes == 0
-    assert torch.is_tensor(core.batch.mask)
+    assert torch.is_tensor(core.store.mask)
 
 
 def test_prompts_prefilled_together_with_padding_match_running_alone(tiny_loaded):

@@ -34,14 +34,14 @@ def test_a_running_row_times_out_and_the_others_are_unchanged(tiny_loaded_fp32):
     core.add(make_sequence(tiny_loaded, "other", other, LONG, theirs))
     for _ in range(5):
         core.step()
-    assert late.status is SequenceStatus.RUNNING and core.batch.num_rows == 2
+    assert late.status is SequenceStatus.RUNNING and core.store.num_rows == 2
     late.deadline = PAST
     core.step()
     last = mine[-1]
     assert last.finish_reason is FinishReason.TIMEOUT and last.token_ids == ()
     assert last.num_completion_tokens == len(mine) - 1 == 5
     assert all(e.finish_reason is None for e in mine[:-1])
-    assert late.status is SequenceStatus.FINISHED_TIMEOUT and core.batch.num_rows == 1
+    assert late.status is SequenceStatus.FINISHED_TIMEOUT and core.store.num_rows == 1
     run_to_end(core)
     assert core.scheduler.num_unfinished == 0 and core.kv_cache_bytes == 0
     assert output_of(theirs) == run_alone(tiny_loaded, other, LONG)

@@ -36,9 +36,9 @@ def test_decode_and_prefill_logits_match_the_uncached_forward(tiny_loaded):
     cache, mask, logits = runner.prefill_batch([p[:-2] for p in prompts])  # left-padded group
     for row, prompt in enumerate(prompts):
         torch.testing.assert_close(logits[row], runner.full_logits(prompt[:-2])[-1], **tol)
-    core.batch.join(cache, mask)
+    core.store.join(PROMPTS, cache, mask)
     for back in (2, 1):  # two padded decode steps, each row fed its own next prompt token
-        step = runner.decode(core.batch, [p[-back] for p in prompts])
+        step = runner.decode(core.store, [p[-back] for p in prompts])
         for row, prompt in enumerate(prompts):
             torch.testing.assert_close(step[row], runner.full_logits(prompt[: len(prompt) - back + 1])[-1], **tol)
 

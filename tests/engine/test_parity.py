@@ -52,9 +52,9 @@ def test_incremental_logits_match_full_forward(tiny_loaded):
     last = runner.prefill(cache, ids[split:-3], split)
     full = runner.full_logits(ids)
     torch.testing.assert_close(last, full[len(ids) - 4], **logit_tolerance(tiny_loaded.dtype))
-    core.batch.join(cache, torch.ones((1, len(ids) - 3), dtype=torch.long, device=tiny_loaded.device))
+    core.store.join(["row"], cache, torch.ones((1, len(ids) - 3), dtype=torch.long, device=tiny_loaded.device))
     for position in range(len(ids) - 3, len(ids)):
-        step = core.runner.decode(core.batch, [ids[position]])[0]
+        step = core.runner.decode(core.store, [ids[position]])[0]
         torch.testing.assert_close(step, full[position], **logit_tolerance(tiny_loaded.dtype))
 
 
