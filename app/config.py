@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     api_keys: SecretStr = Field(SecretStr(""), description="comma-separated bearer keys; empty = no auth")
     api_key_file: str = Field("", description="a file with one API key per line (# comments allowed)")
     cors_origins: str = Field("", description="comma-separated allowed browser origins; empty = no CORS")
+    playground: bool = Field(True, description="serve the chat playground page at / (false: / is a 404)")
 
     # Lifecycle and observability (see README "Lifecycle" and "Observability").
     drain_timeout_s: float = Field(25.0, ge=0, description="after SIGTERM: time in-flight requests get to finish")

@@ -7,11 +7,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from app.api.auth import ApiKeyAuth
+from app.api.auth import OPEN_PATHS, PLAYGROUND_PATHS, PLAYGROUND_PREFIX, ApiKeyAuth
 from app.api.drain import DrainGate, DrainState
 from app.api.errors import install_error_handlers
 from app.api.metrics import Metrics
 from app.api.openapi import install_openapi
+from app.api.path_slashes import CollapseSlashes
+from app.api.playground import install_playground
 from app.api.probes import router as probes_router
 from app.api.request_context import RequestContext
 from app.api.request_limits import RequestLimits
@@ -38,11 +40,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.engine = engine
     app.include_router(router)
     app.include_router(probes_router)
+    if settings.playground:
+        install_playground(app)
     install_error_handlers(app)
     install_openapi(app)
     add_lifecycle(app, settings)
     add_http_guards(app, settings)
     add_request_context(app, settings, engine)
+    app.add_middleware(CollapseSlashes)  # outermost: every layer sees the canonical path
     return app
 
 
@@ -66,7 +71,11 @@ def add_http_guards(app: FastAPI, settings: Settings) -> None:
                        max_bytes=settings.max_body_bytes, read_timeout_s=settings.request_read_timeout_s)
     keys = settings.api_key_list()
     if keys:
-        app.add_middleware(ApiKeyAuth, keys=keys)
+        if settings.playground:
+            app.add_middleware(ApiKeyAuth, keys=keys, open_paths=OPEN_PATHS | PLAYGROUND_PATHS,
+                               open_prefixes=(PLAYGROUND_PREFIX,))
+        else:
+            app.add_middleware(ApiKeyAuth, keys=keys)
     origins = settings.cors_origin_list()
     if origins:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "OPTIONS"],

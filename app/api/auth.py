@@ -17,6 +17,9 @@ from app.api.errors import error_body
 
 # Probes must work without a key (load balancers, orchestrators).
 OPEN_PATHS = frozenset({"/health", "/ready"})
+# The playground's page and assets load without a key (the page asks for one); its API calls need it.
+PLAYGROUND_PATHS = frozenset({"/"})
+PLAYGROUND_PREFIX = "/playground/"
 
 
 def _digest(key: bytes) -> bytes:
@@ -33,12 +36,17 @@ def bearer_token(scope: Scope) -> bytes:
 
 
 class ApiKeyAuth:
-    def __init__(self, app: ASGIApp, keys: Iterable[str], open_paths: Iterable[str] = OPEN_PATHS) -> None:
+    def __init__(self, app: ASGIApp, keys: Iterable[str], open_paths: Iterable[str] = OPEN_PATHS,
+                 open_prefixes: tuple[str, ...] = ()) -> None:
         self.app = app
         self._digests = tuple(_digest(key.encode("utf-8")) for key in keys)
         if not self._digests:
             raise ValueError("ApiKeyAuth needs at least one key")
         self.open_paths = frozenset(open_paths)
+        self.open_prefixes = open_prefixes
+
+    def is_open(self, path: str) -> bool:
+        return path in self.open_paths or path.startswith(self.open_prefixes)
 
     def is_authorized(self, scope: Scope) -> bool:
         token = bearer_token(scope)
@@ -49,8 +57,7 @@ class ApiKeyAuth:
         return matched and bool(token)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or scope["path"] in self.open_paths \
-                or self.is_authorized(scope):
+        if scope["type"] not in ("http", "websocket") or self.is_open(scope["path"]) or self.is_authorized(scope):
             await self.app(scope, receive, send)
             return
         body = error_body("missing or invalid API key; send `Authorization: Bearer <key>`",

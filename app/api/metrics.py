@@ -11,7 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 
 from app.api.record import RequestRecord
 
-ENDPOINTS = ("completions", "chat_completions")
+ENDPOINTS = ("completions", "chat_completions", "responses")
 OUTCOMES = ("stop", "length", "timeout", "cancelled", "error", "rejected_validation", "rejected_context_length",
             "rejected_overloaded", "rejected_auth", "rejected_draining")
 # Seconds; CPU serving is slow, so the buckets reach minutes.

@@ -54,6 +54,14 @@ GENERATION_RESPONSES: dict[int | str, dict] = {
     503: _error("the server is draining after SIGTERM, or its model thread stopped"),
 }
 
+TOKENIZER_RESPONSES: dict[int | str, dict] = {
+    400: _error("a bad body: not exactly one of prompt/messages, a token id outside the vocabulary"),
+    **UNAUTHORIZED,
+    404: _error("`model` is not the served model"),
+    413: _error("the body is larger than TOKENWIRE_MAX_BODY_BYTES"),
+    503: _error("the model is not loaded"),
+}
+
 METRICS_RESPONSES: dict[int | str, dict] = {
     200: {"description": "Prometheus text exposition format",
           "content": {"text/plain": {"schema": {"type": "string"}}}},

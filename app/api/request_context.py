@@ -25,7 +25,8 @@ log = logging.getLogger("tokenwire.request")
 # Bounded and plain, so an id is safe in headers, logs and JSON; anything else is replaced.
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _HEADER_KEY = REQUEST_ID_HEADER.lower().encode()
-GENERATION_ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat_completions"}
+GENERATION_ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat_completions",
+                        "/v1/responses": "responses"}
 
 
 def request_id_of(scope: Scope) -> tuple[str, bool]:

@@ -7,9 +7,10 @@ from sse_starlette import EventSourceResponse
 
 from app.api.errors import ModelNotFound
 from app.api.framing import ChatFramer, Framer
-from app.api.openapi import GENERATION_RESPONSES, UNAUTHORIZED
+from app.api.openapi import GENERATION_RESPONSES, TOKENIZER_RESPONSES, UNAUTHORIZED
 from app.api.request_context import completion_id, track
-from app.api.schemas import ChatCompletionRequest, CompletionRequest
+from app.api.responses_framing import ResponsesFramer, stream_response_events
+from app.api.schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ResponsesRequest, TokenizeRequest
 from app.api.sse import collect, stream_events
 from app.engine.engine import Engine
 from app.engine.errors import EngineDead
@@ -63,6 +64,36 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, engine
         return sse_response(request, events, framer)
     completion, last = await collect(events, request.is_disconnected)
     return framer.response(completion, last)
+
+
+@router.post("/v1/responses", responses=GENERATION_RESPONSES)
+async def responses(body: ResponsesRequest, request: Request, engine: Engine = Depends(get_engine)):
+    model = served_model(body.model, engine)
+    prompt_ids = await engine.encode_chat(body.template_messages())
+    framer = ResponsesFramer(completion_id(request, "resp_"), model, body.echoed_fields())
+    events = track(request, engine.generate(prompt_ids, body.to_sampling_params(), framer.id), model, body.input)
+    if body.stream:
+        return EventSourceResponse(stream_response_events(events, framer), sep="\n",
+                                   ping=request.app.state.sse_keepalive_s, headers=STREAM_HEADERS)
+    text, last = await collect(events, request.is_disconnected)
+    return framer.final(text, last)
+
+
+@router.post("/tokenize", responses=TOKENIZER_RESPONSES)
+async def tokenize(body: TokenizeRequest, engine: Engine = Depends(get_engine)):
+    served_model(body.model, engine)
+    if body.prompt is not None:
+        tokens = await engine.encode_text(body.prompt, body.add_special_tokens is not False)
+    else:
+        tokens = await engine.encode_chat(body.template_messages(), bool(body.add_special_tokens))
+    return {"tokens": tokens, "count": len(tokens), "max_model_len": engine.info.max_model_len}
+
+
+@router.post("/detokenize", responses=TOKENIZER_RESPONSES)
+async def detokenize(body: DetokenizeRequest, engine: Engine = Depends(get_engine)):
+    served_model(body.model, engine)
+    tokens = engine.check_ids(body.tokens, param="tokens") if body.tokens else []
+    return {"prompt": await engine.decode(tokens)}
 
 
 @router.get("/v1/models", responses=UNAUTHORIZED)

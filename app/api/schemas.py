@@ -193,6 +193,105 @@ class ChatCompletionRequest(_GenerationRequest):
         return self.max_completion_tokens or self.max_tokens
 
     def template_messages(self) -> list[dict[str, str]]:
-        # "developer" is OpenAI's newer name for "system"; model templates know only the latter.
-        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                for m in self.messages]
+        return template_messages(self.messages)
+
+
+def template_messages(messages: list[ChatMessage] | list[InputMessage]) -> list[dict[str, str]]:
+    # "developer" is OpenAI's newer name for "system"; model templates know only the latter.
+    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
+
+
+# ---- tokenizer endpoints (vLLM's shape) ---------------------------------------------------------
+
+
+class TokenizeRequest(BaseModel):
+    """`prompt` (text, encoded as /v1/completions does) or `messages` (the chat template applied, as
+    /v1/chat/completions does); exactly one."""
+
+    model_config = STRICT
+
+    model: Text
+    prompt: PromptText | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
+    add_special_tokens: bool | None = None  # default: what the generation endpoint does (text yes, chat no)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("send exactly one of prompt or messages")
+        return self
+
+    def template_messages(self) -> list[dict[str, str]]:
+        return template_messages(self.messages or [])
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = STRICT
+
+    model: Text
+    tokens: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=1 << 20)]
+
+
+# ---- the Responses API (stateless) --------------------------------------------------------------
+
+
+class InputText(BaseModel):
+    model_config = STRICT
+
+    type: Literal["input_text", "output_text"]
+    text: Text
+
+
+class InputMessage(BaseModel):
+    """One item of `input`: a message whose content is a string or text parts."""
+
+    model_config = STRICT
+
+    type: Literal["message"] = "message"
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Text | Annotated[list[InputText], Field(min_length=1)]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class ResponsesRequest(BaseModel):
+    model_config = STRICT
+
+    model: Text
+    input: PromptText | Annotated[list[InputMessage], Field(min_length=1)]
+    instructions: Text | None = None
+    max_output_tokens: MaxTokens | None = None
+    temperature: Temperature = 1.0
+    top_p: TopP = 1.0
+    stream: bool = False
+    user: Text | None = None
+    metadata: Annotated[dict[str, Annotated[Text, Field(max_length=512)]], Field(max_length=16)] | None = None
+    store: bool = False  # accepted; nothing is stored: the server is stateless
+    previous_response_id: Text | None = None
+    tools: list[dict] | None = None
+
+    @model_validator(mode="after")
+    def _unsupported(self) -> ResponsesRequest:
+        if self.previous_response_id:
+            raise ValueError("previous_response_id is not supported: this server stores no responses; "
+                             "send the whole conversation as input")
+        if self.tools:
+            raise ValueError("tools are not supported on /v1/responses by this server")
+        return self
+
+    def template_messages(self) -> list[dict[str, str]]:
+        """instructions first (as a system message), then the input items, for the chat template."""
+        messages = [{"role": "system", "content": self.instructions}] if self.instructions else []
+        if isinstance(self.input, str):
+            return messages + [{"role": "user", "content": self.input}]
+        return messages + template_messages(self.input)
+
+    def to_sampling_params(self) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_output_tokens)
+
+    def echoed_fields(self) -> dict:
+        """The request fields a Response object repeats."""
+        return {"instructions": self.instructions, "max_output_tokens": self.max_output_tokens,
+                "temperature": self.temperature, "top_p": self.top_p, "metadata": self.metadata or {},
+                "user": self.user}

@@ -140,17 +140,17 @@ class Engine:
 
     # ---- prompts ----------------------------------------------------------------------------
 
-    async def encode_text(self, text: str) -> list[int]:
-        return await self._tokenize(self._encoder().encode_text, text)
+    async def encode_text(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return await self._tokenize(self._encoder().encode_text, text, add_special_tokens)
 
-    async def encode_chat(self, messages: Seq[Mapping[str, str]]) -> list[int]:
-        return await self._tokenize(self._encoder().encode_chat, messages)
+    async def encode_chat(self, messages: Seq[Mapping[str, str]], add_special_tokens: bool = False) -> list[int]:
+        return await self._tokenize(self._encoder().encode_chat, messages, add_special_tokens)
 
-    async def _tokenize(self, function, argument):
-        return await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, function, argument)
+    async def _tokenize(self, function, *arguments):
+        return await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, function, *arguments)
 
-    def check_ids(self, ids: Seq[int]) -> list[int]:
-        return self._encoder().check_ids(ids)
+    def check_ids(self, ids: Seq[int], param: str = "prompt") -> list[int]:
+        return self._encoder().check_ids(ids, param)
 
     async def decode(self, ids: Seq[int]) -> str:
         return await self._tokenize(self._encoder().decode, ids)

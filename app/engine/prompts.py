@@ -23,8 +23,8 @@ class PromptEncoder:
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
-    def encode_text(self, text: str) -> list[int]:
-        ids = self.tokenizer.encode(text, add_special_tokens=True)
+    def encode_text(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        ids = self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
         if not ids:
             raise InvalidRequest("the prompt is empty", param="prompt")
         return ids
@@ -39,7 +39,7 @@ class PromptEncoder:
             )
         return list(ids)
 
-    def encode_chat(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+    def encode_chat(self, messages: Sequence[Mapping[str, str]], add_special_tokens: bool = False) -> list[int]:
         if not self.has_chat_template:
             raise InvalidRequest("this model has no chat template; use /v1/completions", param="messages")
         try:
@@ -50,8 +50,8 @@ class PromptEncoder:
             raise  # the model's template misbehaved: a server fault, not the request's
         except TemplateError as exc:  # e.g. raise_exception("roles must alternate")
             raise InvalidRequest(f"the model's chat template refused these messages: {exc}", param="messages") from exc
-        # The template already wrote any BOS; encoding must not add another.
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        # The template already wrote any BOS; encoding must not add another (unless asked to).
+        ids = self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
         if not ids:
             raise InvalidRequest("the messages render to an empty prompt", param="messages")
         return ids

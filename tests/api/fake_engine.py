@@ -66,6 +66,7 @@ class FakeEngine:
     failure: BaseException | None = None  # set by fail_all(): every open stream raises it next
     encoded_texts: list[str] = field(default_factory=list)
     encoded_chats: list[list[dict[str, str]]] = field(default_factory=list)
+    special_token_flags: list[bool] = field(default_factory=list)
     checked_ids: list[list[int]] = field(default_factory=list)
     _open_iterators: int = 0
 
@@ -116,23 +117,25 @@ class FakeEngine:
 
     # ---- prompts ------------------------------------------------------------------------------
 
-    async def encode_text(self, text: str) -> list[int]:
+    async def encode_text(self, text: str, add_special_tokens: bool = True) -> list[int]:
         self.encoded_texts.append(text)
+        self.special_token_flags.append(add_special_tokens)
         if not text:
             raise InvalidRequest("the prompt is empty", param="prompt")
         return [ord(c) for c in text]
 
-    async def encode_chat(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+    async def encode_chat(self, messages: Sequence[Mapping[str, str]], add_special_tokens: bool = False) -> list[int]:
         self.encoded_chats.append([dict(m) for m in messages])
+        self.special_token_flags.append(add_special_tokens)
         rendered = "".join(f"<{m['role']}>{m['content']}\n" for m in messages) + "<assistant>"
         return [ord(c) for c in rendered]
 
-    def check_ids(self, ids: Sequence[int]) -> list[int]:
+    def check_ids(self, ids: Sequence[int], param: str = "prompt") -> list[int]:
         self.checked_ids.append(list(ids))
         bad = [i for i in ids if not 0 <= i < VOCAB_SIZE]
         if bad:
             raise InvalidRequest(f"token id {bad[0]} is outside the vocabulary [0, {VOCAB_SIZE})",
-                                 param="prompt")
+                                 param=param)
         return list(ids)
 
     async def decode(self, ids: Sequence[int]) -> str:

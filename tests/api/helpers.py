@@ -34,6 +34,22 @@ def parse_sse(raw: str) -> list[str]:
     return payloads
 
 
+def named_sse_json(raw: str) -> list[tuple[str, dict]]:
+    """(event name, JSON data) of each `event: ...` + `data: ...` event (the Responses API's framing);
+    the name must equal the data's `type`."""
+    assert raw.endswith("\n\n") and "\r" not in raw
+    events = []
+    for block in raw.split("\n\n")[:-1]:
+        lines = [line for line in block.split("\n") if not line.startswith(":")]
+        if not lines:
+            continue
+        assert len(lines) == 2 and lines[0].startswith("event: ") and lines[1].startswith("data: "), block
+        name, body = lines[0][len("event: "):], json.loads(lines[1][len("data: "):])
+        assert body["type"] == name
+        events.append((name, body))
+    return events
+
+
 def sse_json(raw: str) -> list[dict]:
     """The JSON events of a stream, after checking it ends with exactly one `[DONE]`."""
     payloads = parse_sse(raw)

@@ -12,7 +12,7 @@ from tests.api.helpers import assert_error_shape
 from tests.api.test_api_limits import client_for
 
 KEY, OTHER_KEY = "sk-test-first", "sk-test-second"
-OPEN = {"/health", "/ready"}
+OPEN = {"/health", "/ready", "/"}  # "/" is the playground page (its assets too: test_api_playground)
 
 
 def flatten(routes, prefix: str = "") -> list[tuple[str, str]]:

@@ -273,7 +273,7 @@ async def test_model_not_loaded_is_503():
 # ---- routing ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/nope", "/v1/embeddings", "/v1/chat/completion", "/v2/completions", "/"])
+@pytest.mark.parametrize("path", ["/nope", "/v1/embeddings", "/v1/chat/completion", "/v2/completions"])
 async def test_unknown_route_is_404(client, path):
     for response in (await client.get(path), await client.post(path, json={})):
         assert response.status_code == 404

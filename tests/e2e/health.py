@@ -20,20 +20,20 @@ def wait_idle(http: httpx.Client, timeout_s: float = 10.0) -> dict:
         time.sleep(0.05)
 
 
-def metric_value(http: httpx.Client, name: str) -> float:
-    """One unlabelled sample of a real server's /metrics (0 when absent)."""
+def metric_value(http: httpx.Client, name: str, **labels: str) -> float:
+    """The sample of a real server's /metrics with exactly these labels (0 when absent)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     for family in text_string_to_metric_families(http.get("/metrics").text):
         for sample in family.samples:
-            if sample.name == name and not sample.labels:
+            if sample.name == name and sample.labels == labels:
                 return sample.value
     return 0.0
 
 
-def wait_for_metric(http: httpx.Client, name: str, value: float, timeout_s: float = 5.0) -> float:
-    """Poll until the metric reaches `value` (the engine publishes after its step); return the last reading."""
+def wait_for_metric(http: httpx.Client, name: str, value: float, timeout_s: float = 5.0, **labels: str) -> float:
+    """Poll until the metric reaches `value` (it is counted as the response ends); return the last reading."""
     deadline = time.monotonic() + timeout_s
-    while (seen := metric_value(http, name)) < value and time.monotonic() < deadline:
+    while (seen := metric_value(http, name, **labels)) < value and time.monotonic() < deadline:
         time.sleep(0.05)
     return seen

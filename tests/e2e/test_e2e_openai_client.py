@@ -120,3 +120,28 @@ def test_errors_become_sdk_exceptions(openai_client, server):
     with pytest.raises(openai.BadRequestError) as too_long:
         openai_client.completions.create(model=server.model, prompt="hi", max_tokens=9000)
     assert too_long.value.code == "context_length_exceeded"
+
+
+def test_responses_with_the_official_client(openai_client, server):
+    response = openai_client.responses.create(model=server.model, input="What is the capital of France?",
+                                              instructions="Answer in one sentence.", max_output_tokens=24,
+                                              temperature=0)
+    assert response.status in ("completed", "incomplete") and response.output_text
+    assert response.usage.input_tokens > 0 and 0 < response.usage.output_tokens <= 24
+    with openai_client.responses.stream(model=server.model, input="Say hello.", max_output_tokens=8,
+                                        temperature=0) as stream:
+        events = [event.type for event in stream]
+    assert events[0] == "response.created" and events[-1] in ("response.completed", "response.incomplete")
+    assert "response.output_text.delta" in events
+
+
+def test_tokenize_counts_what_the_endpoints_bill(openai_client, server, http):
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    chat = openai_client.chat.completions.create(model=server.model, messages=messages, max_tokens=1)
+    counted = http.post("/tokenize", json={"model": server.model, "messages": messages}).json()
+    assert counted["count"] == chat.usage.prompt_tokens == len(counted["tokens"])
+    assert counted["max_model_len"] == server.max_model_len
+    text = openai_client.completions.create(model=server.model, prompt="Hello there", max_tokens=1)
+    tokens = http.post("/tokenize", json={"model": server.model, "prompt": "Hello there"}).json()["tokens"]
+    assert len(tokens) == text.usage.prompt_tokens
+    assert http.post("/detokenize", json={"model": server.model, "tokens": tokens}).json() == {"prompt": "Hello there"}

@@ -107,7 +107,8 @@ def test_no_server_errors(api_schema, mode):
             continue  # nothing to make invalid (GET routes without parameters)
         seen[operation.label] = fuzz(operation, mode, api_schema.hooks)
     generation = [label for label in seen if label.startswith("POST")]
-    assert set(generation) == {"POST /v1/completions", "POST /v1/chat/completions"}, seen
+    assert set(generation) == {"POST /v1/completions", "POST /v1/chat/completions", "POST /v1/responses",
+                               "POST /tokenize", "POST /detokenize"}, seen
     for label in generation:
         assert seen[label].total() >= MAX_EXAMPLES // 2, seen  # not vacuous
         if mode is GenerationMode.POSITIVE:

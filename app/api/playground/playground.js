@@ -1,0 +1,190 @@
+// The playground: a multi-turn chat that streams from /v1/chat/completions with fetch (SSE over a
+// ReadableStream), shows each answer's time to first token, tokens/s, finish reason and usage, and
+// stops a generation for real (aborting the fetch closes the connection; the server cancels it).
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const chat = $("chat"), form = $("composer"), promptBox = $("prompt"), sendButton = $("send");
+  const stopButton = $("stop"), statusLine = $("status"), keyInput = $("api-key"), remember = $("remember-key");
+  const KEY_NAME = "tokenwire-api-key";
+  const history = [];  // {role, content} of finished turns
+  let model = null, running = null;  // running: the AbortController of the answer in flight
+
+  // ---- the API key: this tab's session only, unless the user asks to remember it ------------------
+  keyInput.value = sessionStorage.getItem(KEY_NAME) || localStorage.getItem(KEY_NAME) || "";
+  remember.checked = localStorage.getItem(KEY_NAME) !== null;
+  function saveKey() {
+    const key = keyInput.value.trim();
+    sessionStorage.setItem(KEY_NAME, key);
+    if (remember.checked && key) localStorage.setItem(KEY_NAME, key); else localStorage.removeItem(KEY_NAME);
+  }
+  keyInput.addEventListener("change", () => { saveKey(); loadModel(); });
+  remember.addEventListener("change", saveKey);
+
+  function headers() {
+    const h = { "Content-Type": "application/json" };
+    const key = keyInput.value.trim();
+    if (key) h.Authorization = "Bearer " + key;
+    return h;
+  }
+
+  // ---- errors in OpenAI's shape, as sentences a person can act on ------------------------------
+  async function describeFailure(response) {
+    let message = "";
+    try { message = (await response.json()).error.message; } catch (_) { /* not our JSON */ }
+    if (response.status === 401) return "This server needs an API key: enter it under Settings.";
+    if (response.status === 429) {
+      const wait = response.headers.get("Retry-After");
+      return `The server is busy; retry ${wait ? "in " + wait + " s" : "shortly"}.`;
+    }
+    if (response.status === 503) return "The server is not ready (loading or shutting down): " + message;
+    return `Error ${response.status}: ${message || response.statusText}`;
+  }
+
+  async function loadModel() {
+    try {
+      const response = await fetch("/v1/models", { headers: headers() });
+      if (!response.ok) { $("model").textContent = await describeFailure(response); return; }
+      const data = (await response.json()).data;
+      model = data.length ? data[0].id : null;
+      $("model").textContent = model ? `${model} · context ${data[0].max_model_len} tokens` : "no model loaded";
+    } catch (error) {
+      $("model").textContent = "cannot reach the server: " + error.message;
+    }
+  }
+
+  // ---- the chat log --------------------------------------------------------------------------
+  function bubble(role, text) {
+    const div = document.createElement("div");
+    div.className = "message " + role;
+    const body = document.createElement("div");
+    body.className = "body";
+    body.textContent = text;
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    div.append(body, meta);
+    chat.appendChild(div);
+    chat.scrollTop = chat.scrollHeight;
+    return { div, body, meta };
+  }
+
+  function renderAnswer(view, text) {
+    view.body.replaceChildren(TokenwireMarkdown.render(text));
+    chat.scrollTop = chat.scrollHeight;
+  }
+
+  function request(messages) {
+    const body = { model, messages, stream: true, stream_options: { include_usage: true } };
+    const temperature = parseFloat($("temperature").value);
+    if (!Number.isNaN(temperature)) body.temperature = temperature;
+    const maxTokens = parseInt($("max-tokens").value, 10);
+    if (maxTokens > 0) body.max_tokens = maxTokens;
+    const seed = parseInt($("seed").value, 10);
+    if (!Number.isNaN(seed)) body.seed = seed;
+    return body;
+  }
+
+  // Yields the JSON of each `data:` event of a server-sent event stream, until [DONE].
+  async function* sseEvents(response) {
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += decoder.decode(value, { stream: true });
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        for (const line of block.split("\n")) {
+          if (!line.startsWith("data:")) continue;  // ": ping" keep-alives and the like
+          const data = line.slice(5).trim();
+          if (data === "[DONE]") return;
+          yield JSON.parse(data);
+        }
+      }
+    }
+  }
+
+  function stats(sent, first, last, usage, finish) {
+    const parts = [];
+    if (first) parts.push(`first token ${Math.round(first - sent)} ms`);
+    if (usage && first && last > first && usage.completion_tokens > 1) {
+      parts.push(`${((usage.completion_tokens - 1) / ((last - first) / 1000)).toFixed(1)} tokens/s`);
+    }
+    if (finish) parts.push(`finish: ${finish}`);
+    if (usage) {
+      const cached = usage.prompt_tokens_details ? usage.prompt_tokens_details.cached_tokens : 0;
+      parts.push(`prompt ${usage.prompt_tokens} tokens (${cached} cached), completion ${usage.completion_tokens}`);
+    }
+    return parts.join(" · ");
+  }
+
+  async function send(text) {
+    const system = $("system").value.trim();
+    const messages = [...(system ? [{ role: "system", content: system }] : []), ...history,
+                      { role: "user", content: text }];
+    bubble("user", text);
+    const view = bubble("assistant", "");
+    running = new AbortController();
+    setRunning(true);
+    const sent = performance.now();
+    let answer = "", first = null, last = null, usage = null, finish = null;
+    try {
+      const response = await fetch("/v1/chat/completions", {
+        method: "POST", headers: headers(), body: JSON.stringify(request(messages)), signal: running.signal,
+      });
+      if (!response.ok) throw new Error(await describeFailure(response));
+      for await (const event of sseEvents(response)) {
+        if (event.error) throw new Error(event.error.message);
+        if (event.usage) usage = event.usage;
+        for (const choice of event.choices || []) {
+          const delta = (choice.delta && choice.delta.content) || "";
+          if (delta) {
+            last = performance.now();
+            first = first || last;
+            answer += delta;
+            renderAnswer(view, answer);
+          }
+          finish = choice.finish_reason || finish;
+        }
+      }
+      history.push({ role: "user", content: text }, { role: "assistant", content: answer });
+      view.meta.textContent = stats(sent, first, last, usage, finish);
+    } catch (error) {
+      if (error.name === "AbortError") {
+        view.meta.textContent = stats(sent, first, last, null, "stopped");
+        if (answer) history.push({ role: "user", content: text }, { role: "assistant", content: answer });
+      } else {
+        view.div.classList.add("error");
+        view.meta.textContent = error.message;
+      }
+    } finally {
+      running = null;
+      setRunning(false);
+    }
+  }
+
+  function setRunning(on) {
+    sendButton.disabled = on;
+    stopButton.disabled = !on;
+    statusLine.textContent = on ? "generating…" : "";
+  }
+
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = promptBox.value.trim();
+    if (!text || running) return;
+    promptBox.value = "";
+    send(text);
+  });
+  promptBox.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); form.requestSubmit(); }
+  });
+  stopButton.addEventListener("click", () => { if (running) running.abort(); });
+  $("clear").addEventListener("click", () => { if (!running) { history.length = 0; chat.replaceChildren(); } });
+
+  loadModel();
+})();
