@@ -36,7 +36,7 @@ help:
 	@echo "make test         venv + model, then pytest (PYTEST_ARGS='-m \"not e2e and not slow\"': no server, ~1 min)"
 	@echo "make bench        venv + model, then benchmark a fresh server (BENCH_ARGS='--quick'; bench/README.md)"
 	@echo "make bench-peers  tokenwire vs another server, same run (PEER_CMD='../shared/peers/llamacpp-server {port}')"
-	@echo "make lint-docker  hadolint the Dockerfile, validate docker-compose.yml"
+	@echo "make lint-docker  hadolint the Dockerfile, validate docker-compose.yml (+ docker-compose.scale.yml)"
 	@echo "make clean        remove caches and build leftovers; distclean also the venv and the model"
 
 venv: $(VENV_STAMP)
@@ -88,7 +88,8 @@ $(LINT_VENV)/.installed:
 lint-docker: $(LINT_VENV)/.installed
 	$(LINT_VENV)/bin/hadolint Dockerfile
 	$(LINT_VENV)/bin/docker-compose -f docker-compose.yml config --quiet
-	@echo "Dockerfile and docker-compose.yml: OK"
+	$(LINT_VENV)/bin/docker-compose -f docker-compose.yml -f docker-compose.scale.yml config --quiet
+	@echo "Dockerfile, docker-compose.yml and docker-compose.scale.yml: OK"
 
 clean:
 	find . -path ./$(VENV) -prune -o -type d \( -name __pycache__ -o -name .pytest_cache \) -print0 \

@@ -20,7 +20,7 @@ CORPUS = [
 ] * 20
 
 
-def build_tiny_model(folder: Path, seed: int = 0) -> Path:
+def build_tiny_model(folder: Path, seed: int = 0, max_position_embeddings: int = 256) -> Path:
     """A 2-layer GQA Llama (hidden 64) with a byte-level BPE tokenizer, saved to `folder`."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -41,7 +41,7 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
     eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_position_embeddings,
         eos_token_id=eos_id, bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=True,
         initializer_range=0.5,  # larger than usual, so greedy text varies instead of repeating
     )
