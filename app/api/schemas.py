@@ -270,9 +270,14 @@ class ResponsesRequest(BaseModel):
     store: bool = False  # accepted; nothing is stored: the server is stateless
     previous_response_id: Text | None = None
     tools: list[dict] | None = None
+    text: dict | None = None  # only {"format": {"type": "text"}} is served
 
     @model_validator(mode="after")
     def _unsupported(self) -> ResponsesRequest:
+        text_format = (self.text or {}).get("format") or {}
+        if isinstance(text_format, dict) and text_format.get("type", "text") != "text":
+            raise ValueError(f"text.format {text_format.get('type')!r} (structured output) is not supported on "
+                             "/v1/responses by this server; only plain text")
         if self.previous_response_id:
             raise ValueError("previous_response_id is not supported: this server stores no responses; "
                              "send the whole conversation as input")

@@ -100,6 +100,10 @@ class PrefixCache:
         cache stays within min(its share, limit_bytes). False when nothing was stored."""
         if len(token_ids) < self.config.min_tokens:
             return False
+        size = sum(keys.nbytes + values.nbytes for keys, values in layers)
+        limit = min(self.config.max_bytes, limit_bytes)
+        if size > limit:  # checked first: a prompt too big to keep must not cost its prefix's entry
+            return False
         wanted = torch.tensor(token_ids, dtype=torch.long)
         for key, entry in list(self._entries.items()):
             shared = entry.common_prefix(wanted)
@@ -108,10 +112,6 @@ class PrefixCache:
                 return False
             if shared == entry.num_tokens:  # the new one extends this entry: it replaces it
                 self._drop(key)
-        size = sum(keys.nbytes + values.nbytes for keys, values in layers)
-        limit = min(self.config.max_bytes, limit_bytes)
-        if size > limit:
-            return False
         self._evict_until(limit - size)
         while len(self._entries) >= self.config.max_entries:
             self._evict_oldest()
@@ -120,8 +120,17 @@ class PrefixCache:
         self._bytes += size
         return True
 
-    def release(self, nbytes: int) -> int:
-        """Evict least-recently-used entries until at least `nbytes` are freed (or none is left)."""
+    def release(self, nbytes: int, sparing: list[int] | None = None) -> int:
+        """Evict least-recently-used entries until at least `nbytes` are freed (or none is left).
+
+        `sparing`: the prompt being admitted; the entry it would hit goes last, so making room for a
+        request does not throw away the very prefix it is about to reuse.
+        """
+        if sparing:
+            wanted = torch.tensor(sparing, dtype=torch.long)
+            best = max(self._entries.values(), key=lambda entry: entry.common_prefix(wanted), default=None)
+            if best is not None:
+                self._touch(best)
         before = self._bytes
         self._evict_until(max(before - nbytes, 0))
         return before - self._bytes

@@ -77,7 +77,7 @@ class ReclaimableMemory(Protocol):
     @property
     def num_bytes(self) -> int: ...
 
-    def release(self, nbytes: int) -> int: ...
+    def release(self, nbytes: int, sparing: list[int] | None = None) -> int: ...
 
 
 class Scheduler:
@@ -126,7 +126,7 @@ class Scheduler:
         held = self._reclaimable.num_bytes if self._reclaimable is not None else 0
         if needed + held > budget:  # cached prefixes give way before anyone waits for memory
             assert self._reclaimable is not None
-            self._reclaimable.release(needed + held - budget)
+            self._reclaimable.release(needed + held - budget, sparing=sequence.prompt_ids)
         return True
 
     def free_bytes(self) -> int:

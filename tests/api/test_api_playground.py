@@ -21,6 +21,9 @@ async def test_the_page_and_its_assets_are_served(client):
     for name in ASSET_NAMES:
         asset = await client.get(f"/playground/{name}")
         assert asset.status_code == 200 and asset.text == (ASSETS / name).read_text(encoding="utf-8")
+        assert asset.headers["content-security-policy"] == csp
+    copy = await client.get("/playground/index.html")
+    assert copy.headers["content-security-policy"] == csp  # the page's own file is as locked down as /
     missing = await client.get("/playground/missing.js")
     assert missing.status_code == 404 and assert_error_shape(missing.json())
 

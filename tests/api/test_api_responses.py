@@ -86,6 +86,7 @@ async def test_a_failure_after_the_stream_began_is_an_error_then_response_failed
 @pytest.mark.parametrize("body", [
     {"model": MODEL_NAME, "input": "hi", "previous_response_id": "resp_1"},
     {"model": MODEL_NAME, "input": "hi", "tools": [{"type": "function", "name": "f"}]},
+    {"model": MODEL_NAME, "input": "hi", "text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}},
     {"model": MODEL_NAME, "input": ""},
     {"model": MODEL_NAME, "input": "hi", "max_output_tokens": 0},
     {"model": MODEL_NAME},
@@ -94,6 +95,11 @@ async def test_what_it_refuses(client, body):
     response = await client.post("/v1/responses", json=body)
     assert response.status_code == 400
     assert_error_shape(response.json())
+
+
+async def test_plain_text_format_is_accepted(client):
+    body = {"model": MODEL_NAME, "input": "hi", "text": {"format": {"type": "text"}}}
+    assert (await client.post("/v1/responses", json=body)).status_code == 200
 
 
 async def test_unknown_model_is_404(client):

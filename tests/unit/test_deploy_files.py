@@ -71,4 +71,5 @@ def test_compose_and_haproxy_name_the_same_replica_slots():
     for name in re.findall(r"\$\{(TW_\w+)\}", config):
         assert name in environment, f"{name} is used by haproxy.cfg but compose does not set it"
     settings = Settings(_env_file=None)
-    assert int(environment["TW_REPLICA_MAXCONN"]) == settings.max_running + settings.max_waiting
+    default = re.fullmatch(r"\$\{TW_REPLICA_MAXCONN:-(\d+)\}", environment["TW_REPLICA_MAXCONN"])
+    assert default and int(default[1]) == settings.max_running + settings.max_waiting

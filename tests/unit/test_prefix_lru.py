@@ -80,3 +80,18 @@ def test_release_frees_at_least_what_was_asked_oldest_first():
     assert cache.lookup([3] * 6)[1] == 5 and cache.lookup([2] * 6) == (None, 0)
     cache.clear()
     assert cache.stats.bytes == 0 and cache.stats.entries == 0
+
+
+def test_an_extension_too_big_to_keep_leaves_its_prefix_in_place():
+    cache = _cache(max_tokens=12)
+    cache.insert(list(range(10)), _kv(10), 1 << 30)
+    assert not cache.insert(list(range(20)), _kv(20), 1 << 30)
+    assert cache.lookup(list(range(15)))[1] == 10
+
+
+def test_making_room_spares_the_prefix_the_admitted_prompt_will_reuse():
+    cache = _cache()
+    cache.insert([1] * 10, _kv(10), 1 << 30)  # the oldest, and the one the next prompt shares
+    cache.insert([2] * 10, _kv(10), 1 << 30)
+    cache.release(_bytes(10), sparing=[1] * 12)
+    assert cache.lookup([1] * 12)[1] == 10 and cache.lookup([2] * 12) == (None, 0)

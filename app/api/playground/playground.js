@@ -10,6 +10,9 @@
   const KEY_NAME = "tokenwire-api-key";
   const history = [];  // {role, content} of finished turns
   let model = null, running = null;  // running: the AbortController of the answer in flight
+  // One id per chat: behind a balancer, every turn reaches the replica that holds its prefix cache.
+  const newSessionId = () => (crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random());
+  let sessionId = newSessionId();
 
   // ---- the API key: this tab's session only, unless the user asks to remember it ------------------
   keyInput.value = sessionStorage.getItem(KEY_NAME) || localStorage.getItem(KEY_NAME) || "";
@@ -23,7 +26,7 @@
   remember.addEventListener("change", saveKey);
 
   function headers() {
-    const h = { "Content-Type": "application/json" };
+    const h = { "Content-Type": "application/json", "X-Session-Id": sessionId };
     const key = keyInput.value.trim();
     if (key) h.Authorization = "Bearer " + key;
     return h;
@@ -184,7 +187,9 @@
     if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); form.requestSubmit(); }
   });
   stopButton.addEventListener("click", () => { if (running) running.abort(); });
-  $("clear").addEventListener("click", () => { if (!running) { history.length = 0; chat.replaceChildren(); } });
+  $("clear").addEventListener("click", () => {
+    if (!running) { history.length = 0; chat.replaceChildren(); sessionId = newSessionId(); }
+  });
 
   loadModel();
 })();
