@@ -11,7 +11,6 @@ or the deadline cut it short). A failure after the stream began sends an `error`
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -20,6 +19,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from app.api.errors import describe
+from app.api.sse import json_data
 from app.engine.types import FinishReason, TokenEvent
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class ResponsesFramer:
         """One sse-starlette event: the type as the SSE event name and inside the JSON, numbered."""
         body = {"type": type_, "sequence_number": self._sequence, **fields}
         self._sequence += 1
-        return {"event": type_, "data": json.dumps(body, ensure_ascii=False, separators=(",", ":"))}
+        return {"event": type_, "data": json_data(body)}
 
 
 async def stream_response_events(events: AsyncIterator[TokenEvent], framer: ResponsesFramer) -> AsyncIterator[dict]:

@@ -33,10 +33,10 @@ def served_model(body_model: str, engine: Engine) -> str:
     return engine.info.name
 
 
-def sse_response(request: Request, events, framer: Framer, echo_text: str | None = None) -> EventSourceResponse:
+def sse_response(request: Request, sse_events) -> EventSourceResponse:
     # `: ping` comments keep proxies and clients from timing out during a long queue or prefill.
-    return EventSourceResponse(stream_events(events, framer, echo_text), sep="\n",
-                               ping=request.app.state.sse_keepalive_s, headers=STREAM_HEADERS)
+    return EventSourceResponse(sse_events, sep="\n", ping=request.app.state.sse_keepalive_s,
+                               headers=STREAM_HEADERS)
 
 
 @router.post("/v1/completions", responses=GENERATION_RESPONSES)
@@ -48,7 +48,7 @@ async def completions(body: CompletionRequest, request: Request, engine: Engine 
     events = track(request, engine.generate(prompt_ids, body.to_sampling_params(), framer.id), model, body.prompt)
     echo = (text if text is not None else await engine.decode(prompt_ids)) if body.echo else None
     if body.stream:
-        return sse_response(request, events, framer, echo)
+        return sse_response(request, stream_events(events, framer, echo))
     completion, last = await collect(events, request.is_disconnected)
     return framer.response((echo or "") + completion, last)
 
@@ -61,7 +61,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, engine
     events = track(request, engine.generate(prompt_ids, body.to_sampling_params(), framer.id), model,
                    body.messages)
     if body.stream:
-        return sse_response(request, events, framer)
+        return sse_response(request, stream_events(events, framer))
     completion, last = await collect(events, request.is_disconnected)
     return framer.response(completion, last)
 
@@ -73,8 +73,7 @@ async def responses(body: ResponsesRequest, request: Request, engine: Engine = D
     framer = ResponsesFramer(completion_id(request, "resp_"), model, body.echoed_fields())
     events = track(request, engine.generate(prompt_ids, body.to_sampling_params(), framer.id), model, body.input)
     if body.stream:
-        return EventSourceResponse(stream_response_events(events, framer), sep="\n",
-                                   ping=request.app.state.sse_keepalive_s, headers=STREAM_HEADERS)
+        return sse_response(request, stream_response_events(events, framer))
     text, last = await collect(events, request.is_disconnected)
     return framer.final(text, last)
 

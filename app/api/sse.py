@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 DONE = "[DONE]"
 
 
-def _data(body: dict) -> str:
+def json_data(body: dict) -> str:
+    """An event's compact JSON payload (non-ASCII kept as is)."""
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -30,17 +31,17 @@ async def stream_events(events: AsyncIterator[TokenEvent], framer: Framer,
     async with aclosing(events):  # type: ignore[type-var]
         try:
             for body in framer.first_chunks(echo_text):
-                yield {"data": _data(body)}
+                yield {"data": json_data(body)}
             async for event in events:
                 reason = event.finish_reason.value if event.finish_reason else None
                 if event.text or reason:
-                    yield {"data": _data(framer.chunk(event.text, reason))}
+                    yield {"data": json_data(framer.chunk(event.text, reason))}
                 if reason and framer.include_usage:
-                    yield {"data": _data(framer.usage_chunk(event))}
+                    yield {"data": json_data(framer.usage_chunk(event))}
         except Exception as exc:  # the status line is gone: report in-band
             _, body = describe(exc)
             log.warning("stream %s failed after it began: %r", framer.id, exc)
-            yield {"data": _data(body)}
+            yield {"data": json_data(body)}
     yield {"data": DONE}
 
 

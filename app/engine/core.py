@@ -18,7 +18,7 @@ import torch
 from transformers import DynamicCache
 
 from app.engine import sampler
-from app.engine.kv_store import KVStore, check_plain_cache, layer_bytes
+from app.engine.kv_store import KVStore, check_plain_cache, layer_bytes, select_rows
 from app.engine.loader import LoadedModel
 from app.engine.prefix_cache import PrefixCache, PrefixCacheConfig, PrefixCacheStats
 from app.engine.runner import ModelRunner
@@ -63,6 +63,8 @@ class EngineCore:
         self.vocab_size = vocab_size
         self.store = KVStore(runner.device)
         self._prefill_caches: dict[Sequence, DynamicCache] = {}
+        # Fixed at load: finished conversations are stored only when decode runs at full precision.
+        self._stores_conversations = prefix_cache is not None and runner.decodes_exactly
 
     @property
     def has_work(self) -> bool:
@@ -156,10 +158,7 @@ class EngineCore:
         if not keep:
             return
         if len(keep) < len(group):
-            index = torch.tensor(keep, dtype=torch.long, device=mask.device)
-            for layer in cache.layers:
-                layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
-            mask = mask.index_select(0, index)
+            mask = mask.index_select(0, select_rows(cache, keep))
         self.store.join([group[row] for row in keep], cache, mask)
         for row in keep:
             self.scheduler.start_running(group[row])
@@ -176,8 +175,9 @@ class EngineCore:
 
     def _store_conversation(self, sequence: Sequence) -> None:
         """A finished row's prompt + output (all but the last token, which was never fed) for the next turn."""
-        if self.prefix_cache is None or not self.runner.decodes_exactly or sequence.status not in _STORABLE:
+        if not self._stores_conversations or sequence.status not in _STORABLE:
             return
+        assert self.prefix_cache is not None
         token_ids = sequence.prompt_ids + sequence.output_ids[:-1]
         layers = self.store.row_kv(sequence)
         assert layers[0][0].shape[-2] == len(token_ids), "a row's KV covers its prompt and fed outputs"

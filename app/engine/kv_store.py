@@ -38,6 +38,14 @@ def layer_bytes(layer) -> int:
     return 0 if layer.keys is None else layer.keys.nbytes + layer.values.nbytes
 
 
+def select_rows(cache: DynamicCache, rows: list[int]) -> torch.Tensor:
+    """Keep only `rows` of every layer of a prefilled cache, in that order; returns the index used."""
+    index = torch.tensor(rows, dtype=torch.long, device=cache.layers[0].keys.device)
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
+    return index
+
+
 def _place(buffer: torch.Tensor, start_row: int, kv: torch.Tensor, columns: int) -> None:
     """Copy kv [rows, heads, width, dim] into buffer's rows from start_row, right-aligned at `columns`."""
     width = kv.shape[-2]
