@@ -50,11 +50,13 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-def describe(exc: BaseException) -> tuple[int, dict]:
-    """HTTP status and OpenAI error body for any exception (unknown ones become a 500)."""
+def describe(exc: BaseException, fields: dict[str, str] | None = None) -> tuple[int, dict]:
+    """HTTP status and OpenAI error body for any exception (unknown ones become a 500). `fields` maps
+    an engine parameter to the request field it came from, so `param` names what the client sent."""
     for error_type, status, type_, code in ERROR_TABLE:
         if isinstance(exc, error_type):
-            return status, error_body(str(exc), type_, getattr(exc, "param", None), code)
+            param = getattr(exc, "param", None)
+            return status, error_body(str(exc), type_, (fields or {}).get(param, param), code)
     return 500, error_body("internal server error", "server_error")
 
 
@@ -94,7 +96,7 @@ def _http_response(request: Request, exc: StarletteHTTPException) -> JSONRespons
 
 
 def _typed_response(request: Request, exc: Exception) -> JSONResponse:
-    status, body = describe(exc)
+    status, body = describe(exc, getattr(request.state, "engine_params", None))
     if status >= 500:
         log.error("request failed: %r", exc, exc_info=exc if status == 500 else None)
     headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Overloaded) else None

@@ -11,14 +11,14 @@ from fastapi.responses import JSONResponse, Response
 
 from app.api.openapi import METRICS_RESPONSES, PROBE_RESPONSES
 from app.api.routes import get_engine
-from app.engine.engine import Engine
+from app.api.engine_port import ServingEngine
 from app.engine.types import EngineState
 
 router = APIRouter()
 
 
 @router.get("/health", responses=PROBE_RESPONSES)
-async def health(engine: Engine = Depends(get_engine)):
+async def health(engine: ServingEngine = Depends(get_engine)):
     """Liveness, the engine's load and what it runs on (device, dtype, threads, CPU features); 503 once dead."""
     body = {"status": "ok" if engine.is_alive else "unavailable", "running": engine.num_running,
             "waiting": engine.num_waiting, "active_requests": engine.num_active_requests,
@@ -28,7 +28,7 @@ async def health(engine: Engine = Depends(get_engine)):
 
 
 @router.get("/ready", responses=PROBE_RESPONSES)
-async def ready(request: Request, engine: Engine = Depends(get_engine)):
+async def ready(request: Request, engine: ServingEngine = Depends(get_engine)):
     """Readiness: 200 only once the model is loaded and warmed up, and not while draining."""
     state = engine.state
     status = "draining" if request.app.state.drain.closed and state is EngineState.READY else state.value

@@ -43,6 +43,9 @@ class RequestRecord:
     stream_error: bool = False  # generation failed after it began
     cancelled: bool = False  # the client left before the final event
     ended_at: float | None = None
+    num_choices: int = 1  # n: the request is finished when each choice has its final event
+    _choice_tokens: dict[int, int] = field(default_factory=dict)
+    _finished_choices: int = 0
 
     def on_event(self, event: TokenEvent, now: float) -> None:
         if event.token_ids:  # a final timeout event carries no token
@@ -52,8 +55,11 @@ class RequestRecord:
             self.last_token_at = now
         self.num_prompt_tokens = event.num_prompt_tokens
         self.num_cached_tokens = event.num_cached_tokens
-        self.num_completion_tokens = event.num_completion_tokens
+        self._choice_tokens[event.index] = event.num_completion_tokens
+        self.num_completion_tokens = sum(self._choice_tokens.values())
         if event.finish_reason is not None:
+            self._finished_choices += 1
+        if event.finish_reason is not None and self._finished_choices >= self.num_choices:
             self.finish_reason = event.finish_reason.value
             self.queue_time_s = event.timings.queue_time_s if event.timings else None
 

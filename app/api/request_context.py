@@ -52,10 +52,11 @@ def completion_id(request: Request, prefix: str) -> str:
     return prefix + record.request_id if record.id_generated else record.request_id
 
 
-def track(request: Request, events: AsyncIterator[TokenEvent], model: str, prompt: object) -> TrackedStream:
+def track(request: Request, events: AsyncIterator[TokenEvent], model: str, prompt: object,
+          choices: int = 1) -> TrackedStream:
     """Stamp this request's events on its record (metrics and the request log)."""
     record = record_of(request)
-    record.model = model
+    record.model, record.num_choices = model, choices
     if getattr(request.app.state, "log_prompts", False):
         record.prompt = prompt
     return TrackedStream(events, record)

@@ -63,8 +63,12 @@ class ResponsesFramer:
                 "error": error, "incomplete_details": {"reason": reason} if reason else None,
                 "model": self.model, "output": [] if text is None else [self.message(text, _item_status(status))],
                 "parallel_tool_calls": False, "tool_choice": "none", "tools": [], "previous_response_id": None,
-                "reasoning": None, "store": False, "text": {"format": {"type": "text"}}, "truncation": "disabled",
+                "reasoning": None, "store": False, "truncation": "disabled",
                 "usage": responses_usage(last), **self.request}
+
+    def final_of(self, events: list[TokenEvent]) -> dict:
+        """The finished Response from every event of the request."""
+        return self.final("".join(event.text for event in events), events[-1])
 
     def final(self, text: str, last: TokenEvent) -> dict:
         assert last.finish_reason is not None, "the engine's last event carries the finish reason"

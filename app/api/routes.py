@@ -6,13 +6,13 @@ from fastapi import APIRouter, Depends, Request
 from sse_starlette import EventSourceResponse
 
 from app.api.errors import ModelNotFound
-from app.api.framing import ChatFramer, Framer
+from app.api.framers import chat_framer, completion_framer
 from app.api.openapi import GENERATION_RESPONSES, TOKENIZER_RESPONSES, UNAUTHORIZED
 from app.api.request_context import completion_id, track
 from app.api.responses_framing import ResponsesFramer, stream_response_events
 from app.api.schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ResponsesRequest, TokenizeRequest
 from app.api.sse import collect, stream_events
-from app.engine.engine import Engine
+from app.api.engine_port import ServingEngine
 from app.engine.errors import EngineDead
 
 router = APIRouter()
@@ -21,16 +21,22 @@ router = APIRouter()
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def get_engine(request: Request) -> Engine:
+def get_engine(request: Request) -> ServingEngine:
     return request.app.state.engine
 
 
-def served_model(body_model: str, engine: Engine) -> str:
+def served_model(body_model: str, engine: ServingEngine) -> str:
     if engine.info is None:
         raise EngineDead("the model is not loaded yet")
     if body_model != engine.info.name:
         raise ModelNotFound(body_model)
     return engine.info.name
+
+
+def accept(body, request: Request, engine: ServingEngine) -> str:
+    """The served model's name, once the body names it; engine errors will name this body's fields."""
+    request.state.engine_params = body.engine_params()
+    return served_model(body.model, engine)
 
 
 def sse_response(request: Request, sse_events) -> EventSourceResponse:
@@ -40,46 +46,45 @@ def sse_response(request: Request, sse_events) -> EventSourceResponse:
 
 
 @router.post("/v1/completions", responses=GENERATION_RESPONSES)
-async def completions(body: CompletionRequest, request: Request, engine: Engine = Depends(get_engine)):
-    model = served_model(body.model, engine)
+async def completions(body: CompletionRequest, request: Request, engine: ServingEngine = Depends(get_engine)):
+    model = accept(body, request, engine)
     text = body.prompt_text()
     prompt_ids = await engine.encode_text(text) if text is not None else engine.check_ids(body.prompt_ids())
-    framer = Framer(completion_id(request, "cmpl-"), model, include_usage=body.include_usage)
-    events = track(request, engine.generate(prompt_ids, body.to_sampling_params(), framer.id), model, body.prompt)
     echo = (text if text is not None else await engine.decode(prompt_ids)) if body.echo else None
+    framer = completion_framer(body, completion_id(request, "cmpl-"), model, engine, echo, prompt_ids)
+    events = track(request, await engine.submit(prompt_ids, body.to_sampling_params(), framer.id), model,
+                   body.prompt, body.n)
     if body.stream:
-        return sse_response(request, stream_events(events, framer, echo))
-    completion, last = await collect(events, request.is_disconnected)
-    return framer.response((echo or "") + completion, last)
+        return sse_response(request, stream_events(events, framer))
+    return framer.response(await collect(events, request.is_disconnected))
 
 
 @router.post("/v1/chat/completions", responses=GENERATION_RESPONSES)
-async def chat_completions(body: ChatCompletionRequest, request: Request, engine: Engine = Depends(get_engine)):
-    model = served_model(body.model, engine)
-    prompt_ids = await engine.encode_chat(body.template_messages())
-    framer = ChatFramer(completion_id(request, "chatcmpl-"), model, include_usage=body.include_usage)
-    events = track(request, engine.generate(prompt_ids, body.to_sampling_params(), framer.id), model,
-                   body.messages)
+async def chat_completions(body: ChatCompletionRequest, request: Request, engine: ServingEngine = Depends(get_engine)):
+    model = accept(body, request, engine)
+    prompt_ids = await engine.encode_chat(body.template_messages(), tools=body.template_tools())
+    framer = chat_framer(body, completion_id(request, "chatcmpl-"), model, engine,
+                         await engine.opens_reasoning(prompt_ids))
+    events = track(request, await engine.submit(prompt_ids, body.to_sampling_params(), framer.id), model,
+                   body.messages, body.n)
     if body.stream:
         return sse_response(request, stream_events(events, framer))
-    completion, last = await collect(events, request.is_disconnected)
-    return framer.response(completion, last)
+    return framer.response(await collect(events, request.is_disconnected))
 
 
 @router.post("/v1/responses", responses=GENERATION_RESPONSES)
-async def responses(body: ResponsesRequest, request: Request, engine: Engine = Depends(get_engine)):
-    model = served_model(body.model, engine)
+async def responses(body: ResponsesRequest, request: Request, engine: ServingEngine = Depends(get_engine)):
+    model = accept(body, request, engine)
     prompt_ids = await engine.encode_chat(body.template_messages())
     framer = ResponsesFramer(completion_id(request, "resp_"), model, body.echoed_fields())
-    events = track(request, engine.generate(prompt_ids, body.to_sampling_params(), framer.id), model, body.input)
+    events = track(request, await engine.submit(prompt_ids, body.to_sampling_params(), framer.id), model, body.input)
     if body.stream:
         return sse_response(request, stream_response_events(events, framer))
-    text, last = await collect(events, request.is_disconnected)
-    return framer.final(text, last)
+    return framer.final_of(await collect(events, request.is_disconnected))
 
 
 @router.post("/tokenize", responses=TOKENIZER_RESPONSES)
-async def tokenize(body: TokenizeRequest, engine: Engine = Depends(get_engine)):
+async def tokenize(body: TokenizeRequest, engine: ServingEngine = Depends(get_engine)):
     served_model(body.model, engine)
     if body.prompt is not None:
         tokens = await engine.encode_text(body.prompt, body.add_special_tokens is not False)
@@ -89,14 +94,14 @@ async def tokenize(body: TokenizeRequest, engine: Engine = Depends(get_engine)):
 
 
 @router.post("/detokenize", responses=TOKENIZER_RESPONSES)
-async def detokenize(body: DetokenizeRequest, engine: Engine = Depends(get_engine)):
+async def detokenize(body: DetokenizeRequest, engine: ServingEngine = Depends(get_engine)):
     served_model(body.model, engine)
     tokens = engine.check_ids(body.tokens, param="tokens") if body.tokens else []
     return {"prompt": await engine.decode(tokens)}
 
 
 @router.get("/v1/models", responses=UNAUTHORIZED)
-async def list_models(engine: Engine = Depends(get_engine)):
+async def list_models(engine: ServingEngine = Depends(get_engine)):
     info = engine.info
     models = [] if info is None else [{
         "id": info.name, "object": "model", "created": info.created, "owned_by": "tokenwire",

@@ -5,16 +5,23 @@ Requests convert themselves into engine SamplingParams; responses and chunks are
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import json
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from dataclasses import replace
 
-from app.engine.types import SamplingParams
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from app.api.tool_schema import NamedToolChoice, Tool, ToolCall, tool_constraint
+from app.engine.types import Constraint, SamplingParams
 
 MAX_STOP_STRINGS = 4
 MAX_STOP_LENGTH = 256
 MAX_LOGIT_BIAS = 300
 MAX_REQUEST_TIMEOUT_S = 86_400.0
+MAX_CHOICES = 128  # the engine refuses more than its decode batch holds
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound
+MAX_TOOLS = 128
 
 
 def _valid_unicode(text: str) -> str:
@@ -46,6 +53,8 @@ StopString = Annotated[Text, Field(min_length=1, max_length=MAX_STOP_LENGTH)]
 Stop = StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None
 Timeout = Annotated[float, Field(gt=0, le=MAX_REQUEST_TIMEOUT_S,
                                  description="seconds until generation ends with finish_reason timeout")]
+Choices = Annotated[int, Field(ge=1, le=MAX_CHOICES, description="choices to generate from one prefill")]
+TopLogprobs = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)]
 LogitBias = Annotated[dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]], Field(max_length=MAX_LOGIT_BIAS)]
 
 
@@ -76,7 +85,7 @@ class _GenerationRequest(BaseModel):
     logit_bias: LogitBias | None = None
     seed: Seed | None = None
     stop: Stop = None
-    n: Annotated[int, Field(ge=1, le=1, description="choices per request; only 1 is served")] = 1
+    n: Choices = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: Text | None = None
@@ -97,6 +106,10 @@ class _GenerationRequest(BaseModel):
     def _max_tokens(self) -> int | None:
         return self.max_tokens
 
+    def engine_params(self) -> dict[str, str]:
+        """Engine parameter name -> the field this request sent it as (errors name the latter)."""
+        return {}
+
     def to_sampling_params(self) -> SamplingParams:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         return SamplingParams(
@@ -112,6 +125,7 @@ class _GenerationRequest(BaseModel):
             max_tokens=self._max_tokens(),
             stop=stop,
             timeout_s=self.timeout,
+            n=self.n,
         )
 
 
@@ -124,16 +138,32 @@ class CompletionRequest(_GenerationRequest):
         list[TokenIds], Field(min_length=1, max_length=1)]
     echo: bool = False
     suffix: str | None = None
-    logprobs: int | None = None
-    best_of: Annotated[int, Field(ge=1, le=1)] | None = None
+    logprobs: TopLogprobs | None = None
+    best_of: Choices | None = None
 
-    @model_validator(mode="after")
-    def _unsupported(self) -> CompletionRequest:
-        if self.suffix:
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, value: str | None) -> str | None:
+        if value:
             raise ValueError("suffix (fill-in-the-middle) is not supported by this server")
-        if self.logprobs is not None:
-            raise ValueError("logprobs are not supported by this server")
-        return self
+        return value
+
+    @field_validator("best_of")
+    @classmethod
+    def _best_of_is_n(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # best_of > n ranks hidden candidates by logprob; this server returns every choice it makes.
+        n = info.data.get("n", 1)
+        if value is not None and value != n:
+            raise ValueError(f"must equal n ({n}) here: choices are not ranked and dropped")
+        return value
+
+    def engine_params(self) -> dict[str, str]:
+        return {"prompt_logprobs": "logprobs"}
+
+    def to_sampling_params(self) -> SamplingParams:
+        params = super().to_sampling_params()
+        prompt_logprobs = self.logprobs if self.echo else None
+        return replace(params, logprobs=self.logprobs, prompt_logprobs=prompt_logprobs)
 
     def prompt_text(self) -> str | None:
         if isinstance(self.prompt, str):
@@ -163,11 +193,19 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | Annotated[list[TextPart], Field(min_length=1)] | None = None
     name: Text | None = None
+    tool_calls: Annotated[list[ToolCall], Field(min_length=1)] | None = None  # assistant only
+    tool_call_id: Text | None = None  # tool only: the call this message answers
+    reasoning_content: Text | None = None  # assistant only: a reasoning model's earlier thinking
+    reasoning: Text | None = None  # the same, as some front-ends name it
 
     @model_validator(mode="after")
     def _has_content(self) -> ChatMessage:
-        if self.content is None:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.content is None and not self.tool_calls:
             raise ValueError(f"a {self.role} message needs content")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id it answers")
         return self
 
     def text(self) -> str:
@@ -175,28 +213,148 @@ class ChatMessage(BaseModel):
             return self.content
         return "".join(part.text for part in self.content or [])
 
+    def for_template(self) -> dict:
+        """The message as Hugging Face chat templates read it (tool calls' arguments as objects)."""
+        message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role,
+                                   "content": self.text()}
+        if self.tool_calls:
+            message["tool_calls"] = [call.for_template() for call in self.tool_calls]
+        if self.tool_call_id:
+            message["tool_call_id"] = self.tool_call_id
+        if self.name and self.role == "tool":
+            message["name"] = self.name
+        thinking = self.reasoning_content or self.reasoning
+        if thinking:
+            message["reasoning_content"] = thinking
+        return message
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = STRICT
+
+    name: Annotated[Text, Field(min_length=1, max_length=64)]
+    description: Text | None = None
+    schema_: Annotated[dict[str, Any], Field(alias="schema")] = Field(default_factory=dict)
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = STRICT
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type json_schema needs a json_schema object")
+        return self
+
+    def constraint(self) -> Constraint | None:
+        if self.type == "json_object":
+            return Constraint("json")
+        if self.type == "json_schema":
+            assert self.json_schema is not None
+            return Constraint("json_schema", json.dumps(self.json_schema.schema_ or {}))
+        return None
+
+
+def _refuse(what: str):
+    """A validator for an OpenAI field that would change the output in a way this server cannot."""
+    def check(cls, value):
+        if value is not None:
+            raise ValueError(f"{what} is not supported by this server")
+        return value
+    return classmethod(check)
+
 
 class ChatCompletionRequest(_GenerationRequest):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: MaxTokens | None = None
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: TopLogprobs | None = None
+    response_format: ResponseFormat | None = None
+    tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+    # OpenAI fields that change what is generated and that this server does not do: a 400 names each.
+    audio: Any = None
+    modalities: list[Literal["text"]] | None = None
+    functions: Any = None
+    function_call: Any = None
+    web_search_options: Any = None
+    reasoning_effort: Any = None
+    verbosity: Any = None
+    # Accepted and ignored: they do not change the tokens (prediction only speeds up OpenAI's decoding).
+    metadata: Any = None
+    service_tier: Any = None
+    store: Any = None
+    safety_identifier: Any = None
+    prompt_cache_key: Any = None
+    prediction: Any = None
+
+    refuse_audio = field_validator("audio")(_refuse("audio output"))
+    refuse_functions = field_validator("functions", "function_call")(
+        _refuse("the deprecated functions/function_call (use tools and tool_choice)"))
+    refuse_search = field_validator("web_search_options")(_refuse("web search"))
+    refuse_effort = field_validator("reasoning_effort", "verbosity")(
+        _refuse("steering reasoning_effort/verbosity"))
 
     @model_validator(mode="after")
-    def _unsupported(self) -> ChatCompletionRequest:
-        if self.logprobs or self.top_logprobs:
-            raise ValueError("logprobs are not supported by this server")
+    def _consistent(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        names = {tool.function.name for tool in self.tools or []}
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+            raise ValueError(f"tool_choice names {self.tool_choice.function.name!r}, which is not in tools")
+        if self.tool_choice == "required" and not names:
+            raise ValueError("tool_choice required needs tools")
+        if self.forces_tool_call and self.response_format is not None and self.response_format.type != "text":
+            raise ValueError("response_format cannot be combined with a forced tool_choice")
         return self
+
+    @property
+    def tool_mode(self) -> str | None:
+        """None (no tools offered), "auto", "required" or "named" (a forced function)."""
+        if not self.tools or self.tool_choice == "none":
+            return None
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return "named"
+        return self.tool_choice or "auto"
+
+    @property
+    def forces_tool_call(self) -> bool:
+        return self.tool_mode in ("named", "required")
 
     def _max_tokens(self) -> int | None:
         # OpenAI's newer name wins when both are given.
         return self.max_completion_tokens or self.max_tokens
 
-    def template_messages(self) -> list[dict[str, str]]:
-        return template_messages(self.messages)
+    def engine_params(self) -> dict[str, str]:
+        constraint = "tools" if self.forces_tool_call else "response_format"
+        max_tokens = "max_completion_tokens" if self.max_completion_tokens else "max_tokens"
+        return {"prompt": "messages", "max_tokens": max_tokens, "logprobs": "top_logprobs",
+                "constraint": constraint}
+
+    def to_sampling_params(self) -> SamplingParams:
+        params = super().to_sampling_params()
+        logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        if self.forces_tool_call:
+            chosen = self.tool_choice.function.name if isinstance(self.tool_choice, NamedToolChoice) else None
+            constraint = tool_constraint(self.tools or [], chosen, self.parallel_tool_calls)
+        else:
+            constraint = self.response_format.constraint() if self.response_format else None
+        return replace(params, logprobs=logprobs, constraint=constraint)
+
+    def template_messages(self) -> list[dict]:
+        return [m.for_template() for m in self.messages]
+
+    def template_tools(self) -> list[dict] | None:
+        """The offered tools for the chat template (none when tool_choice is none)."""
+        return None if self.tool_mode is None else [tool.model_dump(exclude_none=True) for tool in self.tools or []]
 
 
-def template_messages(messages: list[ChatMessage] | list[InputMessage]) -> list[dict[str, str]]:
+def template_messages(messages: list[InputMessage]) -> list[dict[str, str]]:
     # "developer" is OpenAI's newer name for "system"; model templates know only the latter.
     return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
 
@@ -221,8 +379,8 @@ class TokenizeRequest(BaseModel):
             raise ValueError("send exactly one of prompt or messages")
         return self
 
-    def template_messages(self) -> list[dict[str, str]]:
-        return template_messages(self.messages or [])
+    def template_messages(self) -> list[dict]:
+        return [m.for_template() for m in self.messages or []]
 
 
 class DetokenizeRequest(BaseModel):
@@ -255,6 +413,37 @@ class InputMessage(BaseModel):
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
+class TextFormat(BaseModel):
+    """The Responses API's `text.format`: plain text, any JSON object, or JSON matching a schema."""
+
+    model_config = STRICT
+
+    type: Literal["text", "json_object", "json_schema"]
+    name: Annotated[Text, Field(max_length=64)] | None = None
+    description: Text | None = None
+    schema_: Annotated[dict[str, Any] | None, Field(alias="schema")] = None
+    strict: bool | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> TextFormat:
+        if self.type == "json_schema" and self.schema_ is None:
+            raise ValueError("type json_schema needs a schema")
+        return self
+
+    def constraint(self) -> Constraint | None:
+        if self.type == "json_object":
+            return Constraint("json")
+        if self.type == "json_schema":
+            return Constraint("json_schema", json.dumps(self.schema_))
+        return None
+
+
+class ResponseText(BaseModel):
+    model_config = STRICT
+
+    format: TextFormat | None = None
+
+
 class ResponsesRequest(BaseModel):
     model_config = STRICT
 
@@ -270,20 +459,19 @@ class ResponsesRequest(BaseModel):
     store: bool = False  # accepted; nothing is stored: the server is stateless
     previous_response_id: Text | None = None
     tools: list[dict] | None = None
-    text: dict | None = None  # only {"format": {"type": "text"}} is served
+    text: ResponseText | None = None
 
     @model_validator(mode="after")
     def _unsupported(self) -> ResponsesRequest:
-        text_format = (self.text or {}).get("format") or {}
-        if isinstance(text_format, dict) and text_format.get("type", "text") != "text":
-            raise ValueError(f"text.format {text_format.get('type')!r} (structured output) is not supported on "
-                             "/v1/responses by this server; only plain text")
         if self.previous_response_id:
             raise ValueError("previous_response_id is not supported: this server stores no responses; "
                              "send the whole conversation as input")
         if self.tools:
             raise ValueError("tools are not supported on /v1/responses by this server")
         return self
+
+    def engine_params(self) -> dict[str, str]:
+        return {"prompt": "input", "max_tokens": "max_output_tokens", "constraint": "text.format"}
 
     def template_messages(self) -> list[dict[str, str]]:
         """instructions first (as a system message), then the input items, for the chat template."""
@@ -293,10 +481,13 @@ class ResponsesRequest(BaseModel):
         return messages + template_messages(self.input)
 
     def to_sampling_params(self) -> SamplingParams:
-        return SamplingParams(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_output_tokens)
+        constraint = self.text.format.constraint() if self.text and self.text.format else None
+        return SamplingParams(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_output_tokens,
+                              constraint=constraint)
 
     def echoed_fields(self) -> dict:
         """The request fields a Response object repeats."""
+        text_format = self.text.format if self.text and self.text.format else TextFormat(type="text")
         return {"instructions": self.instructions, "max_output_tokens": self.max_output_tokens,
                 "temperature": self.temperature, "top_p": self.top_p, "metadata": self.metadata or {},
-                "user": self.user}
+                "user": self.user, "text": {"format": text_format.model_dump(by_alias=True, exclude_none=True)}}

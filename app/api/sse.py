@@ -1,5 +1,5 @@
-"""TokenEvents -> server-sent events: one chunk per text delta, a final chunk with finish_reason,
-an optional usage chunk, then `[DONE]`. A failure after the stream began becomes one error event,
+"""TokenEvents -> server-sent events: the chunks the framer makes of each event (text deltas, tool-call
+pieces, a final chunk per choice with its finish_reason), an optional usage chunk, then `[DONE]`. A failure after the stream began becomes one error event,
 then `[DONE]`. Leaving early closes the engine iterator, which aborts the request.
 """
 
@@ -25,19 +25,15 @@ def json_data(body: dict) -> str:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
-async def stream_events(events: AsyncIterator[TokenEvent], framer: Framer,
-                        echo_text: str | None = None) -> AsyncIterator[dict]:
+async def stream_events(events: AsyncIterator[TokenEvent], framer: Framer) -> AsyncIterator[dict]:
     """Yield sse-starlette event dicts for one streamed response."""
     async with aclosing(events):  # type: ignore[type-var]
         try:
-            for body in framer.first_chunks(echo_text):
+            for body in framer.opening_chunks():
                 yield {"data": json_data(body)}
             async for event in events:
-                reason = event.finish_reason.value if event.finish_reason else None
-                if event.text or reason:
-                    yield {"data": json_data(framer.chunk(event.text, reason))}
-                if reason and framer.include_usage:
-                    yield {"data": json_data(framer.usage_chunk(event))}
+                for body in framer.on_event(event):
+                    yield {"data": json_data(body)}
         except Exception as exc:  # the status line is gone: report in-band
             _, body = describe(exc)
             log.warning("stream %s failed after it began: %r", framer.id, exc)
@@ -47,8 +43,8 @@ async def stream_events(events: AsyncIterator[TokenEvent], framer: Framer,
 
 async def collect(events: AsyncIterator[TokenEvent],
                   is_disconnected: Callable[[], Awaitable[bool]] | None = None,
-                  poll_s: float = 0.25) -> tuple[str, TokenEvent]:
-    """Run a request to the end: (all text, last event). Aborts it if the client goes away."""
+                  poll_s: float = 0.25) -> list[TokenEvent]:
+    """Run a request to the end: every event, in order. Aborts it if the client goes away."""
     task = asyncio.ensure_future(_gather(events))
     try:
         while True:
@@ -63,11 +59,8 @@ async def collect(events: AsyncIterator[TokenEvent],
             await asyncio.gather(task, return_exceptions=True)
 
 
-async def _gather(events: AsyncIterator[TokenEvent]) -> tuple[str, TokenEvent]:
-    parts: list[str] = []
-    last: TokenEvent | None = None
+async def _gather(events: AsyncIterator[TokenEvent]) -> list[TokenEvent]:
     async with aclosing(events):  # type: ignore[type-var]
-        async for last in events:
-            parts.append(last.text)
-    assert last is not None, "the engine always ends a request with a final event"
-    return "".join(parts), last
+        gathered = [event async for event in events]
+    assert gathered and gathered[-1].finish_reason is not None, "the engine always ends a request with a final event"
+    return gathered

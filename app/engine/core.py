@@ -25,6 +25,8 @@ from app.engine.runner import ModelRunner
 from app.engine.sampler import PenaltyState, SamplingTensors
 from app.engine.scheduler import PrefillChunk, Scheduler, SchedulerConfig, group_by_length
 from app.engine.sequence import Sequence, SequenceStatus
+from app.engine.grammar import apply_grammars
+from app.engine.types import TokenLogprob
 
 # Finished normally: its KV row is whole and may be stored (aborted ones never are).
 _STORABLE = (SequenceStatus.FINISHED_STOPPED, SequenceStatus.FINISHED_LENGTH, SequenceStatus.FINISHED_TIMEOUT)
@@ -47,6 +49,18 @@ def build_core(loaded: LoadedModel, scheduler: SchedulerConfig,
     config = replace(scheduler, kv_bytes_per_token=kv_bytes_per_token(loaded))
     cache = None if prefix_cache is None else PrefixCache(prefix_cache)
     return EngineCore(runner, config, int(loaded.model.config.get_text_config().vocab_size), cache)
+
+
+def _token_logprobs(logprobs: torch.Tensor, chosen: torch.Tensor, k: int) -> list[TokenLogprob]:
+    """One TokenLogprob per row of log-probabilities [rows, V]: the chosen token's and the k best."""
+    chosen_values, top_values, top_ids = sampler.top_logprobs(logprobs, chosen, k)
+    return [TokenLogprob(token_id, value, tuple(zip(ids, values)))
+            for token_id, value, ids, values in zip(chosen.tolist(), chosen_values.tolist(),
+                                                    top_ids.tolist(), top_values.tolist())]
+
+
+def _trim_top(entry: TokenLogprob, k: int) -> TokenLogprob:
+    return entry if len(entry.top) <= k else replace(entry, top=entry.top[:k])
 
 
 def _uses_penalties(sequence: Sequence) -> bool:
@@ -83,20 +97,21 @@ class EngineCore:
         self.scheduler.add(sequence)
 
     def abort(self, request_id: str) -> bool:
-        """Drop a sequence wherever it is and free its KV memory; False if it is not here."""
-        sequence = self.scheduler.find(request_id)
-        if sequence is None:
-            return False
-        sequence.abort()
-        self._release([sequence])
-        return True
+        """Drop a request's sequences wherever they are and free their KV memory; False if none is here."""
+        sequences = self.scheduler.find(request_id)
+        for sequence in sequences:
+            sequence.abort()
+        self._release(sequences)
+        return bool(sequences)
 
     def step(self) -> None:
         self.expire(time.monotonic())
         plan = self.scheduler.schedule()
         if plan.decode:
             self._decode()
-        whole = [c.sequence for c in plan.prefill if c.start == 0 and c.is_last]
+        # Prompt logprobs need every position's logits: those prompts take the one-sequence path.
+        whole = [c.sequence for c in plan.prefill if c.start == 0 and c.is_last
+                 and c.sequence.params.prompt_logprobs is None]
         for chunk in plan.prefill:
             if chunk.sequence not in whole:
                 self._prefill_chunk(chunk)
@@ -107,7 +122,8 @@ class EngineCore:
         """End sequences past their deadline (finish_reason timeout) and free them like finished ones."""
         expired = self.scheduler.expired(now)
         for sequence in expired:
-            sequence.sink(sequence.expire())
+            for waiting in (sequence, *sequence.forks):
+                waiting.sink(waiting.expire())
         self._release(expired)
 
     def _decode(self) -> None:
@@ -119,7 +135,7 @@ class EngineCore:
     def _admit(self, sequence: Sequence) -> None:
         """As the scheduler admits a sequence: its penalty state, and its cached prefix if any."""
         self._init_penalties(sequence)
-        if self.prefix_cache is None:
+        if self.prefix_cache is None or sequence.params.prompt_logprobs is not None:
             return
         entry, reused = self.prefix_cache.lookup(sequence.prompt_ids)
         if entry is None:
@@ -141,17 +157,36 @@ class EngineCore:
         cache = self._prefill_caches.get(sequence)
         if cache is None:
             cache = self._prefill_caches[sequence] = self.runner.new_cache()
-        logits = self.runner.prefill(cache, sequence.prompt_ids[chunk.start:chunk.end], chunk.start)
+        wants_logprobs = sequence.params.prompt_logprobs is not None
+        logits = self.runner.prefill(cache, sequence.prompt_ids[chunk.start:chunk.end], chunk.start,
+                                     every_position=wants_logprobs)
+        if wants_logprobs:
+            self._note_prompt_logprobs(sequence, chunk.start, logits)
+            logits = logits[-1]
         sequence.num_prefilled = chunk.end
         if chunk.is_last:
             del self._prefill_caches[sequence]
             mask = torch.ones((1, sequence.num_prompt_tokens), dtype=torch.long, device=self.runner.device)
             self._start_rows([sequence], cache, mask, logits.unsqueeze(0))
 
+    def _note_prompt_logprobs(self, sequence: Sequence, start: int, logits: torch.Tensor) -> None:
+        """Raw log-probabilities of the prompt tokens this chunk's logits [tokens, V] predict."""
+        if sequence.prompt_logprobs is None:
+            sequence.prompt_logprobs = [None]  # nothing predicts the first token
+        targets = sequence.prompt_ids[start + 1:start + 1 + logits.shape[0]]
+        if targets:
+            logprobs = torch.log_softmax(logits[:len(targets)].float(), dim=-1)
+            chosen = torch.tensor(targets, dtype=torch.long, device=logprobs.device)
+            sequence.prompt_logprobs.extend(
+                _token_logprobs(logprobs, chosen, sequence.params.prompt_logprobs or 0))
+
     def _start_rows(self, group: list[Sequence], cache: DynamicCache, mask: torch.Tensor,
                     logits: torch.Tensor) -> None:
-        """Store the prompts' KV, sample each first token; those not finished join the decode batch."""
+        """Store the prompts' KV, fork rows for n > 1, sample each first token; those not finished
+        join the decode batch."""
         self._store_prompts(group, cache, mask.shape[1])
+        if any(s.forks for s in group):
+            group, mask, logits = self._fork(group, cache, mask, logits)
         self._sample_and_emit(group, logits)
         keep = [row for row, s in enumerate(group) if not s.status.is_finished]
         self._release([s for s in group if s.status.is_finished])
@@ -162,6 +197,20 @@ class EngineCore:
         self.store.join([group[row] for row in keep], cache, mask)
         for row in keep:
             self.scheduler.start_running(group[row])
+
+    def _fork(self, group: list[Sequence], cache: DynamicCache, mask: torch.Tensor,
+              logits: torch.Tensor) -> tuple[list[Sequence], torch.Tensor, torch.Tensor]:
+        """Copy each prefilled row once per waiting fork: the prompt is computed once for all n."""
+        rows = [row for row, s in enumerate(group) for _ in range(s.num_rows)]
+        expanded = [member for s in group for member in (s, *s.forks)]
+        for s in group:
+            for fork in s.forks:
+                fork.num_prefilled, fork.num_cached_tokens = s.num_prefilled, s.num_cached_tokens
+                fork.scheduled_at = s.scheduled_at
+                self._init_penalties(fork)
+            s.forks = []
+        index = select_rows(cache, rows)
+        return expanded, mask.index_select(0, index), logits.index_select(0, index)
 
     def _store_prompts(self, group: list[Sequence], cache: DynamicCache, columns: int) -> None:
         """Copy each whole prompt's KV (the right-aligned columns of its row) into the prefix cache."""
@@ -187,9 +236,20 @@ class EngineCore:
         tensors = SamplingTensors.from_params([s.params for s in rows], logits.shape[-1], logits.device)
         seen, counts = self._stack_penalties(rows, tensors, logits.shape[-1])
         logits = sampler.apply_penalties(logits, tensors, seen_mask=seen, output_counts=counts)
-        token_ids = sampler.sample(logits, tensors, [s.generator for s in rows]).tolist()
-        for sequence, token_id in zip(rows, token_ids):
-            sequence.sink(sequence.append_token(token_id))
+        if any(s.matcher is not None for s in rows):
+            logits = apply_grammars([s.matcher for s in rows], logits)
+        generators = [s.generator for s in rows]
+        wanted = [s.params.logprobs for s in rows]
+        if all(k is None for k in wanted):
+            chosen = sampler.sample(logits, tensors, generators)
+            logprobs: list[TokenLogprob | None] = [None] * len(rows)
+        else:  # the distribution the tokens are drawn from is what their logprobs describe
+            drawn_from = sampler.distribution(logits, tensors)
+            chosen = sampler.draw(drawn_from, tensors, generators)
+            every = _token_logprobs(torch.log_softmax(drawn_from, dim=-1), chosen, max(k or 0 for k in wanted))
+            logprobs = [None if k is None else _trim_top(entry, k) for entry, k in zip(every, wanted)]
+        for sequence, token_id, logprob in zip(rows, chosen.tolist(), logprobs):
+            sequence.sink(sequence.append_token(token_id, logprob))
 
     def _stack_penalties(self, rows: list[Sequence], tensors: SamplingTensors,
                          vocab: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:

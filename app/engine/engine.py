@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from app.engine.core import EngineCore, build_core
 from app.engine.detokenizer import IncrementalDetokenizer
 from app.engine.errors import ContextLengthExceeded, EngineDead, InvalidRequest, Overloaded
+from app.engine.grammar import CompiledGrammar, GrammarCompiler
 from app.engine.hardware import RuntimeInfo
 from app.engine.loader import LoadConfig, LoadedModel, load
 from app.engine.model_thread import ModelThread
@@ -29,9 +30,24 @@ from app.engine.sampler import make_generator
 from app.engine.scheduler import SchedulerConfig
 from app.engine.sequence import Sequence
 from app.engine.stream import RequestStream
+from app.engine.token_bytes import token_byte_table
 from app.engine.types import EngineState, ModelInfo, SamplingParams, TokenEvent
 
 log = logging.getLogger(__name__)
+
+MAX_LOGPROBS = 20  # alternatives per token, as OpenAI allows
+_MASK64 = (1 << 64) - 1
+
+
+def choice_seed(seed: int | None, index: int) -> int | None:
+    """Continuation `index`'s seed: the request's own for the first, a splitmix64 mix of both for the
+    rest, so the same seed gives the same n texts and no two continuations share noise."""
+    if seed is None or index == 0:
+        return seed
+    z = (seed + index * 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
 
 
 @dataclass(frozen=True)
@@ -56,6 +72,8 @@ class Engine:
         self._loaded: LoadedModel | None = None
         self.encoder: PromptEncoder | None = None
         self.info: ModelInfo | None = None
+        self._grammars: GrammarCompiler | None = None
+        self._token_bytes: list[bytes] | None = None
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -83,8 +101,10 @@ class Engine:
         vocab = self._core.vocab_size
         max_len = min(self.config.max_model_len or loaded.max_position_embeddings, loaded.max_position_embeddings)
         self.encoder = PromptEncoder(loaded.tokenizer, vocab)
+        self._grammars = GrammarCompiler(loaded.tokenizer, vocab, loaded.eos_token_ids)
+        self._token_bytes = token_byte_table(loaded.tokenizer, vocab)
         self.info = ModelInfo(self.config.served_model_name, max_len, vocab, loaded.eos_token_ids,
-                              self.encoder.has_chat_template, int(time.time()))
+                              self.encoder.has_chat_template, int(time.time()), self.encoder.reasoning_markers)
         self._model_thread = ModelThread(self._core)
         self._model_thread.start()
 
@@ -143,8 +163,19 @@ class Engine:
     async def encode_text(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return await self._tokenize(self._encoder().encode_text, text, add_special_tokens)
 
-    async def encode_chat(self, messages: Seq[Mapping[str, str]], add_special_tokens: bool = False) -> list[int]:
-        return await self._tokenize(self._encoder().encode_chat, messages, add_special_tokens)
+    async def encode_chat(self, messages: Seq[Mapping], add_special_tokens: bool = False,
+                          tools: Seq[Mapping] | None = None) -> list[int]:
+        return await self._tokenize(self._encoder().encode_chat, messages, add_special_tokens, tools)
+
+    async def opens_reasoning(self, ids: Seq[int]) -> bool:
+        """Whether a chat prompt ends inside the model's reasoning block (see ModelInfo.reasoning_markers)."""
+        return await self._tokenize(self._encoder().opens_reasoning, ids)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """A token's raw bytes (b"" for ids past the tokenizer's vocabulary)."""
+        if self._token_bytes is None:
+            raise EngineDead("the model is not loaded")
+        return self._token_bytes[token_id]
 
     async def _tokenize(self, function, *arguments):
         return await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, function, *arguments)
@@ -170,30 +201,51 @@ class Engine:
         if params.max_tokens is None and room < 1:
             raise ContextLengthExceeded(
                 f"the prompt has {num_prompt_tokens} tokens; this model's context is {limit} tokens, "
-                "which leaves no room for a completion", param="messages")
+                "which leaves no room for a completion", param="prompt")
         max_tokens = room if params.max_tokens is None else params.max_tokens
         if max_tokens > room:
             raise ContextLengthExceeded(
                 f"this model's maximum context length is {limit} tokens; the prompt has "
-                f"{num_prompt_tokens} tokens and max_tokens asks for {max_tokens} more "
+                f"{num_prompt_tokens} tokens and the completion may take {max_tokens} more "
                 f"({num_prompt_tokens + max_tokens} in total)", param="max_tokens")
         for token_id, _ in params.logit_bias:
             if not 0 <= token_id < self.info.vocab_size:
                 raise InvalidRequest(f"logit_bias names token id {token_id}, outside the vocabulary",
                                      param="logit_bias")
+        self._check_choices(params)
         return replace(params, max_tokens=max_tokens, timeout_s=self._timeout(params.timeout_s))
+
+    def _check_choices(self, params: SamplingParams) -> None:
+        assert self._core is not None
+        max_rows = self._core.scheduler.config.max_running
+        if not 1 <= params.n <= max_rows:
+            raise InvalidRequest(f"n must be between 1 and {max_rows} (the decode batch) here", param="n")
+        for name, k in (("logprobs", params.logprobs), ("prompt_logprobs", params.prompt_logprobs)):
+            if k is not None and not 0 <= k <= MAX_LOGPROBS:
+                raise InvalidRequest(f"{name} must be between 0 and {MAX_LOGPROBS}", param=name)
 
     def _timeout(self, requested: float | None) -> float | None:
         """The shorter of the request's own deadline and the server's (either may be absent)."""
         limits = [t for t in (requested, self.config.request_timeout_s) if t]
         return min(limits) if limits else None
 
-    def generate(self, prompt_ids: Seq[int], params: SamplingParams,
-                 request_id: str | None = None) -> RequestStream:
-        """Register a request and return its events; raises at once if it cannot be served."""
+    async def submit(self, prompt_ids: Seq[int], params: SamplingParams,
+                     request_id: str | None = None) -> RequestStream:
+        """generate(), with the request's grammar compiled off the event loop first."""
+        grammar = None
+        if params.constraint is not None:
+            grammar = await asyncio.to_thread(self._grammar_compiler().compile, params.constraint)
+        return self.generate(prompt_ids, params, request_id, grammar)
+
+    def generate(self, prompt_ids: Seq[int], params: SamplingParams, request_id: str | None = None,
+                 grammar: CompiledGrammar | None = None) -> RequestStream:
+        """Register a request and return its events; raises at once if it cannot be served.
+        A constraint is compiled here unless `grammar` is its compiled form."""
         if not self.is_alive:
             raise EngineDead("the model thread is not running")
         params = self.resolve_params(len(prompt_ids), params)
+        if params.constraint is not None and grammar is None:
+            grammar = self._grammar_compiler().compile(params.constraint)
         assert self._core is not None and self._loaded is not None
         limits = self._core.scheduler.config
         if len(self._active) >= limits.max_running + limits.max_waiting:
@@ -201,21 +253,24 @@ class Engine:
         if request_id is None or request_id in self._active:  # ids key aborts: keep them unique
             request_id = f"{request_id}-{uuid.uuid4().hex[:8]}" if request_id else uuid.uuid4().hex
         events: asyncio.Queue[TokenEvent | BaseException] = asyncio.Queue()
-        sequence = self._new_sequence(request_id, list(prompt_ids), params, events)
+        sequence = self._new_sequence(request_id, list(prompt_ids), params, events, 0, grammar)
+        sequence.forks = [self._new_sequence(request_id, list(prompt_ids), params, events, index, grammar)
+                          for index in range(1, params.n)]
         if not self._core.scheduler.fits_alone(sequence):
             raise ContextLengthExceeded(
-                f"prompt + max_tokens ({sequence.num_tokens + sequence.max_tokens} tokens) exceeds "
-                "the KV-cache memory budget", param="max_tokens")
+                f"{params.n} x (prompt + max_tokens) ({params.n * (sequence.num_tokens + sequence.max_tokens)} "
+                "tokens) exceeds the KV-cache memory budget", param="max_tokens")
         self._active.add(request_id)
         assert self._model_thread is not None
         self._model_thread.add(sequence)
-        return RequestStream(request_id, events, self._abort, self._active.discard)
+        return RequestStream(request_id, events, self._abort, self._active.discard, params.n)
 
     def _new_sequence(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
-                      events: asyncio.Queue) -> Sequence:
+                      events: asyncio.Queue, index: int, grammar: CompiledGrammar | None) -> Sequence:
         assert self._loaded is not None
         loop = asyncio.get_running_loop()
-        generator = None if params.is_greedy else make_generator(params.seed, self._loaded.device)
+        seed = choice_seed(params.seed, index)
+        generator = None if params.is_greedy else make_generator(seed, self._loaded.device)
         return Sequence(
             request_id=request_id,
             prompt_ids=prompt_ids,
@@ -224,7 +279,14 @@ class Engine:
             detokenizer=IncrementalDetokenizer(self._detokenizer_tokenizer, prompt_ids),
             generator=generator,
             sink=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+            index=index,
+            matcher=None if grammar is None else grammar.matcher(),
         )
+
+    def _grammar_compiler(self) -> GrammarCompiler:
+        if self._grammars is None:
+            raise EngineDead("the model is not loaded")
+        return self._grammars
 
     def _abort(self, request_id: str) -> None:
         if self._model_thread is not None:

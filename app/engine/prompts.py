@@ -12,16 +12,42 @@ from jinja2.exceptions import SecurityError, TemplateError
 from transformers import PreTrainedTokenizerBase
 
 from app.engine.errors import InvalidRequest
+from app.engine.tool_prompt import PROBE_TOOL, probe_tools, tools_in_text
+
+# Reasoning delimiters a tokenizer may define as tokens (DeepSeek-R1, Qwen3, SmolLM3 and others).
+_REASONING_MARKERS = ("<think>", "</think>")
 
 
 class PromptEncoder:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> None:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
+        self.renders_tools = self._renders_tools()
+        vocab = tokenizer.get_vocab()
+        self.reasoning_markers = _REASONING_MARKERS if all(m in vocab for m in _REASONING_MARKERS) else None
 
     @property
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def _renders_tools(self) -> bool:
+        """Whether the model's own template shows offered tools (else they are written in as text)."""
+        if not self.has_chat_template:
+            return False
+        try:
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tools=probe_tools(),
+                                                      tokenize=False, add_generation_prompt=True)
+        except Exception:  # noqa: BLE001 - a template that cannot take tools does not render them
+            return False
+        return PROBE_TOOL in text
+
+    def opens_reasoning(self, ids: Sequence[int]) -> bool:
+        """True when the prompt ends inside a reasoning block (the template opened it for the model)."""
+        if self.reasoning_markers is None:
+            return False
+        start, end = self.reasoning_markers
+        tail = self.tokenizer.decode(list(ids[-8:]), skip_special_tokens=False)
+        return tail.rfind(start) > tail.rfind(end)
 
     def encode_text(self, text: str, add_special_tokens: bool = True) -> list[int]:
         ids = self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
@@ -39,21 +65,26 @@ class PromptEncoder:
             )
         return list(ids)
 
-    def encode_chat(self, messages: Sequence[Mapping[str, str]], add_special_tokens: bool = False) -> list[int]:
+    def encode_chat(self, messages: Sequence[Mapping], add_special_tokens: bool = False,
+                    tools: Sequence[Mapping] | None = None) -> list[int]:
+        """Render with the model's template; tools (Hugging Face's function schema) reach it natively
+        when it renders them, else written into the conversation (app/engine/tool_prompt.py)."""
         if not self.has_chat_template:
-            raise InvalidRequest("this model has no chat template; use /v1/completions", param="messages")
+            raise InvalidRequest("this model has no chat template; send a plain-text prompt instead", param="prompt")
+        if self.renders_tools:
+            messages, extra = [dict(m) for m in messages], ({"tools": list(tools)} if tools else {})
+        else:
+            messages, extra = tools_in_text(messages, tools), {}
         try:
-            text = self.tokenizer.apply_chat_template(
-                [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
-            )
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
         except SecurityError:
             raise  # the model's template misbehaved: a server fault, not the request's
         except TemplateError as exc:  # e.g. raise_exception("roles must alternate")
-            raise InvalidRequest(f"the model's chat template refused these messages: {exc}", param="messages") from exc
+            raise InvalidRequest(f"the model's chat template refused these messages: {exc}", param="prompt") from exc
         # The template already wrote any BOS; encoding must not add another (unless asked to).
         ids = self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
         if not ids:
-            raise InvalidRequest("the messages render to an empty prompt", param="messages")
+            raise InvalidRequest("the messages render to an empty prompt", param="prompt")
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:

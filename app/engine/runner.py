@@ -3,7 +3,7 @@
 `prefill_batch` runs whole prompts together, left-padded, into a new cache; `prefill` runs one chunk
 of one prompt into that sequence's own cache (which may start with a cached prefix's KV); `decode`
 advances every row of the KVStore by one token. All return float32 logits for the last position
-only. For Llama-family models the pass runs through FusedLlama (same function, fewer ops); otherwise
+only (a chunk may ask for every position's, for prompt logprobs). For Llama-family models the pass runs through FusedLlama (same function, fewer ops); otherwise
 through `model.forward`. Only decode steps may use the low-bit weight copies.
 """
 
@@ -60,11 +60,13 @@ class ModelRunner:
         return cache
 
     @torch.inference_mode()
-    def prefill(self, cache: DynamicCache, token_ids: list[int], start: int) -> torch.Tensor:
-        """Run `token_ids` (positions start..) into `cache`; return the last position's logits [V]."""
+    def prefill(self, cache: DynamicCache, token_ids: list[int], start: int,
+                every_position: bool = False) -> torch.Tensor:
+        """Run `token_ids` (positions start..) into `cache`; return the last position's logits [V],
+        or every position's [tokens, V] (for prompt logprobs)."""
         input_ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)
         positions = torch.arange(start, start + len(token_ids), device=self.device).unsqueeze(0)
-        logits = self._forward(input_ids, None, positions, cache)
+        logits = self._forward(input_ids, None, positions, cache, last_only=not every_position)
         return logits[0]
 
     @torch.inference_mode()
@@ -139,15 +141,15 @@ class ModelRunner:
         return self.model(input_ids=input_ids).logits[0].float()
 
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor,
-                 cache: DynamicCache, decoding: bool = False) -> torch.Tensor:
+                 cache: DynamicCache, decoding: bool = False, last_only: bool = True) -> torch.Tensor:
         if self.fused is not None:
-            return self.fused.forward(input_ids, mask, positions, cache, use_copies=decoding)
+            return self.fused.forward(input_ids, mask, positions, cache, last_only=last_only, use_copies=decoding)
         output = self.model(
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=positions,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=1 if last_only else 0,
             **{self._cache_kwarg: cache},
         )
-        return output.logits[:, -1, :].float()
+        return (output.logits[:, -1, :] if last_only else output.logits).float()

@@ -206,6 +206,11 @@ def apply_truncation(logits: torch.Tensor, tensors: SamplingTensors) -> torch.Te
 # ---- sampling --------------------------------------------------------------------------------
 
 
+def distribution(logits: torch.Tensor, tensors: SamplingTensors) -> torch.Tensor:
+    """The logits a row is drawn from: temperature (greedy rows keep 1), then truncation (-inf outside)."""
+    return apply_truncation(apply_temperature(logits.float(), tensors.temperature), tensors)
+
+
 def sample(
     logits: torch.Tensor,
     tensors: SamplingTensors,
@@ -217,13 +222,32 @@ def sample(
     with their own generator (None: an unseeded draw from torch's global generator).
     """
     logits = logits.float()
-    greedy_ids = logits.argmax(dim=-1)
+    if tensors.all_greedy:
+        return logits.argmax(dim=-1)
+    return draw(distribution(logits, tensors), tensors, generators)
+
+
+def draw(
+    distribution_logits: torch.Tensor,
+    tensors: SamplingTensors,
+    generators: Sequence[torch.Generator | None],
+) -> torch.Tensor:
+    """One token per row from `distribution()`'s output; greedy rows take its argmax (truncation never
+    removes the top token, so that is the argmax of the penalised logits too)."""
+    greedy_ids = distribution_logits.argmax(dim=-1)
     if tensors.all_greedy:
         return greedy_ids
-    logits = apply_truncation(apply_temperature(logits, tensors.temperature), tensors)
-    probs = logits.softmax(dim=-1)
+    probs = distribution_logits.softmax(dim=-1)
     sampled_ids = _exponential_race(probs, tensors.greedy, generators)
     return torch.where(tensors.greedy, greedy_ids, sampled_ids)
+
+
+def top_logprobs(logprobs: torch.Tensor, chosen: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(chosen [B], top values [B, k], top ids [B, k]) from log-probabilities [B, V], best first."""
+    chosen_logprobs = logprobs.gather(1, chosen.unsqueeze(1)).squeeze(1)
+    values, ids = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1) if k > 0 else (
+        logprobs[:, :0], chosen.new_zeros((logprobs.shape[0], 0)))
+    return chosen_logprobs, values, ids
 
 
 def _exponential_race(

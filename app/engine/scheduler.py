@@ -71,6 +71,11 @@ def group_by_length(sequences: list[Sequence], max_padding: float = 0.25) -> lis
     return groups
 
 
+def num_rows(sequences: list[Sequence]) -> int:
+    """Decode rows these sequences hold or will hold (a sequence with n - 1 forks waiting counts n)."""
+    return sum(s.num_rows for s in sequences)
+
+
 class ReclaimableMemory(Protocol):
     """Memory inside the KV budget that can be given back on demand (the prefix cache)."""
 
@@ -107,17 +112,20 @@ class Scheduler:
         self.waiting.append(sequence)
 
     def reserved_bytes(self, rows: list[Sequence]) -> int:
-        """Worst-case KV bytes of a padded batch holding `rows`."""
+        """Worst-case KV bytes of a padded batch holding `rows` (and the forks that will join with them)."""
         if not rows:
             return 0
         longest = max(s.num_prompt_tokens + s.max_tokens for s in rows)
-        return len(rows) * longest * self.config.kv_bytes_per_token
+        return num_rows(rows) * longest * self.config.kv_bytes_per_token
 
     def fits_alone(self, sequence: Sequence) -> bool:
         return self.reserved_bytes([sequence]) <= self.config.kv_budget_bytes
 
+    def fits_rows(self, sequence: Sequence) -> bool:
+        return sequence.num_rows <= self.config.max_running
+
     def can_admit(self, sequence: Sequence) -> bool:
-        if len(self.admitted) >= self.config.max_running:
+        if num_rows(self.admitted) + sequence.num_rows > self.config.max_running:
             return False
         needed = self.reserved_bytes(self.admitted + [sequence])
         budget = self.config.kv_budget_bytes
@@ -166,8 +174,9 @@ class Scheduler:
             yield sequence
 
     def start_running(self, sequence: Sequence) -> None:
-        """A fully prefilled sequence becomes the last row of the decode batch."""
-        self.prefilling.remove(sequence)
+        """A fully prefilled sequence (or a fork of one) becomes the last row of the decode batch."""
+        if sequence in self.prefilling:
+            self.prefilling.remove(sequence)
         sequence.status = SequenceStatus.RUNNING
         self.running.append(sequence)
 
@@ -184,8 +193,6 @@ class Scheduler:
         """Unfinished sequences whose deadline has passed, wherever they are."""
         return [s for s in (*self.waiting, *self.prefilling, *self.running) if s.is_expired(now)]
 
-    def find(self, request_id: str) -> Sequence | None:
-        for sequence in (*self.waiting, *self.prefilling, *self.running):
-            if sequence.request_id == request_id:
-                return sequence
-        return None
+    def find(self, request_id: str) -> list[Sequence]:
+        """Every unfinished sequence of a request (n > 1 has several once its forks run)."""
+        return [s for s in (*self.waiting, *self.prefilling, *self.running) if s.request_id == request_id]

@@ -15,9 +15,10 @@ from typing import Callable
 import torch
 
 from app.engine.detokenizer import IncrementalDetokenizer
+from app.engine.grammar import GrammarMatcher
 from app.engine.sampler import PenaltyState
 from app.engine.stopping import StopMatcher, check_token_stop
-from app.engine.types import FinishReason, RequestTimings, SamplingParams, TokenEvent
+from app.engine.types import FinishReason, RequestTimings, SamplingParams, TokenEvent, TokenLogprob
 
 
 class SequenceStatus(enum.Enum):
@@ -68,11 +69,23 @@ class Sequence:
     arrival: float = field(default_factory=time.monotonic)
     scheduled_at: float | None = None  # set by the scheduler on admission
     first_token_at: float | None = None
+    index: int = 0  # which of the request's n continuations this is
+    # Continuations 1..n-1 of this prompt: they wait with it, and fork from its KV once it is prefilled.
+    forks: list[Sequence] = field(default_factory=list)
+    matcher: GrammarMatcher | None = None  # the output's grammar state, when the request has a constraint
+    # Filled by prefill when params.prompt_logprobs is set; sent on the first event, then dropped.
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
     def __post_init__(self) -> None:
         self.stop_matcher = StopMatcher(self.params.stop)
+        self._logprob: TokenLogprob | None = None
         if self.deadline is None and self.params.timeout_s:
             self.deadline = self.arrival + self.params.timeout_s
+
+    @property
+    def num_rows(self) -> int:
+        """Decode rows this sequence will take: itself and the forks still waiting on its prefill."""
+        return 1 + len(self.forks)
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -95,12 +108,15 @@ class Sequence:
     def finish_reason(self) -> FinishReason | None:
         return _FINISH_REASONS.get(self.status)
 
-    def append_token(self, token_id: int) -> TokenEvent:
+    def append_token(self, token_id: int, logprob: TokenLogprob | None = None) -> TokenEvent:
         """Record one sampled token and return the event it produces (final if the sequence ended)."""
         if not self.output_ids:
             self.first_token_at = time.monotonic()
         self.output_ids.append(token_id)
         self._count(token_id)
+        self._logprob = logprob
+        if self.matcher is not None:
+            self.matcher.accept(token_id)
         if self._is_stop_token(token_id):
             text = self.stop_matcher.push(self.detokenizer.flush())[0] + self.stop_matcher.flush()
             return self._finish(SequenceStatus.FINISHED_STOPPED, text, token_id)
@@ -128,7 +144,8 @@ class Sequence:
         self.status = SequenceStatus.FINISHED_TIMEOUT
         return TokenEvent(text=text, token_ids=(), num_prompt_tokens=self.num_prompt_tokens,
                           num_completion_tokens=self.num_output_tokens, finish_reason=self.finish_reason,
-                          timings=self.timings(), num_cached_tokens=self.num_cached_tokens)
+                          timings=self.timings(), num_cached_tokens=self.num_cached_tokens, index=self.index,
+                          prompt_logprobs=self._take_prompt_logprobs())
 
     def _is_stop_token(self, token_id: int) -> bool:
         p = self.params
@@ -147,7 +164,14 @@ class Sequence:
             finish_reason=self.finish_reason,
             timings=self.timings() if self.status.is_finished else None,
             num_cached_tokens=self.num_cached_tokens,
+            index=self.index,
+            logprobs=() if self._logprob is None else (self._logprob,),
+            prompt_logprobs=self._take_prompt_logprobs(),
         )
+
+    def _take_prompt_logprobs(self) -> tuple[TokenLogprob | None, ...] | None:
+        taken, self.prompt_logprobs = self.prompt_logprobs, None
+        return None if taken is None else tuple(taken)
 
     def timings(self) -> RequestTimings:
         """The stamps so far; called when the sequence finishes, which is then the `finished` time."""

@@ -1,5 +1,8 @@
 """RequestStream: one request's TokenEvents as an async iterator that always cleans up.
 
+With n > 1 the events of all continuations arrive interleaved (each carries its `index`); the
+stream ends after the last continuation's final event.
+
 Closing it before the final event aborts the request, whether or not iteration ever began (an
 async generator that was never started ignores `aclose()`), and a stream dropped without being
 closed aborts itself when collected.
@@ -15,8 +18,9 @@ from app.engine.types import TokenEvent
 
 class RequestStream:
     def __init__(self, request_id: str, events: asyncio.Queue, on_abort: Callable[[str], None],
-                 on_done: Callable[[str], None]) -> None:
+                 on_done: Callable[[str], None], num_choices: int = 1) -> None:
         self.request_id = request_id
+        self._unfinished = num_choices  # the stream ends after each continuation's final event
         self._events = events
         self._on_abort = on_abort
         self._on_done = on_done
@@ -34,8 +38,10 @@ class RequestStream:
             self._close(abort=False)
             raise event
         if event.finish_reason is not None:
-            self._finished = True
-            self._close(abort=False)
+            self._unfinished -= 1
+            if self._unfinished == 0:
+                self._finished = True
+                self._close(abort=False)
         return event
 
     async def aclose(self) -> None:

@@ -15,6 +15,25 @@ class FinishReason(str, enum.Enum):
 
 
 @dataclass(frozen=True)
+class Constraint:
+    """A grammar the output must follow. kind: "json" (any JSON object), "json_schema" (source is the
+    schema as JSON text), "regex" or "lark" (source in that syntax)."""
+
+    kind: str
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One position's log-probability: the token that is there and the `top` most likely ones there,
+    (token id, logprob) best first; -inf for tokens the distribution excluded."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """How to pick tokens and when to stop, already validated and in engine terms.
 
@@ -36,6 +55,10 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     timeout_s: float | None = None  # seconds from arrival (queueing counts) until it ends with TIMEOUT
+    n: int = 1  # independent continuations of one prompt, prefilled once; choice i > 0 seeds from (seed, i)
+    logprobs: int | None = None  # None: off; k >= 0: each sampled token's logprob and the k most likely
+    prompt_logprobs: int | None = None  # None: off; k >= 0: the same for every prompt token (raw model)
+    constraint: Constraint | None = None  # output must match this grammar (compiled by the engine)
 
     @property
     def is_greedy(self) -> bool:
@@ -47,7 +70,7 @@ class TokenEvent:
     """One step of a request's output as it leaves the engine.
 
     `text` is the new, stop-free text since the last event (may be empty while text is held back);
-    `finish_reason` is set on the last event only.
+    `finish_reason` is set on the last event only; with n > 1, each continuation (`index`) has one.
     """
 
     text: str
@@ -57,6 +80,10 @@ class TokenEvent:
     finish_reason: FinishReason | None = None
     timings: RequestTimings | None = None  # on the last event only
     num_cached_tokens: int = 0  # prompt tokens whose KV was reused from the prefix cache
+    index: int = 0  # which of the request's n continuations this event belongs to
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per token_ids entry, when the request asked
+    # On a continuation's first event, when asked: one per prompt token (None for the first).
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -92,3 +119,4 @@ class ModelInfo:
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
     has_chat_template: bool = True
     created: int = 0
+    reasoning_markers: tuple[str, str] | None = None  # (start, end) when the tokenizer has both tokens

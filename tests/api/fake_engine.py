@@ -1,4 +1,4 @@
-"""A scripted stand-in for app.engine.engine.Engine: the surface the routes use, and no model.
+"""A scripted stand-in for app.engine.engine.Engine: app.api.engine_port.ServingEngine, and no model.
 
 Text is "tokenized" one character per token (id = code point), so prompts and decoded ids are
 easy to predict. Each `generate()` call replays `script` (TokenEvents, or exceptions to raise at
@@ -65,7 +65,9 @@ class FakeEngine:
     calls: list[GenerateCall] = field(default_factory=list)
     failure: BaseException | None = None  # set by fail_all(): every open stream raises it next
     encoded_texts: list[str] = field(default_factory=list)
-    encoded_chats: list[list[dict[str, str]]] = field(default_factory=list)
+    encoded_chats: list[list[dict]] = field(default_factory=list)
+    encoded_tools: list[list[dict] | None] = field(default_factory=list)
+    prompt_opens_reasoning: bool = False  # what opens_reasoning() answers
     special_token_flags: list[bool] = field(default_factory=list)
     checked_ids: list[list[int]] = field(default_factory=list)
     _open_iterators: int = 0
@@ -124,11 +126,19 @@ class FakeEngine:
             raise InvalidRequest("the prompt is empty", param="prompt")
         return [ord(c) for c in text]
 
-    async def encode_chat(self, messages: Sequence[Mapping[str, str]], add_special_tokens: bool = False) -> list[int]:
+    async def encode_chat(self, messages: Sequence[Mapping], add_special_tokens: bool = False,
+                          tools: Sequence[Mapping] | None = None) -> list[int]:
         self.encoded_chats.append([dict(m) for m in messages])
+        self.encoded_tools.append(None if tools is None else [dict(t) for t in tools])
         self.special_token_flags.append(add_special_tokens)
         rendered = "".join(f"<{m['role']}>{m['content']}\n" for m in messages) + "<assistant>"
         return [ord(c) for c in rendered]
+
+    async def opens_reasoning(self, ids: Sequence[int]) -> bool:
+        return self.prompt_opens_reasoning
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return chr(token_id).encode()
 
     def check_ids(self, ids: Sequence[int], param: str = "prompt") -> list[int]:
         self.checked_ids.append(list(ids))
@@ -142,6 +152,10 @@ class FakeEngine:
         return "".join(chr(i) for i in ids)
 
     # ---- generation ---------------------------------------------------------------------------
+
+    async def submit(self, prompt_ids: Sequence[int], params: SamplingParams,
+                     request_id: str | None = None) -> AsyncIterator[TokenEvent]:
+        return self.generate(prompt_ids, params, request_id)
 
     def generate(self, prompt_ids: Sequence[int], params: SamplingParams,
                  request_id: str | None = None) -> AsyncIterator[TokenEvent]:

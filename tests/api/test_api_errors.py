@@ -109,7 +109,7 @@ async def test_bad_prompts_are_400(client, fake, prompt):
 @pytest.mark.parametrize("path", ENDPOINTS)
 @pytest.mark.parametrize(("field", "value"), [
     ("temperature", 3), ("temperature", -0.1), ("top_p", 0), ("top_p", 1.01), ("top_k", -2), ("min_p", 1.5),
-    ("n", 2), ("n", 0), ("max_tokens", 0), ("max_tokens", -5), ("presence_penalty", 5),
+    ("n", 129), ("n", 0), ("max_tokens", 0), ("max_tokens", -5), ("presence_penalty", 5),
     ("frequency_penalty", -2.5), ("repetition_penalty", 0), ("repetition_penalty", 11),
     ("seed", 2**64), ("seed", -(2**63) - 1),
     ("stop", ["a", "b", "c", "d", "e"]), ("stop", ""), ("stop", ["ok", ""]), ("stop", "x" * 257),
@@ -143,16 +143,17 @@ async def test_suffix_is_400(client, fake):
     assert fake.calls == []
 
 
-@pytest.mark.parametrize("logprobs", [0, 1, 5])
-async def test_completion_logprobs_are_400(client, logprobs):
+@pytest.mark.parametrize("logprobs", [-1, 21, True])
+async def test_completion_logprobs_out_of_bounds_are_400(client, logprobs):
     error = await expect_error(client, "/v1/completions", 400, json=completion_body(logprobs=logprobs))
-    assert "logprobs" in error["message"]
+    assert error["param"] == "logprobs"
 
 
-@pytest.mark.parametrize("fields", [{"logprobs": True}, {"top_logprobs": 2}, {"logprobs": True, "top_logprobs": 1}])
-async def test_chat_logprobs_are_400(client, fields):
+@pytest.mark.parametrize(("fields", "param"), [({"top_logprobs": 2}, None), ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+                                               ({"logprobs": 1}, "logprobs")])
+async def test_chat_logprobs_out_of_bounds_are_400(client, fields, param):
     error = await expect_error(client, "/v1/chat/completions", 400, json=chat_body(**fields))
-    assert "logprobs" in error["message"]
+    assert error["param"] == param and "logprobs" in error["message"]
 
 
 async def test_null_or_false_unsupported_fields_are_accepted(client):

@@ -86,7 +86,8 @@ async def test_a_failure_after_the_stream_began_is_an_error_then_response_failed
 @pytest.mark.parametrize("body", [
     {"model": MODEL_NAME, "input": "hi", "previous_response_id": "resp_1"},
     {"model": MODEL_NAME, "input": "hi", "tools": [{"type": "function", "name": "f"}]},
-    {"model": MODEL_NAME, "input": "hi", "text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}},
+    {"model": MODEL_NAME, "input": "hi", "text": {"format": {"type": "json_schema", "name": "x"}}},
+    {"model": MODEL_NAME, "input": "hi", "text": {"format": {"type": "grammar"}}},
     {"model": MODEL_NAME, "input": ""},
     {"model": MODEL_NAME, "input": "hi", "max_output_tokens": 0},
     {"model": MODEL_NAME},

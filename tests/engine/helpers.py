@@ -10,6 +10,8 @@ import torch
 
 from app.engine.core import EngineCore, build_core
 from app.engine.detokenizer import IncrementalDetokenizer
+from app.engine.engine import choice_seed
+from app.engine.grammar import CompiledGrammar
 from app.engine.loader import LoadConfig
 from app.engine.prefix_cache import PrefixCacheConfig
 from app.engine.sampler import make_generator
@@ -43,12 +45,23 @@ def make_core(loaded, prefix_cache: PrefixCacheConfig | None = None, **scheduler
 
 
 def make_sequence(loaded, request_id: str, prompt_ids: list[int], params: SamplingParams,
-                  events: list) -> Sequence:
+                  events: list, index: int = 0, grammar: CompiledGrammar | None = None) -> Sequence:
+    """One sequence as Engine.generate makes it (continuation `index` seeds from choice_seed)."""
     if params.max_tokens is None:
         params = replace(params, max_tokens=loaded.max_position_embeddings - len(prompt_ids))
-    generator = None if params.is_greedy else make_generator(params.seed, loaded.device)
+    generator = None if params.is_greedy else make_generator(choice_seed(params.seed, index), loaded.device)
     return Sequence(request_id, list(prompt_ids), params, frozenset(loaded.eos_token_ids),
-                    IncrementalDetokenizer(loaded.tokenizer, prompt_ids), generator, events.append)
+                    IncrementalDetokenizer(loaded.tokenizer, prompt_ids), generator, events.append, index=index,
+                    matcher=None if grammar is None else grammar.matcher())
+
+
+def make_request(loaded, request_id: str, prompt_ids: list[int], params: SamplingParams, events: list,
+                 grammar: CompiledGrammar | None = None) -> Sequence:
+    """A request's first sequence with its params.n - 1 forks attached, as Engine.generate does."""
+    first = make_sequence(loaded, request_id, prompt_ids, params, events, 0, grammar)
+    first.forks = [make_sequence(loaded, request_id, prompt_ids, params, events, index, grammar)
+                   for index in range(1, params.n)]
+    return first
 
 
 def run_to_end(core: EngineCore, joins: dict[int, list[Sequence]] | None = None,

@@ -50,4 +50,4 @@ def test_a_template_that_refuses_the_messages_is_an_invalid_request(tiny_loaded)
     tokenizer.chat_template = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('user first') }}{% endif %}x"
     with pytest.raises(InvalidRequest, match="user first") as caught:
         PromptEncoder(tokenizer, len(tokenizer)).encode_chat([{"role": "assistant", "content": "hi"}])
-    assert caught.value.param == "messages"
+    assert caught.value.param == "prompt"  # the API names the field the client sent

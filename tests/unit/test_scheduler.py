@@ -75,10 +75,9 @@ def test_waiting_queue_is_bounded_and_abort_finds_everywhere():
     sched.add(_seq("b", 3))  # a burst may queue up to running + waiting before any step admits
     with pytest.raises(Overloaded):
         sched.add(_seq("c", 3))
-    b = sched.find("b")
-    assert b is not None
+    [b] = sched.find("b")
     sched.remove(b)
-    assert sched.find("b") is None and sched.num_unfinished == 1
+    assert sched.find("b") == [] and sched.num_unfinished == 1
 
 
 def test_whole_prompts_group_by_length_with_bounded_padding():

@@ -1,0 +1,28 @@
+"""Building a request's Framer from its body and what the engine knows of the model."""
+
+from __future__ import annotations
+
+from app.api.framing import ChatFramer, Framer
+from app.api.logprob_format import LogprobFormatter
+from app.api.schemas import ChatCompletionRequest, CompletionRequest
+from app.api.tool_schema import NamedToolChoice
+from app.api.engine_port import ServingEngine
+
+
+def completion_framer(body: CompletionRequest, id_: str, model: str, engine: ServingEngine, echo: str | None,
+                      prompt_ids: list[int]) -> Framer:
+    formatter = None if body.logprobs is None else LogprobFormatter(engine.token_bytes)
+    return Framer(id_, model, include_usage=body.include_usage, n=body.n, formatter=formatter, echo_text=echo,
+                  prompt_ids=prompt_ids)
+
+
+def chat_framer(body: ChatCompletionRequest, id_: str, model: str, engine: ServingEngine, reasoning_open: bool) -> ChatFramer:
+    assert engine.info is not None
+    formatter = LogprobFormatter(engine.token_bytes) if body.logprobs else None
+    if isinstance(body.tool_choice, NamedToolChoice) and body.tool_mode == "named":
+        names: tuple[str, ...] = (body.tool_choice.function.name,)
+    else:
+        names = tuple(tool.function.name for tool in body.tools or [])
+    return ChatFramer(id_, model, include_usage=body.include_usage, n=body.n, formatter=formatter,
+                      reasoning_markers=engine.info.reasoning_markers, reasoning_open=reasoning_open,
+                      tool_mode=body.tool_mode, tool_names=names, parallel_tool_calls=body.parallel_tool_calls)

@@ -1,0 +1,93 @@
+"""Function tools on the wire: what a request offers (`tools`, `tool_choice`), the assistant's
+earlier calls in a conversation, and the grammar that forces a call when tool_choice demands one.
+
+A forced call follows vLLM's approach: a named function's output is its arguments object, matched
+against the function's `parameters` schema; `required` is a JSON array of {"name", "arguments"}
+objects, one schema branch per tool (one item when parallel_tool_calls is false).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.engine.types import Constraint
+
+STRICT = ConfigDict(strict=True, extra="ignore")
+FunctionName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
+# An empty parameters schema means "no arguments": the arguments are then an empty object.
+_NO_PARAMETERS = {"type": "object", "properties": {}}
+
+
+class FunctionDefinition(BaseModel):
+    model_config = STRICT
+
+    name: FunctionName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    def arguments_schema(self) -> dict[str, Any]:
+        return self.parameters or _NO_PARAMETERS
+
+
+class Tool(BaseModel):
+    model_config = STRICT
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class ChosenFunction(BaseModel):
+    model_config = STRICT
+
+    name: FunctionName
+
+
+class NamedToolChoice(BaseModel):
+    model_config = STRICT
+
+    type: Literal["function"]
+    function: ChosenFunction
+
+
+class CalledFunction(BaseModel):
+    model_config = STRICT
+
+    name: FunctionName
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(BaseModel):
+    """A call the assistant made earlier in the conversation."""
+
+    model_config = STRICT
+
+    id: str
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+    def for_template(self) -> dict[str, Any]:
+        # Chat templates expect the arguments as a mapping; text that is not JSON stays text.
+        try:
+            arguments: Any = json.loads(self.function.arguments)
+        except ValueError:
+            arguments = self.function.arguments
+        return {"id": self.id, "type": "function",
+                "function": {"name": self.function.name, "arguments": arguments}}
+
+
+def tool_constraint(tools: list[Tool], chosen: str | None, parallel: bool) -> Constraint:
+    """The grammar of a forced call: the chosen function's arguments, or an array of calls."""
+    if chosen is not None:
+        function = next(t.function for t in tools if t.function.name == chosen)
+        return Constraint("json_schema", json.dumps(function.arguments_schema()))
+    branches = [{"type": "object", "properties": {"name": {"const": t.function.name},
+                                                  "arguments": t.function.arguments_schema()},
+                 "required": ["name", "arguments"], "additionalProperties": False} for t in tools]
+    schema: dict[str, Any] = {"type": "array", "items": {"anyOf": branches}, "minItems": 1}
+    if not parallel:
+        schema["maxItems"] = 1
+    return Constraint("json_schema", json.dumps(schema))

@@ -1,0 +1,61 @@
+"""Each token id's raw bytes: what logprobs report as `bytes`, and the text of a lone token.
+
+A token may hold part of a UTF-8 character, so decoding one token alone can give U+FFFD; the bytes
+come from the vocabulary itself instead. Byte-level BPE (GPT-2, Llama 3, SmolLM) spells bytes with
+GPT-2's printable stand-ins; SentencePiece writes `<0xNN>` for raw bytes and `▁` for a space;
+anything else (special tokens, other schemes) falls back to decoding the token alone.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from transformers import PreTrainedTokenizerBase
+
+_SPIECE_SPACE = "\u2581"
+
+
+@lru_cache(maxsize=1)
+def _gpt2_byte_decoder() -> dict[str, int]:
+    """GPT-2's byte -> printable character map, inverted: printable bytes stand for themselves, the
+    other 68 are shifted above U+00FF in order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1),
+                 *range(ord("\xae"), ord("\xff") + 1)]
+    chars = list(printable)
+    shifted = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + shifted)
+            shifted += 1
+    return {chr(char): byte for byte, char in zip(printable, chars)}
+
+
+def _spelled_bytes(piece: str, byte_decoder: dict[str, int]) -> bytes | None:
+    if piece and all(char in byte_decoder for char in piece):
+        return bytes(byte_decoder[char] for char in piece)
+    return None
+
+
+def _sentencepiece_bytes(piece: str) -> bytes:
+    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+        return bytes([int(piece[3:5], 16)])
+    return piece.replace(_SPIECE_SPACE, " ").encode()
+
+
+def token_byte_table(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> list[bytes]:
+    """bytes for every id below `vocab_size` (the model's size: ids past the tokenizer's are b"")."""
+    pieces = tokenizer.convert_ids_to_tokens(list(range(min(vocab_size, len(tokenizer)))))
+    special = set(tokenizer.all_special_ids)
+    byte_level = sum(_spelled_bytes(p, _gpt2_byte_decoder()) is not None for p in pieces if p) > len(pieces) * 0.9
+    sentencepiece = any(p and p.startswith(_SPIECE_SPACE) for p in pieces)
+    table = []
+    for token_id, piece in enumerate(pieces):
+        spelled = None
+        if token_id not in special and piece is not None:
+            if byte_level:
+                spelled = _spelled_bytes(piece, _gpt2_byte_decoder())
+            elif sentencepiece:
+                spelled = _sentencepiece_bytes(piece)
+        table.append(spelled if spelled is not None else tokenizer.decode([token_id]).encode())
+    return table + [b""] * (vocab_size - len(table))
