@@ -15,12 +15,13 @@ import json
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from app.api.errors import error_body
+from app.api.errors import RequestTimeout, describe
 
 
 def timeout_response(seconds: float) -> bytes:
-    body = json.dumps(error_body(f"the request head did not arrive within {seconds:g}s",
-                                 "invalid_request_error", None, "request_timeout")).encode()
+    status, error = describe(RequestTimeout(f"the request head did not arrive within {seconds:g}s"))
+    assert status == 408
+    body = json.dumps(error).encode()
     head = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
             b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
     return head + body

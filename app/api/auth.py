@@ -10,10 +10,9 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.errors import error_body
+from app.api.errors import Unauthorized, error_response
 
 # Probes must work without a key (load balancers, orchestrators).
 OPEN_PATHS = frozenset({"/health", "/ready"})
@@ -60,6 +59,4 @@ class ApiKeyAuth:
         if scope["type"] not in ("http", "websocket") or self.is_open(scope["path"]) or self.is_authorized(scope):
             await self.app(scope, receive, send)
             return
-        body = error_body("missing or invalid API key; send `Authorization: Bearer <key>`",
-                          "invalid_request_error", None, "invalid_api_key")
-        await JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+        await error_response(Unauthorized(), headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)

@@ -33,11 +33,32 @@ class ClientGone(Exception):
     """The client of a non-streamed request disconnected before its answer was ready."""
 
 
+class Unauthorized(Exception):
+    def __init__(self) -> None:
+        super().__init__("missing or invalid API key; send `Authorization: Bearer <key>`")
+
+
+class RequestTimeout(Exception):
+    """The request head or body did not arrive in time."""
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class HeadTooLarge(Exception):
+    pass
+
+
 # type -> (HTTP status, OpenAI error type, code); the first matching entry wins (subclasses first).
 ERROR_TABLE: list[tuple[type[BaseException], int, str, str | None]] = [
     (ContextLengthExceeded, 400, "invalid_request_error", "context_length_exceeded"),
     (InvalidRequest, 400, "invalid_request_error", None),
+    (Unauthorized, 401, "invalid_request_error", "invalid_api_key"),
     (ModelNotFound, 404, "invalid_request_error", "model_not_found"),
+    (RequestTimeout, 408, "invalid_request_error", "request_timeout"),
+    (BodyTooLarge, 413, "invalid_request_error", "request_too_large"),
+    (HeadTooLarge, 431, "invalid_request_error", "request_header_fields_too_large"),
     (ClientGone, 499, "client_closed_request", "client_disconnected"),  # nginx's code; nobody reads it
     (Overloaded, 429, "rate_limit_error", "overloaded"),
     (Draining, 503, "service_unavailable", "draining"),
@@ -48,6 +69,12 @@ ERROR_TABLE: list[tuple[type[BaseException], int, str, str | None]] = [
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_response(exc: BaseException, headers: dict | None = None) -> JSONResponse:
+    """The JSON response for `exc` by the table, for middleware that answers before any route runs."""
+    status, body = describe(exc)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def describe(exc: BaseException, fields: dict[str, str] | None = None) -> tuple[int, dict]:

@@ -186,12 +186,26 @@ class ForcedCallParser:
                 return "", [call_opening(0, self.calls[0])]
             self.calls[0] = ParsedCall(self.name, text, self.calls[0].id)
             return "", []
-        try:
-            items = json.loads(text)
-        except ValueError:  # cut short (max_tokens): no call can be made of it
+        items = _complete_items(text)
+        if not items:  # cut short (max_tokens) inside the first call: no call can be made of it
             return text, []
         self.calls = [ParsedCall(item["name"], json.dumps(item["arguments"], ensure_ascii=False)) for item in items]
         return "", whole_calls(0, self.calls)
+
+
+def _complete_items(text: str) -> list[dict]:
+    """The whole objects of a JSON array, also when max_tokens cut it after some of them."""
+    decoder = json.JSONDecoder()
+    items, position = [], text.find("[") + 1
+    while 0 < position < len(text):
+        try:
+            item, position = decoder.raw_decode(text, position)
+        except ValueError:
+            break
+        if isinstance(item, dict) and "name" in item and "arguments" in item:
+            items.append(item)
+        position = text.find(",", position) + 1 if text.find(",", position) >= 0 else 0
+    return items
 
 
 def call_opening(index: int, call: ParsedCall) -> dict:

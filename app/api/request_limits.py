@@ -14,7 +14,7 @@ import time
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import error_body
+from app.api.errors import BodyTooLarge, HeadTooLarge, RequestTimeout, error_response
 
 DISCONNECT: Message = {"type": "http.disconnect"}
 
@@ -34,10 +34,9 @@ def head_size(scope: Scope) -> int:
     return line + sum(len(name) + len(value) + 4 for name, value in scope.get("headers", ())) + 2
 
 
-def refusal(status: int, message: str, code: str) -> JSONResponse:
+def refusal(exc: Exception) -> JSONResponse:
     # Closing the connection stops a client that is still sending; keep-alive would wait for it.
-    return JSONResponse(error_body(message, "invalid_request_error", None, code), status_code=status,
-                        headers={"Connection": "close"})
+    return error_response(exc, headers={"Connection": "close"})
 
 
 class RequestLimits:
@@ -63,16 +62,14 @@ class RequestLimits:
         await self.app(scope, guarded.receive, guarded.send)
 
     def head_too_large(self) -> JSONResponse:
-        return refusal(431, f"the request line and headers are larger than this server's limit of "
-                            f"{self.max_header_bytes} bytes", "request_header_fields_too_large")
+        return refusal(HeadTooLarge(f"the request line and headers are larger than this server's limit of "
+                                    f"{self.max_header_bytes} bytes"))
 
     def too_large(self) -> JSONResponse:
-        return refusal(413, f"the request body is larger than this server's limit of {self.max_bytes} bytes",
-                       "request_too_large")
+        return refusal(BodyTooLarge(f"the request body is larger than this server's limit of {self.max_bytes} bytes"))
 
     def too_slow(self) -> JSONResponse:
-        return refusal(408, f"the request body did not arrive within {self.read_timeout_s:g} seconds",
-                       "request_timeout")
+        return refusal(RequestTimeout(f"the request body did not arrive within {self.read_timeout_s:g} seconds"))
 
 
 class GuardedBody:

@@ -2,8 +2,9 @@
 earlier calls in a conversation, and the grammar that forces a call when tool_choice demands one.
 
 A forced call follows vLLM's approach: a named function's output is its arguments object, matched
-against the function's `parameters` schema; `required` is a JSON array of {"name", "arguments"}
-objects, one schema branch per tool (one item when parallel_tool_calls is false).
+against the function's `parameters` schema (closed to undeclared keys unless the schema allows them);
+`required` is a JSON array of {"name", "arguments"} objects, one schema branch per tool (one item
+when parallel_tool_calls is false).
 """
 
 from __future__ import annotations
@@ -30,7 +31,12 @@ class FunctionDefinition(BaseModel):
     strict: bool | None = None
 
     def arguments_schema(self) -> dict[str, Any]:
-        return self.parameters or _NO_PARAMETERS
+        """The schema a forced call's arguments follow: `parameters`, closed to undeclared keys unless it
+        says otherwise (what OpenAI's strict mode requires; a small model otherwise invents keys)."""
+        schema = dict(self.parameters or _NO_PARAMETERS)
+        if schema.get("type") == "object":
+            schema.setdefault("additionalProperties", False)
+        return schema
 
 
 class Tool(BaseModel):
