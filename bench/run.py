@@ -30,6 +30,7 @@ from bench.inprocess import summary_line
 from bench.loadgen import markdown_table, run_all
 from bench.multiturn import markdown as multiturn_table
 from bench.multiturn import run_multiturn
+from bench.grammar_cost import table as grammar_table
 from bench.perplexity import table as perplexity_table
 from bench.stats import fmt, ratio
 
@@ -48,6 +49,13 @@ def run_perplexity(out: Path) -> list[dict]:
     """bench.perplexity in a child process: each dtype and quantization on the fixed text."""
     subprocess.run([sys.executable, "-m", "bench.perplexity", "--json", str(out)], cwd=ROOT, check=True,
                    timeout=600, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())
+
+
+def run_grammar_cost(out: Path) -> list[dict]:
+    """bench.grammar_cost in a child process: a decode step with and without a JSON-schema grammar."""
+    subprocess.run([sys.executable, "-m", "bench.grammar_cost", "--json", str(out)], cwd=ROOT, check=True,
+                   timeout=900, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
 
 
@@ -184,6 +192,9 @@ def report_text(result: dict) -> str:
     if result.get("perplexity"):
         lines += ["perplexity on bench/ppl_text.py (lossy levers may be defaults only within 3% of fp32):", "",
                   perplexity_table(result["perplexity"]), ""]
+    if result.get("grammar"):
+        lines += ["constrained decoding (bench.grammar_cost), median decode step in-process:", "",
+                  grammar_table(result["grammar"]), ""]
     lines += [f"ratio HTTP 1-stream decode tok/s ÷ in-process: {fmt(r['http_1stream_over_inprocess'], 2)}"]
     lines += [f"ratio aggregate tok/s 16 streams ÷ 1 stream ({key.rsplit('_', 1)[1]} prompt): {fmt(v, 2)}"
               for key, v in r.items() if key.startswith("agg_16_over_1_")]
@@ -212,6 +223,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--inprocess-timeout", type=float, default=600.0)
     p.add_argument("--skip-inprocess", action="store_true")
     p.add_argument("--skip-perplexity", action="store_true")
+    p.add_argument("--skip-grammar", action="store_true", help="no constrained-decoding step cost")
     p.add_argument("--skip-multiturn", action="store_true", help="no multi-turn chat scenario")
     p.add_argument("--multiturn-users", type=int, nargs="+", help="concurrent conversations, one run each")
     p.add_argument("--multiturn-turns", type=int)
@@ -249,11 +261,13 @@ def main(argv: list[str] | None = None) -> None:
               file=sys.stderr, flush=True)
     inproc = None if args.skip_inprocess else run_inprocess(args, RESULTS / f"{stamp}-inprocess.json")
     ppl = None if args.skip_perplexity else run_perplexity(RESULTS / f"{stamp}-perplexity.json")
+    grammar = None if args.skip_grammar else run_grammar_cost(RESULTS / f"{stamp}-grammar.json")
     http = run_http(args, stamp)
     uncached = None if args.skip_multiturn else run_multiturn_uncached(args, stamp)
     env["loadavg_after"] = os.getloadavg()
     result = {"stamp": stamp, "args": vars(args), "environment": env, "inprocess": inproc, "http": http,
-              "ratios": ratios(inproc, http), "perplexity": ppl, "multiturn_uncached": uncached}
+              "ratios": ratios(inproc, http), "perplexity": ppl, "grammar": grammar,
+              "multiturn_uncached": uncached}
     out = RESULTS / f"{stamp}.json"
     out.write_text(json.dumps(result, indent=2))
     print(report_text(result))

@@ -13,7 +13,7 @@ import copy
 import logging
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Mapping, Sequence as Seq
 from dataclasses import dataclass, field, replace
 
@@ -73,7 +73,7 @@ class Engine:
         self.encoder: PromptEncoder | None = None
         self.info: ModelInfo | None = None
         self._grammars: GrammarCompiler | None = None
-        self._token_bytes: list[bytes] | None = None
+        self._token_bytes: Future[list[bytes]] | None = None  # built on the tokenizer thread after load
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -102,7 +102,7 @@ class Engine:
         max_len = min(self.config.max_model_len or loaded.max_position_embeddings, loaded.max_position_embeddings)
         self.encoder = PromptEncoder(loaded.tokenizer, vocab)
         self._grammars = GrammarCompiler(loaded.tokenizer, vocab, loaded.eos_token_ids)
-        self._token_bytes = token_byte_table(loaded.tokenizer, vocab)
+        self._token_bytes = self._tokenize_pool.submit(token_byte_table, loaded.tokenizer, vocab)
         self.info = ModelInfo(self.config.served_model_name, max_len, vocab, loaded.eos_token_ids,
                               self.encoder.has_chat_template, int(time.time()), self.encoder.reasoning_markers)
         self._model_thread = ModelThread(self._core)
@@ -175,7 +175,7 @@ class Engine:
         """A token's raw bytes (b"" for ids past the tokenizer's vocabulary)."""
         if self._token_bytes is None:
             raise EngineDead("the model is not loaded")
-        return self._token_bytes[token_id]
+        return self._token_bytes.result()[token_id]
 
     async def _tokenize(self, function, *arguments):
         return await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, function, *arguments)

@@ -33,14 +33,16 @@ class GrammarError(InvalidRequest):
 
 
 class CompiledGrammar:
-    """A grammar checked against the tokenizer; each sequence gets its own matcher from it."""
+    """A grammar checked against the tokenizer, held as a matcher at its start; each sequence gets a
+    copy (building one can take a while for a big grammar: that happens once, off the event loop)."""
 
     def __init__(self, tokenizer: llguidance.LLTokenizer, grammar: str) -> None:
-        self._tokenizer = tokenizer
-        self._grammar = grammar
+        self._start = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
+        if self._start.is_error():
+            raise GrammarError(f"the grammar cannot be used: {self._start.get_error()}", param="constraint")
 
     def matcher(self) -> GrammarMatcher:
-        return GrammarMatcher(llguidance.LLMatcher(self._tokenizer, self._grammar, log_level=0))
+        return GrammarMatcher(self._start.deep_copy())
 
 
 class GrammarMatcher:
@@ -77,7 +79,10 @@ class GrammarCompiler:
 
     def compile(self, constraint: Constraint) -> CompiledGrammar:
         """Check and compile; a grammar that cannot be compiled raises GrammarError naming the problem."""
-        grammar = self._grammar_text(constraint)
+        try:
+            grammar = self._grammar_text(constraint)
+        except ValueError as exc:  # llguidance refuses some inputs before validation
+            raise GrammarError(f"the {_describe(constraint)} cannot be used: {exc}", param="constraint") from exc
         tokenizer = self._indexed_tokenizer()
         is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, tokenizer)
         if is_error:
