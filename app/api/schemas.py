@@ -442,6 +442,7 @@ class ResponseText(BaseModel):
     model_config = STRICT
 
     format: TextFormat | None = None
+    verbosity: Literal["medium"] | None = None  # the only one that asks nothing of the model
 
 
 class ResponsesRequest(BaseModel):
@@ -460,6 +461,34 @@ class ResponsesRequest(BaseModel):
     previous_response_id: Text | None = None
     tools: list[dict] | None = None
     text: ResponseText | None = None
+    tool_choice: Literal["none", "auto"] | None = None  # with no tools served, both mean plain text
+    truncation: Literal["disabled"] | None = None  # "auto" would drop input; a too-long input is a 400
+    # Fields that would change the output and that this server does not do: a 400 names each.
+    reasoning: Any = None
+    conversation: Any = None
+    prompt: Any = None
+    background: Any = None
+    top_logprobs: Any = None
+    include: Any = None
+    # Accepted and ignored: they do not change the tokens.
+    service_tier: Any = None
+    safety_identifier: Any = None
+    prompt_cache_key: Any = None
+    parallel_tool_calls: Any = None
+    max_tool_calls: Any = None
+
+    refuse_reasoning = field_validator("reasoning")(_refuse("steering reasoning"))
+    refuse_state = field_validator("conversation", "prompt")(
+        _refuse("server-side conversations and stored prompts (send the whole input)"))
+    refuse_background = field_validator("background")(_refuse("background responses"))
+    refuse_logprobs = field_validator("top_logprobs")(_refuse("logprobs on /v1/responses"))
+
+    @field_validator("include")
+    @classmethod
+    def _nothing_to_include(cls, value: Any) -> Any:
+        if value:
+            raise ValueError("extra output (include) is not supported by this server")
+        return value
 
     @model_validator(mode="after")
     def _unsupported(self) -> ResponsesRequest:

@@ -144,3 +144,17 @@ def test_n_streamed_choices_each_finish(openai_client, server):
         max_tokens=10, n=2, stream=True))
     finished = sorted(c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason)
     assert finished == [0, 1]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_responses_parse_with_a_pydantic_model(openai_client, server, stream):
+    kwargs = dict(model=server.model, input="Describe Paris as a JSON object.", text_format=City,
+                  temperature=0, max_output_tokens=120)
+    if stream:
+        with openai_client.responses.stream(**kwargs) as events:
+            for _ in events:
+                pass
+            response = events.get_final_response()
+    else:
+        response = openai_client.responses.parse(**kwargs)
+    assert response.status == "completed" and isinstance(response.output_parsed, City)
