@@ -140,6 +140,7 @@ class CompletionRequest(_GenerationRequest):
     suffix: str | None = None
     logprobs: TopLogprobs | None = None
     best_of: Choices | None = None
+    response_format: ResponseFormat | None = None  # not in OpenAI's legacy API; vLLM's extension, honoured
 
     @field_validator("suffix")
     @classmethod
@@ -158,12 +159,13 @@ class CompletionRequest(_GenerationRequest):
         return value
 
     def engine_params(self) -> dict[str, str]:
-        return {"prompt_logprobs": "logprobs"}
+        return {"prompt_logprobs": "logprobs", "constraint": "response_format"}
 
     def to_sampling_params(self) -> SamplingParams:
         params = super().to_sampling_params()
         prompt_logprobs = self.logprobs if self.echo else None
-        return replace(params, logprobs=self.logprobs, prompt_logprobs=prompt_logprobs)
+        constraint = self.response_format.constraint() if self.response_format else None
+        return replace(params, logprobs=self.logprobs, prompt_logprobs=prompt_logprobs, constraint=constraint)
 
     def prompt_text(self) -> str | None:
         if isinstance(self.prompt, str):
@@ -520,3 +522,6 @@ class ResponsesRequest(BaseModel):
         return {"instructions": self.instructions, "max_output_tokens": self.max_output_tokens,
                 "temperature": self.temperature, "top_p": self.top_p, "metadata": self.metadata or {},
                 "user": self.user, "text": {"format": text_format.model_dump(by_alias=True, exclude_none=True)}}
+
+
+CompletionRequest.model_rebuild()  # its response_format type is defined further down

@@ -134,3 +134,8 @@ async def test_responses_text_format_becomes_the_engines_constraint(client, fake
     response = (await client.post("/v1/responses", json=body)).json()
     assert fake.last_call.params.constraint == Constraint("json_schema", json.dumps(schema))
     assert response["text"]["format"]["type"] == "json_schema" and response["text"]["format"]["schema"] == schema
+
+
+async def test_completions_honour_response_format_too(client, fake):
+    await client.post("/v1/completions", json=completion_body(response_format={"type": "json_object"}))
+    assert fake.last_call.params.constraint == Constraint("json")
