@@ -127,8 +127,8 @@ class CompletionChoice:
 
     def feed(self, event: TokenEvent, prompt_logprobs, prompt_ids: list[int]) -> list[dict]:
         chunks = self.echo(prompt_logprobs, prompt_ids)  # when it had to wait for the prompt's logprobs
-        if self._logprobs is not None and event.logprobs:
-            block = self._logprobs.block([lp.token_id for lp in event.logprobs], event.logprobs)
+        if self._logprobs is not None:
+            block = self._logprobs.block(event.logprobs, event.text)
             self._blocks.append(block)
             self._unsent.append(block)
         self._parts.append(event.text)
@@ -137,13 +137,14 @@ class CompletionChoice:
         if not event.text and event.finish_reason is None:
             return chunks  # text held back: its tokens' logprobs go with the next chunk
         block, self._unsent = merge_blocks(self._unsent), []
+        block = block if block and block["tokens"] else None  # a chunk of no tokens (the end) has none
         return chunks + [{"index": self.index, "text": event.text, "logprobs": block,
                           "finish_reason": _reason(event)}]
 
     def _prompt_block(self, prompt_logprobs, prompt_ids: list[int]) -> dict | None:
         if self._logprobs is None or prompt_logprobs is None:
             return None
-        return self._logprobs.block(prompt_ids, prompt_logprobs)
+        return self._logprobs.prompt_block(prompt_ids, prompt_logprobs)
 
     def whole(self) -> dict:
         return {"index": self.index, "text": "".join(self._parts), "logprobs": merge_blocks(self._blocks),

@@ -39,23 +39,35 @@ class LogprobFormatter:
 
 class CompletionLogprobs:
     """The legacy block for one choice, built as its tokens arrive; text_offset counts characters of the
-    returned text (the echoed prompt included)."""
+    returned text (the echoed prompt included), so each offset is where its token's text begins there."""
 
     def __init__(self, formatter: LogprobFormatter) -> None:
         self.formatter = formatter
         self._characters = 0
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
-    def block(self, token_ids: Sequence[int], logprobs: Sequence[TokenLogprob | None]) -> dict:
-        """The block for these tokens (logprob None: a first prompt token, which nothing predicts)."""
-        tokens, values, tops, offsets = [], [], [], []
-        for token_id, lp in zip(token_ids, logprobs):
+    def prompt_block(self, token_ids: Sequence[int], logprobs: Sequence[TokenLogprob | None]) -> dict:
+        """The echoed prompt's block (logprob None: the first token, which nothing predicts); offsets
+        from the tokens' bytes, as the prompt's text is their decoding."""
+        offsets = []
+        for token_id in token_ids:
             offsets.append(self._characters)
             self._characters += len(self._decoder.decode(self.formatter.token_bytes(token_id)))
-            tokens.append(self.formatter.token(token_id))
-            values.append(None if lp is None else _finite(lp.logprob))
-            tops.append(None if lp is None else self._top(lp))
-        return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
+        self._characters += len(self._decoder.decode(b"", final=True))
+        return self._block(token_ids, logprobs, offsets)
+
+    def block(self, logprobs: Sequence[TokenLogprob], text: str) -> dict:
+        """One event's tokens, whose text is `text`: a token whose text is held back (part of a
+        character) starts where the next text will."""
+        block = self._block([lp.token_id for lp in logprobs], logprobs, [self._characters] * len(logprobs))
+        self._characters += len(text)
+        return block
+
+    def _block(self, token_ids: Sequence[int], logprobs: Sequence[TokenLogprob | None], offsets: list[int]) -> dict:
+        return {"tokens": [self.formatter.token(token_id) for token_id in token_ids],
+                "token_logprobs": [None if lp is None else _finite(lp.logprob) for lp in logprobs],
+                "top_logprobs": [None if lp is None else self._top(lp) for lp in logprobs],
+                "text_offset": offsets}
 
     def _top(self, lp: TokenLogprob) -> dict[str, float]:
         # OpenAI: the k most likely tokens, and the sampled one, so up to k + 1 entries.

@@ -105,10 +105,11 @@ class ToolCallParser:
                 self._held = buffer[len(buffer) - keep:]
                 break
             if self._inside:
-                pieces = self._block(buffer[:at])
-                new_calls.extend(pieces)
-                if not pieces:  # not a call after all: the model's text, shown as it was
+                calls = self._json_calls(buffer[:at])
+                if calls is None:  # not a call after all: the model's text, shown as it was
                     answer.append(TOOL_OPEN + buffer[:at] + TOOL_CLOSE)
+                else:  # a call, sent if there is room for it (parallel_tool_calls)
+                    new_calls.extend(self._admit(calls))
             else:
                 answer.append(buffer[:at])
             buffer = buffer[at + len(marker):]
@@ -117,42 +118,37 @@ class ToolCallParser:
 
     def finish(self) -> tuple[str, list[dict]]:
         held, self._held = self._held, ""
-        if self._maybe_json:
-            pieces = self._block(held)
-            return ("", pieces) if pieces else (held, [])
-        if self._inside:  # an unclosed block: a call if it parses, else the text as it was
-            pieces = self._block(held)
-            return ("", pieces) if pieces else (TOOL_OPEN + held, [])
-        return held, []
+        if not (self._maybe_json or self._inside):
+            return held, []
+        calls = self._json_calls(held)  # a bare JSON answer, or an unclosed block at the end
+        if calls is None:  # not a call: the text as it was
+            return (held if self._maybe_json else TOOL_OPEN + held), []
+        return "", self._admit(calls)
 
-    def _block(self, text: str) -> list[dict]:
-        first = len(self.calls)
-        return whole_calls(first, self._json_calls(text))
-
-    def _json_calls(self, text: str) -> list[ParsedCall]:
+    def _json_calls(self, text: str) -> list[ParsedCall] | None:
+        """The calls `text` holds, or None when it is not (only) calls to offered tools."""
         try:
             value = json.loads(text.strip())
         except ValueError:
-            return []
+            return None
         items = value if isinstance(value, list) else [value]
         calls = [call for call in (self._call(item) for item in items) if call is not None]
-        if len(calls) != len(items):
-            return []
-        return self._admit(calls)
+        return calls if calls and len(calls) == len(items) else None
 
     def _call(self, item: object) -> ParsedCall | None:
-        if not isinstance(item, dict) or item.get("name") not in self.tool_names:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or item["name"] not in self.tool_names:
             return None
         arguments = item.get("arguments", item.get("parameters", {}))
         if isinstance(arguments, str):
             return ParsedCall(item["name"], arguments)
         return ParsedCall(item["name"], json.dumps(arguments, ensure_ascii=False))
 
-    def _admit(self, calls: list[ParsedCall]) -> list[ParsedCall]:
+    def _admit(self, calls: list[ParsedCall]) -> list[dict]:
+        """Keep the calls there is room for (one in all without parallel_tool_calls); their stream pieces."""
         room = len(calls) if self.parallel else max(1 - len(self.calls), 0)
-        admitted = calls[:room]
-        self.calls.extend(admitted)
-        return admitted
+        first = len(self.calls)
+        self.calls.extend(calls[:room])
+        return whole_calls(first, calls[:room])
 
 
 class ForcedCallParser:

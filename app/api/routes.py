@@ -84,8 +84,8 @@ async def responses(body: ResponsesRequest, request: Request, engine: ServingEng
 
 
 @router.post("/tokenize", responses=TOKENIZER_RESPONSES)
-async def tokenize(body: TokenizeRequest, engine: ServingEngine = Depends(get_engine)):
-    served_model(body.model, engine)
+async def tokenize(body: TokenizeRequest, request: Request, engine: ServingEngine = Depends(get_engine)):
+    accept(body, request, engine)
     if body.prompt is not None:
         tokens = await engine.encode_text(body.prompt, body.add_special_tokens is not False)
     else:

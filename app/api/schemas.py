@@ -344,6 +344,8 @@ class ChatCompletionRequest(_GenerationRequest):
         if self.forces_tool_call:
             chosen = self.tool_choice.function.name if isinstance(self.tool_choice, NamedToolChoice) else None
             constraint = tool_constraint(self.tools or [], chosen, self.parallel_tool_calls)
+            # The grammar ends the call; a stop string could only cut its arguments short.
+            params = replace(params, stop=())
         else:
             constraint = self.response_format.constraint() if self.response_format else None
         return replace(params, logprobs=logprobs, constraint=constraint)
@@ -380,6 +382,9 @@ class TokenizeRequest(BaseModel):
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("send exactly one of prompt or messages")
         return self
+
+    def engine_params(self) -> dict[str, str]:
+        return {} if self.messages is None else {"prompt": "messages"}
 
     def template_messages(self) -> list[dict]:
         return [m.for_template() for m in self.messages or []]

@@ -11,6 +11,7 @@ prefills only the rest; every completed prompt is stored, and so is a finished c
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import replace
 
@@ -54,7 +55,8 @@ def build_core(loaded: LoadedModel, scheduler: SchedulerConfig,
 def _token_logprobs(logprobs: torch.Tensor, chosen: torch.Tensor, k: int) -> list[TokenLogprob]:
     """One TokenLogprob per row of log-probabilities [rows, V]: the chosen token's and the k best."""
     chosen_values, top_values, top_ids = sampler.top_logprobs(logprobs, chosen, k)
-    return [TokenLogprob(token_id, value, tuple(zip(ids, values)))
+    # Alternatives the distribution excluded (truncation, a grammar) could not have been drawn: left out.
+    return [TokenLogprob(token_id, value, tuple((i, v) for i, v in zip(ids, values) if v != -math.inf))
             for token_id, value, ids, values in zip(chosen.tolist(), chosen_values.tolist(),
                                                     top_ids.tolist(), top_values.tolist())]
 

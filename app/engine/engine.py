@@ -64,7 +64,7 @@ class Engine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self._model_thread: ModelThread | None = None
-        self._active: set[str] = set()
+        self._active: dict[str, int] = {}  # request id -> its rows (n), until its stream closes
         self._warm = False  # a warm-up generation ran: the engine is ready for traffic
         # One thread for prompt encoding: a fast tokenizer must not be used by two threads at once.
         self._tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix="tokenwire-tokenize")
@@ -248,7 +248,8 @@ class Engine:
             grammar = self._grammar_compiler().compile(params.constraint)
         assert self._core is not None and self._loaded is not None
         limits = self._core.scheduler.config
-        if len(self._active) >= limits.max_running + limits.max_waiting:
+        # Rows, as the scheduler counts them: n choices take n places.
+        if sum(self._active.values()) + params.n > limits.max_running + limits.max_waiting:
             raise Overloaded("too many requests in flight; retry shortly")
         if request_id is None or request_id in self._active:  # ids key aborts: keep them unique
             request_id = f"{request_id}-{uuid.uuid4().hex[:8]}" if request_id else uuid.uuid4().hex
@@ -260,10 +261,13 @@ class Engine:
             raise ContextLengthExceeded(
                 f"{params.n} x (prompt + max_tokens) ({params.n * (sequence.num_tokens + sequence.max_tokens)} "
                 "tokens) exceeds the KV-cache memory budget", param="max_tokens")
-        self._active.add(request_id)
+        self._active[request_id] = params.n
         assert self._model_thread is not None
         self._model_thread.add(sequence)
-        return RequestStream(request_id, events, self._abort, self._active.discard, params.n)
+        return RequestStream(request_id, events, self._abort, self._forget, params.n)
+
+    def _forget(self, request_id: str) -> None:
+        self._active.pop(request_id, None)
 
     def _new_sequence(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
                       events: asyncio.Queue, index: int, grammar: CompiledGrammar | None) -> Sequence:

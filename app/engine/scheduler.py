@@ -101,14 +101,19 @@ class Scheduler:
         return len(self.waiting) + len(self.prefilling) + len(self.running)
 
     @property
+    def num_unfinished_rows(self) -> int:
+        """Rows of everything unfinished (forks still waiting on a prefill count too)."""
+        return num_rows(list(self.waiting)) + num_rows(self.prefilling) + len(self.running)
+
+    @property
     def admitted(self) -> list[Sequence]:
         return self.prefilling + self.running
 
     def add(self, sequence: Sequence) -> None:
-        # Requests arrive faster than steps admit them: count everything unfinished, as generate() does.
+        # Requests arrive faster than steps admit them: count every unfinished row, as generate() does.
         capacity = self.config.max_running + self.config.max_waiting
-        if self.num_unfinished >= capacity:
-            raise Overloaded(f"the engine is full ({capacity} requests running or waiting)")
+        if self.num_unfinished_rows + sequence.num_rows > capacity:
+            raise Overloaded(f"the engine is full ({capacity} rows running or waiting)")
         self.waiting.append(sequence)
 
     def reserved_bytes(self, rows: list[Sequence]) -> int:

@@ -118,6 +118,7 @@ class Sequence:
         if self.matcher is not None:
             self.matcher.accept(token_id)
         if self._is_stop_token(token_id):
+            self._logprob = None  # an end token is not part of the text, so not of its logprobs either
             text = self.stop_matcher.push(self.detokenizer.flush())[0] + self.stop_matcher.flush()
             return self._finish(SequenceStatus.FINISHED_STOPPED, text, token_id)
         text, stopped = self.stop_matcher.push(self.detokenizer.step(token_id))

@@ -17,7 +17,7 @@ def _event(text: str, token_id: int, index: int = 0, final: bool = False, count:
 
 
 # "é" is two bytes, C3 A9, and here two tokens; the fake's other ids are code points.
-SPLIT_CHARACTER = {0xE6: b"\xc3", 0xA9: b"\xa9"}
+SPLIT_CHARACTER = {0xE6: b"\xc3", 0xA9: b"\xa9", 0xFF: b"\xff"}  # and FF: a byte no UTF-8 text has
 
 
 @pytest.fixture
@@ -139,3 +139,12 @@ async def test_responses_text_format_becomes_the_engines_constraint(client, fake
 async def test_completions_honour_response_format_too(client, fake):
     await client.post("/v1/completions", json=completion_body(response_format={"type": "json_object"}))
     assert fake.last_call.params.constraint == Constraint("json")
+
+
+async def test_text_offsets_follow_the_returned_text_also_past_an_invalid_byte(client, fake):
+    # The detokenizer shows an invalid byte as U+FFFD: one character of the text, so offsets move by one.
+    fake.script = [_event("a", 97), _event("\ufffd", 0xFF, count=2), _event("b", 98, count=3, final=True)]
+    whole = (await client.post("/v1/completions", json=completion_body(logprobs=0))).json()
+    choice = whole["choices"][0]
+    assert choice["text"] == "a\ufffdb" and choice["logprobs"]["text_offset"] == [0, 1, 2]
+    assert choice["logprobs"]["tokens"] == ["a", "\\xff", "b"]

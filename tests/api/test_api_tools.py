@@ -158,3 +158,32 @@ async def test_tool_constraints_are_the_engines(client, fake):
     await client.post("/v1/chat/completions", json=chat_body(tools=[TIME], tool_choice={"type": "function", "function": {"name": "get_time"}}))
     assert fake.last_call.params.constraint == Constraint(
         "json_schema", json.dumps({"type": "object", "properties": {}, "additionalProperties": False}))
+
+
+@pytest.mark.parametrize("fields", [{"response_format": {"type": "json_object"}},
+                                    {"tools": [TIME], "tool_choice": {"type": "function", "function": {"name": "get_time"}}}])
+async def test_a_grammar_shaped_answer_is_never_taken_for_reasoning(client, thinking, fields):
+    """A template that opens <think> must not swallow constrained output that never closes it."""
+    thinking.prompt_opens_reasoning = True
+    thinking.script = scripted_events(['{"x":', '1}'])
+    message = (await client.post("/v1/chat/completions", json=chat_body(**fields))).json()["choices"][0]["message"]
+    assert "reasoning_content" not in message
+    assert message["content"] == '{"x":1}' or message["tool_calls"][0]["function"]["arguments"] == '{"x":1}'
+
+
+async def test_stop_strings_cannot_cut_a_forced_call(client, fake):
+    body = chat_body(tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}}, stop=["}"])
+    await client.post("/v1/chat/completions", json=body)
+    assert fake.last_call.params.stop == ()
+    await client.post("/v1/chat/completions", json=chat_body(stop=["}"], response_format={"type": "json_object"}))
+    assert fake.last_call.params.stop == ("}",)  # asked for with a response_format: honoured
+
+
+async def test_tokenize_errors_name_messages(client, fake):
+    from app.engine.errors import InvalidRequest
+
+    async def refuse(*args, **kwargs):
+        raise InvalidRequest("the model's chat template refused these messages", param="prompt")
+    fake.encode_chat = refuse
+    response = await client.post("/tokenize", json={"model": "fake-model", "messages": [{"role": "user", "content": "x"}]})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "messages"

@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import gc
 
+from dataclasses import replace
+
 import pytest
 
 from app.engine.engine import Engine, EngineConfig
-from app.engine.errors import ContextLengthExceeded, EngineDead, Overloaded
+from app.engine.errors import ContextLengthExceeded, EngineDead, InvalidRequest, Overloaded
 from app.engine.scheduler import SchedulerConfig
 from app.engine.types import SamplingParams
 from tests.engine.helpers import tiny_load_config
@@ -87,6 +89,30 @@ async def test_admission_errors_are_raised_before_streaming(engine):
         engine.generate(ids, LONG)
     for stream in streams:
         await stream.aclose()
+    await _idle(engine)
+
+
+async def test_choices_count_as_rows_wherever_capacity_is_checked(engine):
+    """n = 4 takes four of the six places: a burst is refused at once (429), never after it began."""
+    ids = await engine.encode_text("Hello")
+    four = engine.generate(ids, replace(LONG, n=4, temperature=1.0, seed=1))
+    streams = [four, engine.generate(ids, LONG), engine.generate(ids, LONG)]
+    with pytest.raises(Overloaded):
+        engine.generate(ids, LONG)
+    first = [await four.__anext__() for _ in range(8)]  # the four rows run: each choice shows up
+    assert {event.index for event in first} == {0, 1, 2, 3}
+    with pytest.raises(InvalidRequest):
+        engine.generate(ids, replace(LONG, n=5))  # more rows than the decode batch holds
+    for stream in streams:
+        await stream.aclose()
+    await _idle(engine)
+
+
+async def test_n_choices_end_after_every_final_event(engine):
+    ids = await engine.encode_text("Hello")
+    events = [e async for e in engine.generate(ids, SamplingParams(temperature=1.0, seed=3, max_tokens=5, n=3))]
+    finals = [e for e in events if e.finish_reason is not None]
+    assert sorted(e.index for e in finals) == [0, 1, 2] and all(e.num_completion_tokens <= 5 for e in finals)
     await _idle(engine)
 
 

@@ -71,8 +71,8 @@ def test_logprobs_follow_temperature_and_truncation(tiny_loaded, runner):
         expected = torch.log_softmax(kept.values, dim=-1)
         assert lp.token_id in kept.indices.tolist()
         values = [value for _, value in lp.top]
-        assert values[:4] == pytest.approx(expected.tolist(), abs=1e-4)
-        assert all(value == -math.inf for value in values[4:])  # outside the top 4: excluded
+        assert len(values) == 4  # the other two asked for were excluded by top_k: not listed
+        assert values == pytest.approx(expected.tolist(), abs=1e-4)
         assert math.fsum(math.exp(v) for v in values[:4]) == pytest.approx(1.0, abs=1e-5)
 
 
@@ -110,3 +110,14 @@ def test_prompt_logprobs_equal_a_full_forward(tiny_loaded, runner, max_batched_t
     # The completion is the one a request without prompt logprobs gets.
     plain = _run(tiny_loaded, prompt, SamplingParams(temperature=0, max_tokens=2, ignore_eos=True))
     assert output_of(events) == output_of(plain)
+
+
+def test_an_end_token_carries_no_logprob_as_it_is_not_in_the_text(tiny_loaded):
+    from app.engine.types import TokenLogprob
+
+    events: list = []
+    sequence = make_sequence(tiny_loaded, "r", [5, 6], SamplingParams(max_tokens=5, logprobs=1), events)
+    word = sequence.append_token(7, TokenLogprob(7, -0.1))
+    end = sequence.append_token(tiny_loaded.eos_token_ids[0], TokenLogprob(tiny_loaded.eos_token_ids[0], -0.2))
+    assert word.logprobs == (TokenLogprob(7, -0.1),)
+    assert end.finish_reason is not None and end.logprobs == () and end.num_completion_tokens == 2

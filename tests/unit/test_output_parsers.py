@@ -109,3 +109,18 @@ def test_a_required_call_array_cut_short_keeps_its_whole_calls():
     answer, pieces = _parse_tools(parser, text, 3)
     assert answer == "" and _calls(pieces) == [("get_time", {})]
     assert _parse_tools(ForcedCallParser(None), '[{"name":"get_ti', 0) == ('[{"name":"get_ti', [])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_call_beyond_parallel_tool_calls_is_dropped_not_shown(seed):
+    text = ('<tool_call>{"name": "get_time", "arguments": {}}</tool_call> and '
+            '<tool_call>{"name": "get_weather", "arguments": {"city": "B"}}</tool_call>')
+    answer, pieces = _parse_tools(ToolCallParser(TOOLS, parallel=False), text, seed)
+    assert answer == " and " and _calls(pieces) == [("get_time", {})]
+
+
+@pytest.mark.parametrize("text", ['{"name": ["get_time"], "arguments": {}}', '{"name": {"a": 1}}',
+                                  '<tool_call>{"name": null}</tool_call>', "<tool_call>[]</tool_call>"])
+def test_odd_json_from_the_model_is_text_not_an_error(text):
+    answer, pieces = _parse_tools(ToolCallParser(TOOLS), text, 1)
+    assert answer == text and pieces == []
