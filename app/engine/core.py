@@ -19,6 +19,7 @@ import torch
 from transformers import DynamicCache
 
 from app.engine import sampler
+from app.engine.grammar import apply_grammars
 from app.engine.kv_store import KVStore, check_plain_cache, layer_bytes, select_rows
 from app.engine.loader import LoadedModel
 from app.engine.prefix_cache import PrefixCache, PrefixCacheConfig, PrefixCacheStats
@@ -26,7 +27,6 @@ from app.engine.runner import ModelRunner
 from app.engine.sampler import PenaltyState, SamplingTensors
 from app.engine.scheduler import PrefillChunk, Scheduler, SchedulerConfig, group_by_length
 from app.engine.sequence import Sequence, SequenceStatus
-from app.engine.grammar import apply_grammars
 from app.engine.types import TokenLogprob
 
 # Finished normally: its KV row is whole and may be stored (aborted ones never are).
