@@ -73,8 +73,6 @@ class Framer:
 
     def on_event(self, event: TokenEvent) -> list[dict]:
         """The chunks this event releases (the usage chunk after the last choice's final event)."""
-        if event.prompt_logprobs is not None:
-            self._prompt_logprobs = event.prompt_logprobs  # the same prompt for every choice
         chunks = [self._chunk(choice) for choice in self._feed(event)]
         if event.finish_reason is not None and len(self._finals) == self.n and self.include_usage:
             body = self._envelope(self.chunk_object, [])
@@ -83,6 +81,8 @@ class Framer:
         return chunks
 
     def _feed(self, event: TokenEvent) -> list[dict]:
+        if event.prompt_logprobs is not None:
+            self._prompt_logprobs = event.prompt_logprobs  # the same prompt for every choice
         if event.finish_reason is not None:
             self._finals[event.index] = event
         return self._states[event.index].feed(event, self._prompt_logprobs, self.prompt_ids)
@@ -94,8 +94,6 @@ class Framer:
     def response(self, events: list[TokenEvent]) -> dict:
         """The whole response from every event of the request, in arrival order."""
         for event in events:
-            if event.prompt_logprobs is not None:
-                self._prompt_logprobs = event.prompt_logprobs
             self._feed(event)
         body = self._envelope(self.response_object, [self._states[i].whole() for i in range(self.n)])
         body["usage"] = usage(self.finals)
