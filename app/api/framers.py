@@ -24,7 +24,7 @@ def chat_framer(body: ChatCompletionRequest, id_: str, model: str, engine: Servi
     else:
         names = tuple(tool.function.name for tool in body.tools or [])
     # A grammar shapes the whole output (JSON, a call): no reasoning block can be in it.
-    markers = None if body.to_sampling_params().constraint is not None else engine.info.reasoning_markers
+    markers = None if body.is_constrained else engine.info.reasoning_markers
     return ChatFramer(id_, model, include_usage=body.include_usage, n=body.n, formatter=formatter,
                       reasoning_markers=markers, reasoning_open=reasoning_open,
                       tool_mode=body.tool_mode, tool_names=names, parallel_tool_calls=body.parallel_tool_calls)

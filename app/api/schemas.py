@@ -328,6 +328,11 @@ class ChatCompletionRequest(_GenerationRequest):
     def forces_tool_call(self) -> bool:
         return self.tool_mode in ("named", "required")
 
+    @property
+    def is_constrained(self) -> bool:
+        """A grammar shapes the whole output (a forced call, or JSON)."""
+        return self.forces_tool_call or (self.response_format is not None and self.response_format.type != "text")
+
     def _max_tokens(self) -> int | None:
         # OpenAI's newer name wins when both are given.
         return self.max_completion_tokens or self.max_tokens
