@@ -240,7 +240,9 @@ class ChatChoice:
 
     @property
     def finish_reason(self) -> str | None:
-        if self.calls and self._last is not None and self._last.finish_reason is FinishReason.STOP:
+        # As OpenAI answers (vLLM matches it): "tool_calls", except for a call forced by name: "stop".
+        named = isinstance(self._tools, ForcedCallParser) and self._tools.name is not None
+        if self.calls and not named and self._last is not None and self._last.finish_reason is FinishReason.STOP:
             return "tool_calls"
         return _reason(self._last)
 

@@ -67,7 +67,7 @@ async def test_a_named_tool_choice_forces_its_arguments_schema_and_streams_them(
     assert fake.last_call.params.constraint.kind == "json_schema"
     assert schema["properties"] == WEATHER["function"]["parameters"]["properties"] and schema["additionalProperties"] is False
     message = whole["choices"][0]["message"]
-    assert message["content"] is None and whole["choices"][0]["finish_reason"] == "tool_calls"
+    assert message["content"] is None and whole["choices"][0]["finish_reason"] == "stop"  # OpenAI's answer here
     assert message["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city":"Rome"}'}
     chunks = sse_json((await client.post("/v1/chat/completions", json={**body, "stream": True})).text)
     pieces = [p for c in chunks for ch in c["choices"] for p in ch["delta"].get("tool_calls", [])]
@@ -84,6 +84,7 @@ async def test_required_forces_an_array_of_calls_to_offered_tools(client, fake, 
     assert schema["type"] == "array" and schema["minItems"] == 1 and ("maxItems" in schema) is not parallel
     assert {b["properties"]["name"]["const"] for b in schema["items"]["anyOf"]} == {"get_weather", "get_time"}
     assert whole["choices"][0]["message"]["tool_calls"][0]["function"] == {"name": "get_time", "arguments": "{}"}
+    assert whole["choices"][0]["finish_reason"] == "tool_calls"
 
 
 async def test_earlier_calls_and_tool_results_reach_the_template(client, fake):
