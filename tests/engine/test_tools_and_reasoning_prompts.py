@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 
-
 from app.engine.prompts import PromptEncoder
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather now",
