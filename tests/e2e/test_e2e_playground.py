@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -128,9 +129,17 @@ def keyed_fake_server() -> Iterator[tuple[str, FakeEngine]]:
     yield from _serve_fake(Settings(_env_file=None, api_keys="sk-play"))
 
 
-def _serve_fake(settings: Settings) -> Iterator[tuple[str, FakeEngine]]:
+@pytest.fixture(scope="module")
+def thinking_fake_server() -> Iterator[tuple[str, FakeEngine]]:
+    """A fake reasoning model: its tokenizer has <think> markers, its answer thinks first."""
+    script = scripted_events(["<think>", "Two plus two", " is four.", "</think>", "It is **4**."], FinishReason.STOP)
+    yield from _serve_fake(Settings(_env_file=None), script, reasoning_markers=("<think>", "</think>"))
+
+
+def _serve_fake(settings: Settings, script=None, reasoning_markers=None) -> Iterator[tuple[str, FakeEngine]]:
     """The real app over a scripted engine, served by uvicorn on a free loopback port in this process."""
-    engine = FakeEngine(script=scripted_events(HOSTILE, FinishReason.STOP), event_delay_s=0.05)
+    engine = FakeEngine(script=script or scripted_events(HOSTILE, FinishReason.STOP), event_delay_s=0.05)
+    engine.info_on_start = replace(engine.info_on_start, reasoning_markers=reasoning_markers)
     app = create_app(settings, engine=engine)  # type: ignore[arg-type]
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -160,6 +169,20 @@ def test_model_output_is_never_run_as_html(page, fake_server):
     assert "<script>window.__pwned = 1</script>" in text and "onerror" in text
     assert answer.locator("pre code").text_content() == '<b onmouseover="window.__pwned = 3">bold</b>'
     assert answer.locator("strong").text_content() == "real"
+    assert problems == []
+
+
+def test_a_reasoning_models_thinking_is_shown_apart_and_folded(page, thinking_fake_server):
+    view, problems = page
+    url, _ = thinking_fake_server
+    view.goto(url + "/")
+    _send(view, "2+2?")
+    view.wait_for_selector(".message.assistant .meta:not(:empty)")
+    thinking = view.locator(".message.assistant details.thinking")
+    assert thinking.is_visible() and thinking.get_attribute("open") is None  # folded until clicked
+    assert thinking.text_content() == "ThinkingTwo plus two is four."
+    body = view.locator(".message.assistant .body")
+    assert body.text_content() == "It is 4." and body.locator("strong").text_content() == "4"
     assert problems == []
 
 

@@ -61,15 +61,23 @@
   function bubble(role, text) {
     const div = document.createElement("div");
     div.className = "message " + role;
+    // A reasoning model's thinking (reasoning_content deltas), folded away, as plain text.
+    const thinking = document.createElement("details");
+    thinking.className = "thinking";
+    thinking.hidden = true;
+    const summary = document.createElement("summary");
+    summary.textContent = "Thinking";
+    const thought = document.createElement("div");
+    thinking.append(summary, thought);
     const body = document.createElement("div");
     body.className = "body";
     body.textContent = text;
     const meta = document.createElement("div");
     meta.className = "meta";
-    div.append(body, meta);
+    div.append(thinking, body, meta);
     chat.appendChild(div);
     chat.scrollTop = chat.scrollHeight;
-    return { div, body, meta };
+    return { div, body, meta, thinking, thought };
   }
 
   function renderAnswer(view, text) {
@@ -144,6 +152,13 @@
         if (event.error) throw new Error(event.error.message);
         if (event.usage) usage = event.usage;
         for (const choice of event.choices || []) {
+          const reasoning = (choice.delta && (choice.delta.reasoning_content || choice.delta.reasoning)) || "";
+          if (reasoning) {
+            last = performance.now();
+            first = first || last;
+            view.thinking.hidden = false;
+            view.thought.textContent += reasoning;
+          }
           const delta = (choice.delta && choice.delta.content) || "";
           if (delta) {
             last = performance.now();
