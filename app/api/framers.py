@@ -19,7 +19,7 @@ def completion_framer(body: CompletionRequest, id_: str, model: str, engine: Ser
 def chat_framer(body: ChatCompletionRequest, id_: str, model: str, engine: ServingEngine, reasoning_open: bool) -> ChatFramer:
     assert engine.info is not None
     formatter = LogprobFormatter(engine.token_bytes) if body.logprobs else None
-    if isinstance(body.tool_choice, NamedToolChoice) and body.tool_mode == "named":
+    if isinstance(body.tool_choice, NamedToolChoice):  # validation put it among the tools
         names: tuple[str, ...] = (body.tool_choice.function.name,)
     else:
         names = tuple(tool.function.name for tool in body.tools or [])

@@ -16,6 +16,8 @@ import json
 import uuid
 from dataclasses import dataclass, field
 
+from app.engine.stopping import partial_tail_len
+
 TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
 
 
@@ -27,14 +29,6 @@ class ParsedCall:
 
     def message_entry(self) -> dict:
         return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
-
-
-def _held_prefix(text: str, marker: str) -> int:
-    """Length of the longest end of `text` that is a proper start of `marker` (it may continue)."""
-    for size in range(min(len(marker) - 1, len(text)), 0, -1):
-        if marker.startswith(text[-size:]):
-            return size
-    return 0
 
 
 class ReasoningSplitter:
@@ -56,7 +50,7 @@ class ReasoningSplitter:
             marker = self.end if self.inside else self.start
             at = buffer.find(marker)
             if at < 0:
-                keep = _held_prefix(buffer, marker)
+                keep = partial_tail_len(buffer, (marker,))
                 released, self._held = buffer[:len(buffer) - keep], buffer[len(buffer) - keep:]
                 (reasoning if self.inside else answer).append(released)
                 break
@@ -99,7 +93,7 @@ class ToolCallParser:
             marker = TOOL_CLOSE if self._inside else TOOL_OPEN
             at = buffer.find(marker)
             if at < 0:
-                keep = len(buffer) if self._inside else _held_prefix(buffer, marker)
+                keep = len(buffer) if self._inside else partial_tail_len(buffer, (marker,))
                 if not self._inside:
                     answer.append(buffer[:len(buffer) - keep])
                 self._held = buffer[len(buffer) - keep:]

@@ -231,6 +231,15 @@ class ChatMessage(BaseModel):
         return message
 
 
+def output_constraint(format_type: str, schema: dict[str, Any] | None) -> Constraint | None:
+    """The grammar an output format asks for (chat's response_format, Responses' text.format); None for text."""
+    if format_type == "json_object":
+        return Constraint("json")
+    if format_type == "json_schema":
+        return Constraint("json_schema", json.dumps(schema or {}))
+    return None
+
+
 class JsonSchemaFormat(BaseModel):
     model_config = STRICT
 
@@ -253,12 +262,7 @@ class ResponseFormat(BaseModel):
         return self
 
     def constraint(self) -> Constraint | None:
-        if self.type == "json_object":
-            return Constraint("json")
-        if self.type == "json_schema":
-            assert self.json_schema is not None
-            return Constraint("json_schema", json.dumps(self.json_schema.schema_ or {}))
-        return None
+        return output_constraint(self.type, self.json_schema.schema_ if self.json_schema else None)
 
 
 def _refuse(what: str):
@@ -443,11 +447,7 @@ class TextFormat(BaseModel):
         return self
 
     def constraint(self) -> Constraint | None:
-        if self.type == "json_object":
-            return Constraint("json")
-        if self.type == "json_schema":
-            return Constraint("json_schema", json.dumps(self.schema_))
-        return None
+        return output_constraint(self.type, self.schema_)
 
 
 class ResponseText(BaseModel):

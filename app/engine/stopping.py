@@ -68,10 +68,15 @@ class StopMatcher:
         return None if best is None else best[1]
 
     def _partial_tail_len(self, text: str) -> int:
-        """Length of the longest tail of `text` that is a proper prefix of some stop string."""
-        longest = min(len(text), max(len(s) for s in self._stops) - 1)
-        for size in range(longest, 0, -1):
-            tail = text[-size:]
-            if any(len(s) > size and s.startswith(tail) for s in self._stops):
-                return size
-        return 0
+        return partial_tail_len(text, self._stops)
+
+
+def partial_tail_len(text: str, markers: Sequence[str]) -> int:
+    """Length of the longest tail of `text` that is a proper prefix of some marker (it may still
+    become that marker, so it is held back)."""
+    longest = min(len(text), max(len(m) for m in markers) - 1)
+    for size in range(longest, 0, -1):
+        tail = text[-size:]
+        if any(len(m) > size and m.startswith(tail) for m in markers):
+            return size
+    return 0
