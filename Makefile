@@ -63,7 +63,9 @@ model: $(MODEL_STAMP)
 $(MODEL_STAMP): | $(VENV_STAMP)
 	$(PY) -m app.prepare_model --out $(MODEL_DIR)
 
+# Bytecode first: with PYTHONDONTWRITEBYTECODE set, Python would otherwise compile app/ at every start.
 serve: venv model
+	$(PY) -m compileall -q app
 	$(PY) -m app
 
 test: venv model

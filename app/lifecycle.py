@@ -8,6 +8,7 @@ second signal skips the rest of the drain; a third stops waiting for open connec
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -38,6 +39,10 @@ class GracefulServer(uvicorn.Server):
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
 
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        resume_garbage_collection()
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Unlike uvicorn's, records no signal: uvicorn would re-raise it at exit and the code would be -15.
         if self._signalled or not self.started or self._loop is None:
@@ -58,6 +63,14 @@ class GracefulServer(uvicorn.Server):
             log.exception("drain failed")
         finally:
             self.should_exit = True
+
+
+def resume_garbage_collection() -> None:
+    """Collection back on after a start-up that paused it (app/__main__.py). What is alive now stays
+    for the process's life: frozen, later collections skip it."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 
 def serve(app: FastAPI, settings: Settings) -> int:

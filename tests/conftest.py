@@ -79,3 +79,28 @@ def tiny_loaded_fp32(tiny_model_dir: Path):
     """The tiny model in fp32 whatever TOKENWIRE_DTYPE says, for tests that compare tokens exactly
     across batch shapes or code paths (exact only in fp32)."""
     return _load_tiny(tiny_model_dir, "float32")
+
+
+@functools.cache
+def _reference_tiny(model_dir: Path, dtype: str):
+    import torch
+
+    from app.engine.loader import load_weights, resolve_dtype, resolve_device
+    from tests.engine.helpers import TEST_DEVICE
+
+    device = resolve_device(TEST_DEVICE)
+    return load_weights(str(model_dir), resolve_dtype(dtype, device)[0], device)
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(tiny_model_dir: Path):
+    """transformers' own model for the tiny folder, in the dtype under test: the reference the
+    engine's forward (read straight from the checkpoint) is compared with."""
+    from tests.engine.helpers import TEST_DTYPE
+
+    return _reference_tiny(tiny_model_dir, TEST_DTYPE)
+
+
+@pytest.fixture(scope="session")
+def tiny_reference_fp32(tiny_model_dir: Path):
+    return _reference_tiny(tiny_model_dir, "float32")

@@ -35,10 +35,8 @@ _STORABLE = (SequenceStatus.FINISHED_STOPPED, SequenceStatus.FINISHED_LENGTH, Se
 
 def kv_bytes_per_token(loaded: LoadedModel) -> int:
     """KV-cache bytes one token costs across all layers (keys and values)."""
-    cfg = loaded.model.config.get_text_config()
-    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return 2 * cfg.num_hidden_layers * heads * head_dim * loaded.dtype.itemsize
+    dims = loaded.dims
+    return 2 * dims.num_layers * dims.num_kv_heads * dims.head_dim * loaded.dtype.itemsize
 
 
 def build_core(loaded: LoadedModel, scheduler: SchedulerConfig,
@@ -49,7 +47,7 @@ def build_core(loaded: LoadedModel, scheduler: SchedulerConfig,
     check_plain_cache(runner.new_cache())  # refuse sliding/linear-attention models up front
     config = replace(scheduler, kv_bytes_per_token=kv_bytes_per_token(loaded))
     cache = None if prefix_cache is None else PrefixCache(prefix_cache)
-    return EngineCore(runner, config, int(loaded.model.config.get_text_config().vocab_size), cache)
+    return EngineCore(runner, config, loaded.dims.vocab_size, cache)
 
 
 def _token_logprobs(logprobs: torch.Tensor, chosen: torch.Tensor, k: int) -> list[TokenLogprob]:

@@ -14,9 +14,11 @@ import logging
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from collections.abc import Mapping, Sequence as Seq
 from dataclasses import dataclass, field, replace
 
+from app.engine.chores import Chore
 from app.engine.core import EngineCore, build_core
 from app.engine.detokenizer import IncrementalDetokenizer
 from app.engine.errors import ContextLengthExceeded, EngineDead, InvalidRequest, Overloaded
@@ -26,11 +28,12 @@ from app.engine.loader import LoadConfig, LoadedModel, load
 from app.engine.model_thread import ModelThread
 from app.engine.prefix_cache import PrefixCacheConfig, PrefixCacheStats
 from app.engine.prompts import PromptEncoder
+from app.engine.quantization import quantization_refusal, quantization_slices
 from app.engine.sampler import make_generator
 from app.engine.scheduler import SchedulerConfig
 from app.engine.sequence import Sequence
 from app.engine.stream import RequestStream
-from app.engine.token_bytes import token_byte_table
+from app.engine.token_bytes import token_byte_slices
 from app.engine.types import EngineState, ModelInfo, SamplingParams, TokenEvent
 
 log = logging.getLogger(__name__)
@@ -73,17 +76,18 @@ class Engine:
         self.encoder: PromptEncoder | None = None
         self.info: ModelInfo | None = None
         self._grammars: GrammarCompiler | None = None
-        self._token_bytes: Future[list[bytes]] | None = None  # built on the tokenizer thread after load
+        self._token_bytes: Future[list[bytes]] | None = None  # built by a model-thread chore after warm-up
 
     # ---- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Load the model off the event loop, then start the model thread."""
         started = time.perf_counter()
-        loaded = await asyncio.to_thread(load, self.config.load)
+        loaded = await asyncio.to_thread(load, self.config.load, False)  # copies come after start-up
         self._attach(loaded)
         log.info("model loaded in %.1fs", time.perf_counter() - started)
         await self._warm_up()
+        self._model_thread.add_chores(self._chores(loaded))  # after the warm-up, which they would slow
         log.info("model ready in %.1fs (warm-up generation done)", time.perf_counter() - started)
 
     async def _warm_up(self) -> None:
@@ -102,11 +106,32 @@ class Engine:
         max_len = min(self.config.max_model_len or loaded.max_position_embeddings, loaded.max_position_embeddings)
         self.encoder = PromptEncoder(loaded.tokenizer, vocab)
         self._grammars = GrammarCompiler(loaded.tokenizer, vocab, loaded.eos_token_ids)
-        self._token_bytes = self._tokenize_pool.submit(token_byte_table, loaded.tokenizer, vocab)
         self.info = ModelInfo(self.config.served_model_name, max_len, vocab, loaded.eos_token_ids,
                               self.encoder.has_chat_template, int(time.time()), self.encoder.reasoning_markers)
+        self._token_bytes = Future()
         self._model_thread = ModelThread(self._core)
         self._model_thread.start()
+
+    def _chores(self, loaded: LoadedModel) -> list[Chore]:
+        """After start-up, on the model thread: the token byte table (logprobs wait for it; built
+        with the model thread's own tokenizer), the low-bit copies (they speed up the common
+        one-stream case), then every batch size's kernels."""
+        load_config, table = self.config.load, self._token_bytes
+        chores = [Chore("token byte table", token_byte_slices(self._detokenizer_tokenizer, self._core.vocab_size),
+                        table.set_result, table.set_exception)]
+        refusal = quantization_refusal(loaded.fused, load_config.quantization, loaded.device)
+        if refusal is None:
+            slices = quantization_slices(loaded.fused, load_config.quantization, load_config.copy_max_rows,
+                                         loaded.dtype, loaded.device)
+            chores.append(Chore("low-bit weight copies", slices, self._copies_made))
+        max_rows = self.config.scheduler.max_running
+        chores.append(Chore("warming per-shape kernels", self._core.runner.warm_row_slices(max_rows)))
+        return chores
+
+    def _copies_made(self, summary: object) -> None:
+        """On the model thread, once the copies serve (or were found slower)."""
+        self._loaded.runtime = replace(self._loaded.runtime, quantization=str(summary))
+        log.info("quantization=%s", summary)
 
     async def stop(self) -> None:
         if self._model_thread is not None and self._model_thread.is_running:
@@ -123,6 +148,11 @@ class Engine:
         if not self._model_thread.is_running:
             return EngineState.STOPPED
         return EngineState.READY if self._warm else EngineState.LOADING
+
+    @property
+    def chores_left(self) -> int:
+        """Start-up chores (app/engine/chores.py) the model thread has still to finish."""
+        return 0 if self._model_thread is None else self._model_thread.chores_left
 
     @property
     def is_alive(self) -> bool:
@@ -152,7 +182,8 @@ class Engine:
 
     @property
     def runtime(self) -> RuntimeInfo | None:
-        """Device, dtype, threads and CPU features chosen at load; None until the model is loaded."""
+        """Device, dtype, threads and CPU features chosen at load (the quantization once the copies
+        are made); None until the model is loaded."""
         return None if self._loaded is None else self._loaded.runtime
 
     def _published_load(self) -> tuple[int, int, int]:
@@ -173,9 +204,14 @@ class Engine:
 
     def token_bytes(self, token_id: int) -> bytes:
         """A token's raw bytes (b"" for ids past the tokenizer's vocabulary)."""
-        if self._token_bytes is None:
+        table = self._token_bytes
+        if table is None:
             raise EngineDead("the model is not loaded")
-        return self._token_bytes.result()[token_id]
+        while not table.done():  # only just after start-up: the model thread's first chore builds it
+            if not self.is_alive:
+                raise EngineDead("the model thread stopped")
+            futures_wait([table], timeout=0.05)
+        return table.result()[token_id]
 
     async def _tokenize(self, function, *arguments):
         return await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, function, *arguments)

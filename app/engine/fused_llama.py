@@ -5,19 +5,25 @@ with a small model that overhead costs more than the matmuls (measured on SmolLM
 52 ms per single-row step through transformers, 36 ms here). This computes the same function with
 the model's own weights: q/k/v in one matmul and gate/up in another (the HF modules' weights become
 views of the fused matrices, so nothing is stored twice), one fused RMSNorm op, rotary embeddings from
-the model's own rotary module (so every RoPE scaling type it knows still applies), and SDPA over the
-same KV cache layers transformers would use. Models it does not recognise keep transformers' forward.
+the model's own rotary module (so every RoPE scaling type it knows still applies) or, for a checkpoint
+read without transformers' modeling code (app/engine/llama_checkpoint.py), the default RoPE, and SDPA
+over the same KV cache layers transformers would use. Models it does not recognise keep transformers'
+forward.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache, PreTrainedModel
 
 from app.engine.packed_linear import PackedLinear
+
+if TYPE_CHECKING:  # importing transformers' modeling code costs seconds at start-up
+    from transformers import DynamicCache, PreTrainedModel
 
 # transformers classes whose decoder layer is exactly: RMSNorm -> attention (q/k/v/o, RoPE, GQA) ->
 # residual -> RMSNorm -> SiLU-gated MLP -> residual. Biases are allowed wherever the config puts them.
@@ -44,16 +50,53 @@ def unsupported_reason(model: PreTrainedModel) -> str | None:
     cls = type(model)
     if cls.__name__ not in _SUPPORTED or not cls.__module__.startswith("transformers.models."):
         return f"{cls.__name__} is not one of {sorted(_SUPPORTED)}"
-    config = model.config
-    if getattr(config, "hidden_act", "silu") != "silu":
-        return f"hidden_act {config.hidden_act!r}"
-    if getattr(config, "pretraining_tp", 1) != 1:
+    return config_reason(lambda key, default: getattr(model.config, key, default))
+
+
+def config_reason(get: Callable[[str, object], object]) -> str | None:
+    """Why a config (read through `get(key, default)`) describes layers FusedLlama does not compute."""
+    if get("hidden_act", "silu") != "silu":
+        return f"hidden_act {get('hidden_act', None)!r}"
+    if get("pretraining_tp", 1) != 1:
         return "pretraining_tp > 1"
-    if any(t != "full_attention" for t in (getattr(config, "layer_types", None) or [])):
+    if any(t != "full_attention" for t in (get("layer_types", None) or [])):
         return "sliding-window layers"
-    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+    if get("sliding_window", None) and get("use_sliding_window", True):
         return "a sliding window"
     return None
+
+
+@dataclass(frozen=True)
+class LlamaDims:
+    """The sizes a forward pass needs, from the model's config."""
+
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    rms_norm_eps: float
+    vocab_size: int
+
+    @classmethod
+    def of(cls, get: Callable[[str, object], object]) -> LlamaDims:
+        heads = int(get("num_attention_heads", 0))
+        return cls(int(get("num_hidden_layers", 0)), heads, int(get("num_key_value_heads", None) or heads),
+                   int(get("head_dim", None) or int(get("hidden_size", 0)) // heads),
+                   int(get("intermediate_size", 0)), float(get("rms_norm_eps", 0.0)), int(get("vocab_size", 0)))
+
+
+class DefaultRotary:
+    """RoPE's cos/sin without scaling, computed as transformers' Llama rotary module does."""
+
+    def __init__(self, theta: float, head_dim: int, device: torch.device) -> None:
+        exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).to(dtype=torch.float) / head_dim
+        self.inv_freq = (1.0 / (theta ** exponents)).to(device)
+
+    def __call__(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions[..., None].float() * self.inv_freq
+        angles = torch.cat((freqs, freqs), dim=-1)
+        return angles.cos().to(x.dtype), angles.sin().to(x.dtype)
 
 
 @dataclass
@@ -66,34 +109,23 @@ class FusedLayer:
     down: PackedLinear
 
 
+Rotary = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # (x, positions) -> cos, sin
+
+
 class FusedLlama:
-    """forward(input_ids, mask, positions, cache) -> float32 logits of each row's last position."""
+    """forward(input_ids, mask, positions, cache) -> float32 logits of each row's last position.
 
-    def __init__(self, model: PreTrainedModel) -> None:
-        config = model.config
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads or self.num_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
-        self.intermediate = config.intermediate_size
-        self.eps = config.rms_norm_eps
-        inner = model.model
-        self.embed, self.rotary = inner.embed_tokens, inner.rotary_emb
-        self.dtype = inner.embed_tokens.weight.dtype
-        self.final_norm = inner.norm.weight.float()
-        self.layers = [self._fuse_layer(layer) for layer in inner.layers[: config.num_hidden_layers]]
-        self.lm_head = PackedLinear(model.lm_head.weight, model.lm_head.bias)
+    Built from a transformers model (`fused_from_model`) or straight from a checkpoint's tensors.
+    Norm weights are fp32; `embed` and the linears are in the model's dtype.
+    """
 
-    @staticmethod
-    def _fuse_layer(layer) -> FusedLayer:
-        attn, mlp = layer.self_attn, layer.mlp
-        return FusedLayer(
-            input_norm=layer.input_layernorm.weight.float(),
-            qkv=_fuse([attn.q_proj, attn.k_proj, attn.v_proj]),
-            o=PackedLinear(attn.o_proj.weight, attn.o_proj.bias),
-            post_norm=layer.post_attention_layernorm.weight.float(),
-            gate_up=_fuse([mlp.gate_proj, mlp.up_proj]),
-            down=PackedLinear(mlp.down_proj.weight, mlp.down_proj.bias),
-        )
+    def __init__(self, dims: LlamaDims, embed: torch.Tensor, rotary: Rotary, layers: list[FusedLayer],
+                 final_norm: torch.Tensor, lm_head: PackedLinear) -> None:
+        self.dims = dims
+        self.num_heads, self.num_kv_heads, self.head_dim = dims.num_heads, dims.num_kv_heads, dims.head_dim
+        self.intermediate, self.eps = dims.intermediate_size, dims.rms_norm_eps
+        self.embed_weight, self.rotary, self.dtype = embed, rotary, embed.dtype
+        self.layers, self.final_norm, self.lm_head = layers, final_norm, lm_head
 
     def linears(self) -> list[PackedLinear]:
         """Every weight matrix a forward pass multiplies by, the LM head last."""
@@ -108,7 +140,7 @@ class FusedLlama:
         Logits [rows, vocab] of the last position, or [rows, tokens, vocab] with last_only=False.
         use_copies: let small steps run through the low-bit weight copies (decode steps only).
         """
-        embedded = self.embed(input_ids)
+        embedded = F.embedding(input_ids, self.embed_weight)
         cos, sin = self.rotary(embedded, positions)
         # The residual stream stays fp32 whatever the weights' dtype: in bf16 its large activations
         # (hundreds, here) round by whole units at every add, and near-tied tokens flip.
@@ -183,6 +215,27 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + torch.cat((-second, first), dim=-1) * sin
 
 
+def _fuse_layer(layer) -> FusedLayer:
+    attn, mlp = layer.self_attn, layer.mlp
+    return FusedLayer(
+        input_norm=layer.input_layernorm.weight.float(),
+        qkv=_fuse([attn.q_proj, attn.k_proj, attn.v_proj]),
+        o=PackedLinear(attn.o_proj.weight, attn.o_proj.bias),
+        post_norm=layer.post_attention_layernorm.weight.float(),
+        gate_up=_fuse([mlp.gate_proj, mlp.up_proj]),
+        down=PackedLinear(mlp.down_proj.weight, mlp.down_proj.bias),
+    )
+
+
+def fused_from_model(model: PreTrainedModel) -> FusedLlama:
+    """FusedLlama over a transformers model's own weights (its modules' weights become views)."""
+    dims = LlamaDims.of(lambda key, default: getattr(model.config, key, default))
+    inner = model.model
+    return FusedLlama(dims, inner.embed_tokens.weight, inner.rotary_emb,
+                      [_fuse_layer(layer) for layer in inner.layers[: dims.num_layers]],
+                      inner.norm.weight.float(), PackedLinear(model.lm_head.weight, model.lm_head.bias))
+
+
 def build_fused(hf_model: PreTrainedModel, enabled: bool) -> tuple[FusedLlama | None, str]:
     """FusedLlama where it applies, and a description of the forward in use."""
     if not enabled:
@@ -190,4 +243,4 @@ def build_fused(hf_model: PreTrainedModel, enabled: bool) -> tuple[FusedLlama | 
     reason = unsupported_reason(hf_model)
     if reason is not None:
         return None, f"transformers ({reason})"
-    return FusedLlama(hf_model), "fused"
+    return fused_from_model(hf_model), "fused"

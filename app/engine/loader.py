@@ -1,21 +1,30 @@
 """The only caller of `from_pretrained`: turns a model reference into a model, tokenizer and facts.
 
-A model reference is a local folder, a Hugging Face hub id, or a path to a `.gguf` file.
+A model reference is a local folder, a Hugging Face hub id, or a path to a `.gguf` file. A local
+Llama-family safetensors folder (the default model's kind) is read straight into FusedLlama
+(app/engine/llama_checkpoint.py) and its tokenizer built without transformers' Auto classes: both
+import transformers' modeling code, which costs seconds of start-up on a small CPU. Everything else
+goes through `from_pretrained`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from app.engine.fused_llama import FusedLlama, build_fused
+from app.engine.fused_llama import FusedLlama, LlamaDims, build_fused
 from app.engine.hardware import CpuFeatures, RuntimeInfo, detect_cpu_features
+from app.engine.llama_checkpoint import fused_from_checkpoint, open_checkpoint
 from app.engine.memory import keep_one_copy_of_cpu_kernels
-from app.engine.quantization import apply_quantization
+from app.engine.quantization import apply_quantization, quantization_refusal
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +40,12 @@ class LoadConfig:
     fused_forward: bool = True  # FusedLlama for Llama-family models; False: transformers' forward always
     quantization: str = "auto"  # auto | none | int8 | int4: low-bit weight copies for steps with few rows
     copy_max_rows: int = 0  # largest step the copies serve; 0 = measured at load
+    read_checkpoints: bool = True  # False: every model through transformers' from_pretrained
 
 
 @dataclass
 class LoadedModel:
-    model: PreTrainedModel
+    model: PreTrainedModel | None  # None when the checkpoint was read straight into `fused`
     tokenizer: PreTrainedTokenizerBase
     eos_token_ids: tuple[int, ...]
     max_position_embeddings: int
@@ -43,6 +53,14 @@ class LoadedModel:
     dtype: torch.dtype
     runtime: RuntimeInfo
     fused: FusedLlama | None = None  # the fast forward, when the model is one it knows
+
+    @property
+    def dims(self) -> LlamaDims:
+        """Layer count, heads and vocabulary size, whichever way the model was loaded."""
+        if self.fused is not None:
+            return self.fused.dims
+        config = self.model.config.get_text_config()
+        return LlamaDims.of(lambda key, default: getattr(config, key, default))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -84,13 +102,40 @@ def split_gguf_reference(model: str) -> tuple[str, str | None]:
     return model, None
 
 
+# Tokenizer classes AutoTokenizer resolves to the generic fast tokenizer for these model types
+# (transformers 5's tokenization_auto); for them the generic class is built directly.
+_GENERIC_TOKENIZER_CLASSES = {"TokenizersBackend", "PreTrainedTokenizerFast"}
+_GENERIC_TOKENIZER_MODEL_TYPES = {"llama", "qwen2"}
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _generic_tokenizer_folder(source: str) -> bool:
+    """True for a local folder whose tokenizer AutoTokenizer would build as the generic fast class."""
+    folder = Path(source)
+    if not (folder / "tokenizer.json").is_file():
+        return False
+    tokenizer_config = _read_json(folder / "tokenizer_config.json")
+    return (tokenizer_config.get("tokenizer_class") in _GENERIC_TOKENIZER_CLASSES
+            and "auto_map" not in tokenizer_config
+            and _read_json(folder / "config.json").get("model_type") in _GENERIC_TOKENIZER_MODEL_TYPES)
+
+
 def load_tokenizer(model: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     source, gguf_file = split_gguf_reference(model)
+    if gguf_file is None and _generic_tokenizer_folder(source):
+        # AutoTokenizer would build the model's config class first, which imports the modeling code.
+        from transformers import PreTrainedTokenizerFast
+        return PreTrainedTokenizerFast.from_pretrained(source)
+    from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
 
 
 def load_weights(model: str, dtype: torch.dtype, device: torch.device,
                  trust_remote_code: bool = False) -> PreTrainedModel:
+    from transformers import AutoModelForCausalLM
     source, gguf_file = split_gguf_reference(model)
     hf_model = AutoModelForCausalLM.from_pretrained(
         source, gguf_file=gguf_file, dtype=dtype, trust_remote_code=trust_remote_code
@@ -98,19 +143,33 @@ def load_weights(model: str, dtype: torch.dtype, device: torch.device,
     return hf_model.to(device).eval()
 
 
-def eos_token_ids(hf_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
-    """EOS ids from generation_config (e.g. `<|im_end|>`), the model config and the tokenizer."""
+def _merged_ids(values: list[object]) -> tuple[int, ...]:
     ids: list[int] = []
-    for source in (getattr(hf_model, "generation_config", None), hf_model.config, tokenizer):
-        value = getattr(source, "eos_token_id", None) if source is not None else None
+    for value in values:
         for token_id in ([value] if isinstance(value, int) else list(value or [])):
             if token_id not in ids:
                 ids.append(int(token_id))
     return tuple(ids)
 
 
-def load(config: LoadConfig) -> LoadedModel:
-    """Load model and tokenizer onto the resolved device and dtype."""
+def eos_token_ids(hf_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
+    """EOS ids from generation_config (e.g. `<|im_end|>`), the model config and the tokenizer."""
+    sources = (getattr(hf_model, "generation_config", None), hf_model.config, tokenizer)
+    return _merged_ids([getattr(source, "eos_token_id", None) if source is not None else None for source in sources])
+
+
+def _checkpoint_eos_ids(folder: Path, config: dict, tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
+    """The same ids, in the same order, from the folder's generation_config.json and config.json."""
+    generation = _read_json(folder / "generation_config.json")
+    return _merged_ids([generation.get("eos_token_id"), config.get("eos_token_id"), tokenizer.eos_token_id])
+
+
+def load(config: LoadConfig, copies: bool = True) -> LoadedModel:
+    """Load model and tokenizer onto the resolved device and dtype.
+
+    copies=False leaves the low-bit weight copies to the caller (the engine makes them after
+    start-up, between steps: app/engine/quantization.py).
+    """
     device = resolve_device(config.device)
     cpu = detect_cpu_features()
     dtype, reason = resolve_dtype(config.dtype, device, cpu)
@@ -119,11 +178,34 @@ def load(config: LoadConfig) -> LoadedModel:
     log.info("loading %s on %s as %s", config.model, device, runtime.dtype)
     keep_one_copy_of_cpu_kernels()
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
-    hf_model = load_weights(config.model, dtype, device, config.trust_remote_code)
-    fused, forward = build_fused(hf_model, config.fused_forward)
-    quantization = apply_quantization(fused, config.quantization, config.copy_max_rows, dtype, device)
-    runtime = replace(runtime, forward=forward, quantization=quantization)
-    log.info("loaded %s: %s", config.model, runtime.summary())
-    max_pos = int(getattr(hf_model.config, "max_position_embeddings", 0) or 2048)
-    return LoadedModel(hf_model, tokenizer, eos_token_ids(hf_model, tokenizer), max_pos, device, dtype, runtime,
-                       fused)
+    loaded = _read_checkpoint(config, tokenizer, device, dtype, runtime)
+    if loaded is None:
+        hf_model = load_weights(config.model, dtype, device, config.trust_remote_code)
+        fused, forward = build_fused(hf_model, config.fused_forward)
+        max_pos = int(getattr(hf_model.config, "max_position_embeddings", 0) or 2048)
+        loaded = LoadedModel(hf_model, tokenizer, eos_token_ids(hf_model, tokenizer), max_pos, device, dtype,
+                             replace(runtime, forward=forward), fused)
+    if copies:
+        quantization = apply_quantization(loaded.fused, config.quantization, config.copy_max_rows, dtype, device)
+    else:
+        quantization = quantization_refusal(loaded.fused, config.quantization, device) or "pending (made after start-up)"
+    loaded.runtime = replace(loaded.runtime, quantization=quantization)
+    log.info("loaded %s: %s", config.model, loaded.runtime.summary())
+    return loaded
+
+
+def _read_checkpoint(config: LoadConfig, tokenizer: PreTrainedTokenizerBase, device: torch.device,
+                     dtype: torch.dtype, runtime: RuntimeInfo) -> LoadedModel | None:
+    """The model read straight from its checkpoint, or None where transformers must load it."""
+    if not (config.read_checkpoints and config.fused_forward) or config.trust_remote_code:
+        return None
+    checkpoint = open_checkpoint(config.model)
+    if isinstance(checkpoint, str):
+        log.info("loading through transformers: %s", checkpoint)
+        return None
+    fused = fused_from_checkpoint(checkpoint, dtype, device)
+    log.info("read %s without transformers' modeling code", checkpoint.folder)
+    max_pos = int(checkpoint.get("max_position_embeddings", 0) or 2048)
+    eos = _checkpoint_eos_ids(checkpoint.folder, checkpoint.config, tokenizer)
+    return LoadedModel(None, tokenizer, eos, max_pos, device, dtype,
+                       replace(runtime, forward="fused"), fused)

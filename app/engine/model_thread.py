@@ -3,6 +3,7 @@
 Everything reaches it as a command on a queue, applied between steps: add a sequence, abort one, fail
 every request in flight, stop. Events go back through each sequence's sink; after each step the load
 (running, waiting, KV bytes) is published as one tuple that probes read without waiting on the thread.
+Between steps it also works through its chores (app/engine/chores.py), one slice per loop turn.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import threading
 
 import torch
 
+from app.engine.chores import Chore
 from app.engine.core import EngineCore
 from app.engine.errors import EngineDead, EngineError
 from app.engine.memory import release_free_memory
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 class ModelThread:
     def __init__(self, core: EngineCore) -> None:
         self.core = core
+        self._chores: list[Chore] = []  # done in order, a slice per loop turn
+        self.chores_left = 0  # chores added and not yet over, for probes and tests
         self.dead: BaseException | None = None  # what killed the thread, if anything did
         self.load = (0, 0, 0)  # (running, waiting, KV bytes), replaced whole after each step
         self.prefix_cache_stats = core.prefix_cache_stats  # a frozen snapshot, replaced after each step
@@ -50,6 +54,10 @@ class ModelThread:
     def abort(self, request_id: str) -> None:
         self._inbox.put(("abort", request_id))
 
+    def add_chores(self, chores: list[Chore]) -> None:
+        self.chores_left += len(chores)
+        self._inbox.put(("chores", chores))
+
     def fail_all(self, error: Exception) -> None:
         self._inbox.put(("fail", error))
 
@@ -62,12 +70,15 @@ class ModelThread:
         core = self.core
         try:
             with torch.inference_mode():
-                self._warm_kernels()
-                while self._handle_commands(block=not core.has_work):
+                while self._handle_commands(block=not (core.has_work or self._chores)):
                     if core.has_work:
                         self._step()
                         if not core.has_work:
                             release_free_memory()  # idle now: return freed pages before blocking
+                    if self._chores and self._chores[0].run_slice():
+                        self._chores.pop(0)
+                        self.chores_left -= 1
+                        release_free_memory()
                     self._publish_load()
         except BaseException as exc:  # noqa: BLE001 - the thread must report any death
             log.exception("model thread died")
@@ -75,13 +86,6 @@ class ModelThread:
             self.load = (0, 0, 0)  # before the requests learn of it: nothing runs any more
             self._fail_everything(EngineDead("the model thread died"))
             self._reject_queued(EngineDead("the model thread died"))
-
-    def _warm_kernels(self) -> None:
-        # An optimisation only: a model whose layers cannot be called alone still serves.
-        try:
-            self.core.runner.warm_row_counts(self.core.scheduler.config.max_running)
-        except Exception:  # noqa: BLE001
-            log.warning("warming per-shape kernels failed; they are built on first use instead", exc_info=True)
 
     def _handle_commands(self, block: bool) -> bool:
         """Apply queued commands; False once asked to stop."""
@@ -100,6 +104,8 @@ class ModelThread:
                 self.core.abort(payload)  # type: ignore[arg-type]
             elif command == "fail":
                 self._fail_everything(payload)  # type: ignore[arg-type]
+            elif command == "chores":
+                self._chores.extend(payload)  # type: ignore[arg-type]
 
     def _add(self, sequence: Sequence) -> None:
         try:

@@ -10,11 +10,21 @@ full-precision model makes, so the prefix cache can hand it to another request u
 
 from __future__ import annotations
 
+from collections.abc import Generator
+
 import torch
 import torch.nn.functional as F
 
+from app.engine.chores import Slices, run_to_end
+
 # The weight-only kernels take 16-bit activations; bf16 keeps fp32's range (fp16 could overflow).
 ACTIVATION_DTYPE = torch.bfloat16
+
+
+# Rows quantized per slice when a copy is built in slices: about 15 ms for the default model's
+# widest matrix (49,152 x 576, the LM head). Quantization is per row (and per group), so blocks join;
+# int4's packing lays rows out in tiles (64 with torch 2.13), so a block must be a multiple of one.
+ROW_BLOCK = 4096
 
 
 class Int8Weights:
@@ -29,11 +39,20 @@ class Int8Weights:
     def fits(cls, weight: torch.Tensor) -> bool:
         return weight.device.type == "cpu" and weight.shape[1] % cls.WIDTH_MULTIPLE == 0
 
-    def __init__(self, weight: torch.Tensor) -> None:
-        weight = weight.detach().float()
-        scales = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
-        self.quantized = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
-        self.scales = scales.to(ACTIVATION_DTYPE)
+    def __init__(self, quantized: torch.Tensor, scales: torch.Tensor) -> None:
+        self.quantized, self.scales = quantized, scales
+
+    @classmethod
+    def build(cls, weight: torch.Tensor) -> Generator[None, None, Int8Weights]:
+        """The copy of `weight`, ROW_BLOCK rows per slice."""
+        quantized, scales = [], []
+        for start in range(0, weight.shape[0], ROW_BLOCK):
+            block = weight[start:start + ROW_BLOCK].detach().float()
+            block_scales = (block.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+            quantized.append(torch.round(block / block_scales[:, None]).clamp(-127, 127).to(torch.int8))
+            scales.append(block_scales)
+            yield
+        return cls(torch.cat(quantized).contiguous(), torch.cat(scales).to(ACTIVATION_DTYPE))
 
     @property
     def nbytes(self) -> int:
@@ -57,14 +76,31 @@ class Int4Weights:
         out_features, in_features = weight.shape
         return weight.device.type == "cpu" and in_features % cls.GROUP == 0 and out_features % 16 == 0
 
-    def __init__(self, weight: torch.Tensor) -> None:
-        levels, scale, offset = self._quantize(weight)
-        self.packed = torch._convert_weight_to_int4pack_for_cpu(levels, 1)
+    def __init__(self, packed: torch.Tensor, scales_and_offsets: torch.Tensor, relative_error: float) -> None:
+        self.packed = packed
         # The kernel computes (level - 8) * scale + offset per group, from [groups, rows, 2].
-        self.scales_and_offsets = torch.stack([scale.t(), offset.t()], dim=-1).contiguous()
-        restored = self._dequantize(levels, scale, offset)
-        original = weight.detach().float()
-        self.relative_error = float((restored - original).norm() / original.norm().clamp(min=1e-12))
+        self.scales_and_offsets = scales_and_offsets
+        self.relative_error = relative_error  # |restored - original| / |original|, over the whole matrix
+
+    @classmethod
+    def build(cls, weight: torch.Tensor, abandon_above: float | None = None) -> Generator[None, None, Int4Weights | None]:
+        """The copy of `weight`, ROW_BLOCK rows per slice (a multiple of 16, as the packing wants);
+        None as soon as one block's relative error reaches `abandon_above`."""
+        packed, scales_and_offsets, error_sq, norm_sq = [], [], 0.0, 0.0
+        for start in range(0, weight.shape[0], ROW_BLOCK):
+            block = weight[start:start + ROW_BLOCK]
+            levels, scale, offset = cls._quantize(block)
+            original = block.detach().float()
+            block_error_sq = float((cls._dequantize(levels, scale, offset) - original).norm()) ** 2
+            block_norm_sq = float(original.norm()) ** 2
+            if abandon_above is not None and block_error_sq ** 0.5 >= abandon_above * max(block_norm_sq ** 0.5, 1e-12):
+                return None
+            packed.append(torch._convert_weight_to_int4pack_for_cpu(levels, 1))
+            scales_and_offsets.append(torch.stack([scale.t(), offset.t()], dim=-1))
+            error_sq, norm_sq = error_sq + block_error_sq, norm_sq + block_norm_sq
+            yield
+        relative_error = (error_sq ** 0.5) / max(norm_sq ** 0.5, 1e-12)
+        return cls(torch.cat(packed), torch.cat(scales_and_offsets, dim=1).contiguous(), relative_error)
 
     @classmethod
     def round_trip(cls, weight: torch.Tensor) -> torch.Tensor:
@@ -119,8 +155,16 @@ class PackedLinear:
 
     def make_copy(self, kind: str) -> bool:
         """Build the `kind` copy if the kernel can take this matrix (else keep none); True if built."""
+        return bool(run_to_end(self.copy_slices(kind)))
+
+    def copy_slices(self, kind: str, **options) -> Slices:
+        """make_copy in slices (the copy class's `build`, with `options`); the result is whether a
+        copy was built."""
         cls = LOW_BIT[kind]
-        self.copy = cls(self.weight) if cls.fits(self.weight) else None
+        self.copy = None
+        if not cls.fits(self.weight):
+            return False
+        self.copy = yield from cls.build(self.weight, **options)
         return self.copy is not None
 
     @property

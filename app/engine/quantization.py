@@ -4,16 +4,21 @@ int8 weight-only matmuls read a quarter of fp32's bytes (half of bf16's) but the
 use AMX or big-GEMM blocking, so they win for a few rows and lose for many; where the line falls
 depends on the CPU. `measure_copy_max_rows` times the model's own distinct matrices both ways at
 growing row counts and returns the largest count up to which int8 stays faster (0: never).
+
+Making the copies takes longer than loading the default model (about 1.4 s on 2 cores), so the
+engine does it after start-up on the model thread, one matrix per slice between steps
+(`quantization_slices`, app/engine/chores.py); no step uses a copy until all are made and measured.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 
 import torch
 
+from app.engine.chores import Slices, run_to_end
 from app.engine.fused_llama import FusedLlama
 from app.engine.packed_linear import PackedLinear
 
@@ -47,16 +52,24 @@ def _step_seconds(linears: Sequence[PackedLinear], rows: int, low_bit: bool, dty
     return total
 
 
-@torch.inference_mode()
+def _measure_slices(linears: Sequence[PackedLinear], dtype: torch.dtype, device: torch.device,
+                    candidates: Sequence[int]) -> Generator[None, None, int]:
+    best = 0
+    for rows in candidates:
+        with torch.inference_mode():
+            slower = (_step_seconds(linears, rows, True, dtype, device)
+                      >= _step_seconds(linears, rows, False, dtype, device))
+        if slower:
+            break
+        best = rows
+        yield
+    return best
+
+
 def measure_copy_max_rows(linears: Sequence[PackedLinear], dtype: torch.dtype, device: torch.device,
                           candidates: Sequence[int] = CANDIDATE_ROWS) -> int:
     """The largest row count (of `candidates`, in order) up to which the low-bit copies are faster."""
-    best = 0
-    for rows in candidates:
-        if _step_seconds(linears, rows, True, dtype, device) >= _step_seconds(linears, rows, False, dtype, device):
-            break
-        best = rows
-    return best
+    return int(run_to_end(_measure_slices(linears, dtype, device, candidates)))
 
 
 # Below this relative error an int4 copy reproduces the weight: the checkpoint was 4-bit already
@@ -65,39 +78,50 @@ def measure_copy_max_rows(linears: Sequence[PackedLinear], dtype: torch.dtype, d
 INT4_EXACT_ERROR = 0.01
 
 
-def make_copies(linears: Sequence[PackedLinear], mode: str) -> Counter:
-    """Low-bit copies per `mode`; auto: int4 where it is exact (see INT4_EXACT_ERROR), else int8."""
+def _copy_slices(linears: Sequence[PackedLinear], mode: str) -> Generator[None, None, Counter]:
+    """Low-bit copies per `mode`, a block of rows per slice; auto: int4 where every block of the
+    matrix is exact (see INT4_EXACT_ERROR), else int8. None serves a step yet (copy_max_rows is 0)."""
     kinds: Counter = Counter()
+    exact_only = {"abandon_above": INT4_EXACT_ERROR} if mode == "auto" else {}
     for lin in linears:
-        if mode in ("int4", "auto") and lin.make_copy("int4"):
-            if mode == "int4" or lin.copy.relative_error < INT4_EXACT_ERROR:
-                kinds["int4"] += 1
-                continue
-        if lin.make_copy("int8"):
+        if mode in ("int4", "auto") and (yield from lin.copy_slices("int4", **exact_only)):
+            kinds["int4"] += 1
+        elif (yield from lin.copy_slices("int8")):
             kinds["int8"] += 1
     return kinds
 
 
-def apply_quantization(fused: FusedLlama | None, mode: str, max_rows: int, dtype: torch.dtype,
-                       device: torch.device) -> str:
-    """Make low-bit weight copies where `mode` asks (auto: on CPU) and say which steps they serve.
+def make_copies(linears: Sequence[PackedLinear], mode: str) -> Counter:
+    """Every low-bit copy at once (see _copy_slices)."""
+    return run_to_end(_copy_slices(linears, mode))  # type: ignore[return-value]
 
-    `max_rows` > 0 fixes the largest step that uses them; 0 measures it here.
-    """
+
+def quantization_refusal(fused: FusedLlama | None, mode: str, device: torch.device) -> str | None:
+    """The summary when `mode` makes no copies here, else None."""
     if mode == "none" or (mode == "auto" and device.type != "cpu"):
         return "none"
     if device.type != "cpu":
         return "none (low-bit copies are for CPUs)"
     if fused is None:
         return "none (low-bit copies need the fused forward)"
+    return None
+
+
+def quantization_slices(fused: FusedLlama | None, mode: str, max_rows: int, dtype: torch.dtype,
+                        device: torch.device) -> Slices:
+    """Make low-bit copies where `mode` asks (auto: on CPU), in slices; the result says which steps
+    they serve. `max_rows` > 0 fixes the largest step that uses them; 0 measures it here."""
+    refusal = quantization_refusal(fused, mode, device)
+    if refusal is not None:
+        return refusal
     linears = fused.linears()
-    kinds = make_copies(linears, mode)
+    kinds = yield from _copy_slices(linears, mode)
     with_copy = [lin for lin in linears if lin.copy is not None]
     if not with_copy:
         return "none (no matrix the low-bit kernels can take)"
-    rows = max_rows or measure_copy_max_rows(with_copy, dtype, device)
+    rows = max_rows or (yield from _measure_slices(with_copy, dtype, device, CANDIDATE_ROWS))
     for lin in with_copy:
-        lin.copy_max_rows = rows
+        lin.copy_max_rows = rows  # from here on, small decode steps use the copies
         if rows == 0:
             lin.copy = None  # never faster here: keep no copy
     if rows == 0:
@@ -106,3 +130,9 @@ def apply_quantization(fused: FusedLlama | None, mode: str, max_rows: int, dtype
     counts = ", ".join(f"{kind} for {n} matrices" for kind, n in sorted(kinds.items()))
     how = "asked for" if max_rows else "measured faster"
     return f"{counts} ({size} MiB) serve steps of up to {rows} rows ({how})"
+
+
+def apply_quantization(fused: FusedLlama | None, mode: str, max_rows: int, dtype: torch.dtype,
+                       device: torch.device) -> str:
+    """quantization_slices, all at once."""
+    return str(run_to_end(quantization_slices(fused, mode, max_rows, dtype, device)))

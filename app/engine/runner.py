@@ -10,14 +10,19 @@ through `model.forward`. Only decode steps may use the low-bit weight copies.
 from __future__ import annotations
 
 import inspect
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import DynamicCache
 
+from app.engine.chores import Slices, run_to_end
 from app.engine.fused_llama import FusedLlama
 from app.engine.kv_store import KVStore
 from app.engine.packed_linear import PackedLinear
-from app.engine.slab_cache import SlabLayer, slab_cache, spare_buffer
+from app.engine.slab_cache import SlabLayer, slab_cache, slab_cache_of, spare_buffer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # Warming 1..64 rows took 0.4 s for the default model on 2 CPUs, 1..128 about 1 s, 1..256 about 3.5 s;
 # 128 rows' kernels (5 per row count here) also leave most of oneDNN's 1024-entry cache to prompt shapes.
@@ -30,13 +35,16 @@ def _cache_kwarg(model: PreTrainedModel) -> str:
 
 
 class ModelRunner:
-    def __init__(self, model: PreTrainedModel, device: torch.device, fused: FusedLlama | None = None) -> None:
-        self.model = model
+    def __init__(self, model: PreTrainedModel | None, device: torch.device, fused: FusedLlama | None = None) -> None:
+        assert model is not None or fused is not None, "a model to run"
+        self.model = model  # None when the checkpoint was read straight into `fused`
         self.device = device
         self.fused = fused  # when set, every forward pass runs through it instead of model.forward
-        self._cache_kwarg = _cache_kwarg(model)
+        self._cache_kwarg = None if model is None else _cache_kwarg(model)
 
     def new_cache(self) -> DynamicCache:
+        if self.fused is not None:
+            return slab_cache_of(self.fused.dims.num_layers)
         return slab_cache(self.model.config)
 
     @property
@@ -92,18 +100,25 @@ class ModelRunner:
         mask, positions = store.decode_inputs()
         return self._forward(input_ids, mask, positions, store.cache, decoding=True)
 
-    @torch.inference_mode()
-    def warm_row_counts(self, max_rows: int) -> None:
-        """Run each distinct weight matrix once per batch size 1..max_rows, before any traffic.
+    def warm_row_slices(self, max_rows: int) -> Slices:
+        """Run each distinct weight matrix once per batch size 1..max_rows, one batch size per slice.
 
-        On CPU oneDNN builds and caches a kernel per (rows, weight) shape, ~0.35 MiB each: made here,
+        On CPU oneDNN builds and caches a kernel per (rows, weight) shape, ~0.35 MiB each: made early,
         the server's memory no longer creeps up as traffic hits new batch sizes (and nobody waits for it).
         Up to MAX_WARM_ROWS only: the work grows with the square of the rows.
         """
-        matmuls = self._distinct_matmuls()
+        with torch.inference_mode():
+            matmuls = self._distinct_matmuls()
         for rows in range(1, min(max_rows, MAX_WARM_ROWS) + 1):
-            for module, width, dtype in matmuls:
-                module(torch.zeros((rows, 1, width), dtype=dtype, device=self.device))
+            yield
+            with torch.inference_mode():
+                for module, width, dtype in matmuls:
+                    module(torch.zeros((rows, 1, width), dtype=dtype, device=self.device))
+        return None
+
+    def warm_row_counts(self, max_rows: int) -> None:
+        """warm_row_slices, all at once."""
+        run_to_end(self.warm_row_slices(max_rows))
 
     def _distinct_fused_matmuls(self) -> list[tuple[PackedLinear, int, torch.dtype]]:
         assert self.fused is not None
@@ -133,12 +148,6 @@ class ModelRunner:
             for hook in hooks:
                 hook.remove()
         return list(found.values())
-
-    @torch.inference_mode()
-    def full_logits(self, token_ids: list[int]) -> torch.Tensor:
-        """Logits at every position of one uncached forward pass (a reference for tests and checks)."""
-        input_ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)
-        return self.model(input_ids=input_ids).logits[0].float()
 
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor,
                  cache: DynamicCache, decoding: bool = False, last_only: bool = True) -> torch.Tensor:

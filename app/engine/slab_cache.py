@@ -109,3 +109,10 @@ def slab_cache(config) -> DynamicCache:
     cache = DynamicCache(config=config)
     cache.layers = [SlabLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
     return cache
+
+
+def slab_cache_of(num_layers: int) -> DynamicCache:
+    """A DynamicCache of `num_layers` SlabLayers (FusedLlama's layers are all full attention)."""
+    cache = DynamicCache()
+    cache.layers = [SlabLayer() for _ in range(num_layers)]
+    return cache

@@ -9,8 +9,12 @@ anything else (special tokens, other schemes) falls back to decoding the token a
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from transformers import PreTrainedTokenizerBase
+from app.engine.chores import Slices, run_to_end
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 _SPIECE_SPACE = "\u2581"
 
@@ -31,10 +35,23 @@ def _gpt2_byte_decoder() -> dict[str, int]:
     return {chr(char): byte for byte, char in zip(printable, chars)}
 
 
-def _spelled_bytes(piece: str, byte_decoder: dict[str, int]) -> bytes | None:
-    if piece and all(char in byte_decoder for char in piece):
-        return bytes(byte_decoder[char] for char in piece)
-    return None
+@lru_cache(maxsize=1)
+def _gpt2_translation() -> dict[int, int]:
+    """str.translate table: each stand-in to the code point of its byte; any other character below
+    U+0100 to U+FFFF, so that a piece holding one fails to encode as latin-1 (it spells no bytes)."""
+    table = dict.fromkeys(range(256), 0xFFFF)
+    table.update({ord(char): byte for char, byte in _gpt2_byte_decoder().items()})
+    return table
+
+
+def _spelled_bytes(piece: str) -> bytes | None:
+    """The bytes a byte-level BPE piece spells, or None if it is not made of GPT-2's stand-ins."""
+    if not piece:
+        return None
+    try:
+        return piece.translate(_gpt2_translation()).encode("latin-1")
+    except UnicodeEncodeError:
+        return None
 
 
 def _sentencepiece_bytes(piece: str) -> bytes:
@@ -43,19 +60,30 @@ def _sentencepiece_bytes(piece: str) -> bytes:
     return piece.replace(_SPIECE_SPACE, " ").encode()
 
 
-def token_byte_table(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> list[bytes]:
-    """bytes for every id below `vocab_size` (the model's size: ids past the tokenizer's are b"")."""
+_IDS_PER_SLICE = 8192  # about 10 ms of the loop below on 2 cores
+
+
+def token_byte_slices(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> Slices:
+    """token_byte_table in slices of _IDS_PER_SLICE ids (a chore for the model thread)."""
     pieces = tokenizer.convert_ids_to_tokens(list(range(min(vocab_size, len(tokenizer)))))
     special = set(tokenizer.all_special_ids)
-    byte_level = sum(_spelled_bytes(p, _gpt2_byte_decoder()) is not None for p in pieces if p) > len(pieces) * 0.9
+    spelled_bytes = [None if piece is None else _spelled_bytes(piece) for piece in pieces]
+    byte_level = sum(spelled is not None for spelled in spelled_bytes) > len(pieces) * 0.9
     sentencepiece = any(p and p.startswith(_SPIECE_SPACE) for p in pieces)
     table = []
     for token_id, piece in enumerate(pieces):
+        if token_id % _IDS_PER_SLICE == 0:
+            yield
         spelled = None
         if token_id not in special and piece is not None:
             if byte_level:
-                spelled = _spelled_bytes(piece, _gpt2_byte_decoder())
+                spelled = spelled_bytes[token_id]
             elif sentencepiece:
                 spelled = _sentencepiece_bytes(piece)
         table.append(spelled if spelled is not None else tokenizer.decode([token_id]).encode())
     return table + [b""] * (vocab_size - len(table))
+
+
+def token_byte_table(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> list[bytes]:
+    """bytes for every id below `vocab_size` (the model's size: ids past the tokenizer's are b"")."""
+    return run_to_end(token_byte_slices(tokenizer, vocab_size))  # type: ignore[return-value]

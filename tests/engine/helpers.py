@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,6 +39,13 @@ def tiny_load_config(model_dir: Path | str, dtype: str = TEST_DTYPE, **options) 
     """The tiny model on the test device, in TEST_DTYPE (fp32 by default), fused forward, no int8 copies
     (exact comparisons); `options` override LoadConfig fields."""
     return LoadConfig(str(model_dir), device=TEST_DEVICE, dtype=dtype, **{"quantization": "none", **options})
+
+
+@torch.inference_mode()
+def reference_logits(model, token_ids: list[int]) -> torch.Tensor:
+    """Logits at every position of transformers' own uncached forward pass."""
+    input_ids = torch.tensor([token_ids], dtype=torch.long, device=model.device)
+    return model(input_ids=input_ids).logits[0].float()
 
 
 def make_core(loaded, prefix_cache: PrefixCacheConfig | None = None, **scheduler) -> EngineCore:
@@ -89,3 +98,11 @@ def run_alone(loaded, prompt_ids: list[int], params: SamplingParams, **scheduler
     core = make_core(loaded, **scheduler)
     run_to_end(core, {0: [make_sequence(loaded, "alone", prompt_ids, params, events)]})
     return output_of(events)
+
+
+async def wait_for_chores(engine, timeout_s: float = 60.0) -> None:
+    """Until the engine's start-up chores (copies, kernel warming) are over."""
+    deadline = time.monotonic() + timeout_s
+    while engine.chores_left:
+        assert time.monotonic() < deadline, "start-up chores did not finish"
+        await asyncio.sleep(0.01)

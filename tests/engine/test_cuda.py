@@ -33,7 +33,8 @@ async def test_auto_picks_cuda_and_a_half_precision_dtype(engine):
     loaded = engine._loaded
     assert loaded.device.type == "cuda"
     assert loaded.dtype in (torch.bfloat16, torch.float16)
-    assert next(loaded.model.parameters()).device.type == "cuda"
+    assert loaded.fused.embed_weight.device.type == "cuda"
+    assert all(lin.weight.device.type == "cuda" for lin in loaded.fused.linears())
 
 
 async def test_batched_requests_on_cuda_finish_and_free_their_cache(engine):

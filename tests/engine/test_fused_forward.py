@@ -12,7 +12,7 @@ from app.engine.fused_llama import FusedLlama, unsupported_reason
 from app.engine.loader import load
 from app.engine.packed_linear import Int4Weights, PackedLinear
 from app.engine.quantization import apply_quantization, measure_copy_max_rows
-from tests.engine.helpers import logit_tolerance, make_core, tiny_load_config
+from tests.engine.helpers import logit_tolerance, make_core, reference_logits, tiny_load_config
 
 PROMPTS = ["The capital of France", "Hello world! How are you today?", "東京は日本の", "def main():\n"]
 
@@ -22,34 +22,35 @@ def test_the_tiny_model_runs_fused(tiny_loaded):
     assert make_core(tiny_loaded).runner.fused is tiny_loaded.fused
 
 
-def test_fused_weights_are_views_of_the_models_own(tiny_loaded):
-    layer, fused = tiny_loaded.model.model.layers[0], tiny_loaded.fused.layers[0]
+def test_fused_weights_are_views_of_the_models_own(tiny_model_dir):
+    loaded = load(tiny_load_config(tiny_model_dir, read_checkpoints=False))  # through transformers' model
+    layer, fused = loaded.model.model.layers[0], loaded.fused.layers[0]
     q = layer.self_attn.q_proj.weight
     assert q.data_ptr() == fused.qkv.weight.data_ptr()  # nothing stored twice
     assert layer.mlp.up_proj.weight.data_ptr() > fused.gate_up.weight.data_ptr()
 
 
-def test_decode_and_prefill_logits_match_the_uncached_forward(tiny_loaded):
+def test_decode_and_prefill_logits_match_the_uncached_forward(tiny_loaded, tiny_reference):
     core = make_core(tiny_loaded)
     runner, tol = core.runner, logit_tolerance(tiny_loaded.dtype)
     prompts = [tiny_loaded.tokenizer.encode(p) for p in PROMPTS]
     cache, mask, logits = runner.prefill_batch([p[:-2] for p in prompts])  # left-padded group
     for row, prompt in enumerate(prompts):
-        torch.testing.assert_close(logits[row], runner.full_logits(prompt[:-2])[-1], **tol)
+        torch.testing.assert_close(logits[row], reference_logits(tiny_reference, prompt[:-2])[-1], **tol)
     core.store.join(PROMPTS, cache, mask)
     for back in (2, 1):  # two padded decode steps, each row fed its own next prompt token
         step = runner.decode(core.store, [p[-back] for p in prompts])
         for row, prompt in enumerate(prompts):
-            torch.testing.assert_close(step[row], runner.full_logits(prompt[: len(prompt) - back + 1])[-1], **tol)
+            torch.testing.assert_close(step[row], reference_logits(tiny_reference, prompt[: len(prompt) - back + 1])[-1], **tol)
 
 
-def test_chunked_prefill_matches_the_uncached_forward(tiny_loaded):
+def test_chunked_prefill_matches_the_uncached_forward(tiny_loaded, tiny_reference):
     runner = make_core(tiny_loaded).runner
     ids = tiny_loaded.tokenizer.encode(" ".join(PROMPTS) * 2)
     cache = runner.new_cache()
     for start in range(0, len(ids) - 7, 7):
         last = runner.prefill(cache, ids[start:start + 7], start)
-        torch.testing.assert_close(last, runner.full_logits(ids[: start + 7])[-1],
+        torch.testing.assert_close(last, reference_logits(tiny_reference, ids[: start + 7])[-1],
                                    **logit_tolerance(tiny_loaded.dtype))
 
 
@@ -148,11 +149,11 @@ def test_models_it_does_not_know_keep_transformers_forward(change, reason):
     assert reason in (unsupported_reason(LlamaForCausalLM(config)) or "")
 
 
-def test_an_unknown_architecture_is_named(tiny_loaded):
+def test_an_unknown_architecture_is_named(tiny_loaded, tiny_reference):
     class NotLlama(LlamaForCausalLM):
         pass
 
-    model = NotLlama(tiny_loaded.model.config)
+    model = NotLlama(tiny_reference.config)
     assert "NotLlama" in unsupported_reason(model)
-    assert unsupported_reason(tiny_loaded.model) is None
+    assert unsupported_reason(tiny_reference) is None
     assert isinstance(tiny_loaded.fused, FusedLlama)

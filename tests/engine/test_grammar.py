@@ -28,7 +28,7 @@ SCHEMA = {"type": "object", "properties": {
 
 @pytest.fixture(scope="module")
 def compiler(tiny_loaded):
-    vocab = int(tiny_loaded.model.config.vocab_size)
+    vocab = tiny_loaded.dims.vocab_size
     return GrammarCompiler(tiny_loaded.tokenizer, vocab, tiny_loaded.eos_token_ids)
 
 
@@ -84,7 +84,7 @@ def test_masked_rows_only_and_logits_of_other_rows_untouched(tiny_loaded, compil
 
 
 def test_the_mask_is_as_wide_as_the_models_vocabulary(tiny_loaded):
-    vocab = int(tiny_loaded.model.config.vocab_size) + 37  # a model with padded embeddings
+    vocab = tiny_loaded.dims.vocab_size + 37  # a model with padded embeddings
     wide = GrammarCompiler(tiny_loaded.tokenizer, vocab, tiny_loaded.eos_token_ids)
     logits = torch.zeros(1, vocab)
     masked = apply_grammars([wide.compile(Constraint("json")).matcher()], logits)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from app.engine.types import SamplingParams
-from tests.engine.helpers import make_core, make_sequence, output_of, run_to_end
+from tests.engine.helpers import make_core, make_sequence, output_of, reference_logits, run_to_end
 
 TOLERANCE = {"atol": 1e-4, "rtol": 1e-4}
 
@@ -23,8 +23,8 @@ def tiny_loaded(tiny_loaded_fp32):
 
 
 @pytest.fixture
-def runner(tiny_loaded):
-    return make_core(tiny_loaded).runner
+def reference(tiny_reference_fp32):
+    return tiny_reference_fp32
 
 
 def _run(loaded, prompt, params, **scheduler):
@@ -33,23 +33,23 @@ def _run(loaded, prompt, params, **scheduler):
     return events
 
 
-def _reference(runner, token_ids):
-    return torch.log_softmax(runner.full_logits(token_ids), dim=-1)
+def _reference(model, token_ids):
+    return torch.log_softmax(reference_logits(model, token_ids), dim=-1)
 
 
 @pytest.mark.parametrize("params", [
     SamplingParams(temperature=0, max_tokens=10, ignore_eos=True, logprobs=5),
     SamplingParams(temperature=1.0, seed=3, max_tokens=10, ignore_eos=True, logprobs=3),
 ], ids=["greedy", "sampled"])
-def test_each_tokens_logprob_and_top_k_equal_a_full_forward(tiny_loaded, runner, params):
+def test_each_tokens_logprob_and_top_k_equal_a_full_forward(tiny_loaded, reference, params):
     prompt = tiny_loaded.tokenizer.encode("The capital of France is")
     events = _run(tiny_loaded, prompt, params)
     ids = output_of(events)[0]
     entries = [lp for event in events for lp in event.logprobs]
     assert [lp.token_id for lp in entries] == ids
-    reference = _reference(runner, prompt + ids)
+    expected = _reference(reference, prompt + ids)
     for step, lp in enumerate(entries):
-        row = reference[len(prompt) - 1 + step]
+        row = expected[len(prompt) - 1 + step]
         assert lp.logprob == pytest.approx(float(row[lp.token_id]), abs=1e-4)
         top_values, top_ids = row.topk(params.logprobs)
         assert [value for _, value in lp.top] == pytest.approx(top_values.tolist(), abs=1e-4)
@@ -58,13 +58,13 @@ def test_each_tokens_logprob_and_top_k_equal_a_full_forward(tiny_loaded, runner,
         assert all(lp.token_id == lp.top[0][0] for lp in entries)
 
 
-def test_logprobs_follow_temperature_and_truncation(tiny_loaded, runner):
+def test_logprobs_follow_temperature_and_truncation(tiny_loaded, reference):
     """They describe what was sampled from: logits / T, then top-k; excluded tokens are -inf."""
     prompt = tiny_loaded.tokenizer.encode("Hello world")
     params = SamplingParams(temperature=0.5, top_k=4, seed=1, max_tokens=6, ignore_eos=True, logprobs=6)
     events = _run(tiny_loaded, prompt, params)
     ids = output_of(events)[0]
-    logits = runner.full_logits(prompt + ids)
+    logits = reference_logits(reference, prompt + ids)
     for step, lp in enumerate(lp for event in events for lp in event.logprobs):
         scaled = logits[len(prompt) - 1 + step] / 0.5
         kept = scaled.topk(4)
@@ -94,7 +94,7 @@ def test_rows_that_did_not_ask_get_none_and_batching_changes_nothing(tiny_loaded
 
 
 @pytest.mark.parametrize("max_batched_tokens", [512, 5], ids=["one-chunk", "chunked"])
-def test_prompt_logprobs_equal_a_full_forward(tiny_loaded, runner, max_batched_tokens):
+def test_prompt_logprobs_equal_a_full_forward(tiny_loaded, reference, max_batched_tokens):
     prompt = tiny_loaded.tokenizer.encode("The capital of France is Paris. The capital of Japan is Tokyo.")
     assert len(prompt) > 2 * max_batched_tokens or max_batched_tokens > len(prompt)
     params = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True, prompt_logprobs=2)
@@ -102,10 +102,10 @@ def test_prompt_logprobs_equal_a_full_forward(tiny_loaded, runner, max_batched_t
     prompt_logprobs = events[0].prompt_logprobs
     assert prompt_logprobs is not None and all(e.prompt_logprobs is None for e in events[1:])
     assert len(prompt_logprobs) == len(prompt) and prompt_logprobs[0] is None
-    reference = _reference(runner, prompt)
+    expected = _reference(reference, prompt)
     for position, lp in enumerate(prompt_logprobs[1:], start=1):
         assert lp.token_id == prompt[position]
-        assert lp.logprob == pytest.approx(float(reference[position - 1, prompt[position]]), abs=1e-4)
+        assert lp.logprob == pytest.approx(float(expected[position - 1, prompt[position]]), abs=1e-4)
         assert len(lp.top) == 2
     # The completion is the one a request without prompt logprobs gets.
     plain = _run(tiny_loaded, prompt, SamplingParams(temperature=0, max_tokens=2, ignore_eos=True))

@@ -86,3 +86,27 @@ def test_eos_ids_include_end_of_turn(saved) -> None:
     assert end_of_turn in ([generation_eos] if isinstance(generation_eos, int) else generation_eos)
     assert end_of_turn in loader.eos_token_ids(model, tokenizer)
     assert model.config.max_position_embeddings == tokenizer.model_max_length == 8192
+
+
+def test_the_folder_is_read_directly_and_computes_what_transformers_does(folder: Path, saved) -> None:
+    """Start-up reads the default model without transformers' model classes (app/engine/llama_checkpoint.py):
+    same tokenizer as AutoTokenizer builds, same EOS ids, logits within fp32 rounding of transformers'."""
+    from transformers import AutoTokenizer
+
+    from tests.engine.helpers import make_core, reference_logits
+
+    model, _ = saved
+    direct = loader.load(loader.LoadConfig(str(folder), device="cpu", dtype="float32", quantization="none"))
+    assert direct.model is None and direct.fused is not None
+    auto = AutoTokenizer.from_pretrained(str(folder))
+    assert type(direct.tokenizer) is type(auto)
+    assert [direct.tokenizer.encode(p) for p in PROMPTS] == [auto.encode(p) for p in PROMPTS]
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
+    assert (direct.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            == auto.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    assert direct.eos_token_ids == loader.eos_token_ids(model, auto)
+    runner = make_core(direct).runner
+    for prompt in PROMPTS:
+        ids = auto.encode(prompt)
+        expected = reference_logits(model, ids)[-1]
+        torch.testing.assert_close(runner.prefill(runner.new_cache(), ids, 0), expected, atol=2e-3, rtol=1e-4)

@@ -1,0 +1,184 @@
+"""Reading a local Llama-family safetensors folder straight into FusedLlama, without transformers' modeling code.
+
+Importing transformers' model classes (and, through their config classes, torch.distributed) costs
+about two seconds on a small CPU; reading config.json and the safetensors files costs a tenth of
+that. This reads only checkpoints it can compute exactly as transformers would: one of the fused
+architectures, the default RoPE, no quantization config, and exactly the tensors transformers would
+load (with the biases the config asks for). Anything else is refused with a reason, and the loader
+takes transformers' path instead.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from app.engine.fused_llama import (
+    DefaultRotary,
+    FusedLayer,
+    FusedLlama,
+    LlamaDims,
+    config_reason,
+)
+from app.engine.packed_linear import PackedLinear
+
+# model_type -> the architecture transformers would build for it, as config.json names it.
+_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
+# Keys whose class defaults differ between these model types: they must be written out.
+_REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "rms_norm_eps",
+             "vocab_size")
+# Left in some older checkpoints; transformers recomputes it and ignores the stored copy.
+_IGNORED_SUFFIX = "rotary_emb.inv_freq"
+
+
+@dataclass
+class LlamaCheckpoint:
+    """A checkpoint this module can read: its config and where each tensor lives."""
+
+    folder: Path
+    config: dict
+    files: dict[str, Path]  # tensor name -> safetensors file
+
+    def get(self, key: str, default: object = None) -> object:
+        return self.config.get(key, default)
+
+
+def _rope_theta(config: dict) -> tuple[float | None, str | None]:
+    """The default RoPE's theta, or why the config asks for another RoPE."""
+    params = config.get("rope_parameters") or {}
+    scaling = config.get("rope_scaling") or {}
+    rope_type = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+    if rope_type != "default":
+        return None, f"RoPE type {rope_type!r}"
+    if config.get("partial_rotary_factor", 1.0) != 1.0:
+        return None, "partial rotary embeddings"
+    theta = params.get("rope_theta", config.get("rope_theta"))
+    return (float(theta), None) if theta is not None else (None, "config.json names no rope_theta")
+
+
+def _tensor_files(folder: Path) -> dict[str, Path] | None:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return {name: folder / file for name, file in weight_map.items()}
+    single = folder / "model.safetensors"
+    if not single.is_file():
+        return None
+    with safe_open(single, framework="pt") as handle:
+        return dict.fromkeys(handle.keys(), single)
+
+
+def expected_tensors(config: dict) -> tuple[set[str], set[str]]:
+    """(names transformers would load, names it would accept but not need) for this config."""
+    model_type = config["model_type"]
+    attention = ("q", "k", "v", "o")
+    mlp = ("gate", "up", "down")
+    attention_biases = ("q", "k", "v") if model_type == "qwen2" else attention if config.get("attention_bias") else ()
+    mlp_biases = mlp if model_type == "llama" and config.get("mlp_bias") else ()
+    names = {"model.embed_tokens.weight", "model.norm.weight"}
+    for i in range(int(config["num_hidden_layers"])):
+        prefix = f"model.layers.{i}."
+        names |= {prefix + "input_layernorm.weight", prefix + "post_attention_layernorm.weight"}
+        names |= {f"{prefix}self_attn.{p}_proj.weight" for p in attention}
+        names |= {f"{prefix}self_attn.{p}_proj.bias" for p in attention_biases}
+        names |= {f"{prefix}mlp.{p}_proj.weight" for p in mlp}
+        names |= {f"{prefix}mlp.{p}_proj.bias" for p in mlp_biases}
+    if config.get("tie_word_embeddings", False):
+        return names, {"lm_head.weight"}  # tied: transformers uses the embedding whatever the file holds
+    return names | {"lm_head.weight"}, set()
+
+
+def _config_refusal(config: dict) -> str | None:
+    model_type = config.get("model_type")
+    if model_type not in _ARCHITECTURES:
+        return f"model_type {model_type!r} is not one of {sorted(_ARCHITECTURES)}"
+    if config.get("architectures") not in (None, [_ARCHITECTURES[model_type]]):
+        return f"architectures {config.get('architectures')}"
+    if config.get("quantization_config"):
+        return "a quantized checkpoint"
+    missing = [key for key in _REQUIRED if key not in config]
+    if missing:
+        return f"config.json does not name {', '.join(missing)}"
+    if model_type == "mistral" and "sliding_window" not in config:
+        return "Mistral's default sliding window"
+    defaults = {"use_sliding_window": False} if model_type == "qwen2" else {}
+    return config_reason(lambda key, default: config.get(key, defaults.get(key, default))) or _rope_theta(config)[1]
+
+
+def open_checkpoint(reference: str) -> LlamaCheckpoint | str:
+    """The checkpoint at `reference` (a local folder), or why this module cannot read it."""
+    folder = Path(reference)
+    if not (folder / "config.json").is_file():
+        return "not a local folder with a config.json"
+    config = json.loads((folder / "config.json").read_text())
+    refusal = _config_refusal(config)
+    if refusal:
+        return refusal
+    files = _tensor_files(folder)
+    if files is None:
+        return "no safetensors weights"
+    needed, optional = expected_tensors(config)
+    present = {name for name in files if not name.endswith(_IGNORED_SUFFIX)}
+    unknown, absent = present - needed - optional, needed - present
+    if unknown or absent:
+        sample = sorted(unknown)[:3] or sorted(absent)[:3]
+        return f"{'unexpected' if unknown else 'missing'} tensors ({', '.join(sample)})"
+    return LlamaCheckpoint(folder, config, files)
+
+
+class _Reader:
+    """Tensors by name, each file opened once, converted to the model's dtype and device."""
+
+    def __init__(self, files: dict[str, Path], dtype: torch.dtype, device: torch.device) -> None:
+        self._files, self._dtype, self._device = files, dtype, device
+        self._handles: dict[Path, object] = {}
+
+    def __call__(self, name: str) -> torch.Tensor:
+        path = self._files[name]
+        if path not in self._handles:
+            self._handles[path] = safe_open(path, framework="pt")
+        return self._handles[path].get_tensor(name).to(device=self._device, dtype=self._dtype)
+
+    def maybe(self, name: str) -> torch.Tensor | None:
+        return self(name) if name in self._files else None
+
+    def fused(self, prefix: str, parts: tuple[str, ...]) -> PackedLinear:
+        """One PackedLinear for projections that read the same input (q/k/v, gate/up)."""
+        weights = [self(f"{prefix}{p}_proj.weight") for p in parts]
+        biases = [self.maybe(f"{prefix}{p}_proj.bias") for p in parts]
+        bias = None if all(b is None for b in biases) else torch.cat(
+            [b if b is not None else w.new_zeros(w.shape[0]) for w, b in zip(weights, biases)])
+        return PackedLinear(torch.cat(weights), bias)
+
+    def linear(self, name: str) -> PackedLinear:
+        return PackedLinear(self(f"{name}.weight"), self.maybe(f"{name}.bias"))
+
+    def norm(self, name: str) -> torch.Tensor:
+        # Through the model's dtype first, as transformers holds it, then fp32 as FusedLlama uses it.
+        return self(name).float()
+
+
+def fused_from_checkpoint(checkpoint: LlamaCheckpoint, dtype: torch.dtype, device: torch.device) -> FusedLlama:
+    """FusedLlama with the checkpoint's weights in `dtype` on `device`."""
+    dims = LlamaDims.of(checkpoint.get)
+    read = _Reader(checkpoint.files, dtype, device)
+    layers = []
+    for i in range(dims.num_layers):
+        prefix = f"model.layers.{i}."
+        layers.append(FusedLayer(
+            input_norm=read.norm(prefix + "input_layernorm.weight"),
+            qkv=read.fused(prefix + "self_attn.", ("q", "k", "v")),
+            o=read.linear(prefix + "self_attn.o_proj"),
+            post_norm=read.norm(prefix + "post_attention_layernorm.weight"),
+            gate_up=read.fused(prefix + "mlp.", ("gate", "up")),
+            down=read.linear(prefix + "mlp.down_proj"),
+        ))
+    embed = read("model.embed_tokens.weight")
+    lm_head = PackedLinear(embed) if checkpoint.get("tie_word_embeddings", False) else read.linear("lm_head")
+    theta, _ = _rope_theta(checkpoint.config)
+    return FusedLlama(dims, embed, DefaultRotary(theta, dims.head_dim, device), layers,
+                      read.norm("model.norm.weight"), lm_head)
