@@ -41,7 +41,7 @@ class GracefulServer(uvicorn.Server):
 
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets)
-        resume_garbage_collection()
+        resume_garbage_collection(asyncio.get_running_loop())
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Unlike uvicorn's, records no signal: uvicorn would re-raise it at exit and the code would be -15.
@@ -65,12 +65,24 @@ class GracefulServer(uvicorn.Server):
             self.should_exit = True
 
 
-def resume_garbage_collection() -> None:
-    """Collection back on after a start-up that paused it (app/__main__.py). What is alive now stays
-    for the process's life: frozen, later collections skip it."""
-    if not gc.isenabled():
-        gc.freeze()
-        gc.enable()
+# After start-up, when to sweep the garbage it left (0.15 s for the default model, which would delay
+# the first answer) and freeze what survives: modules and the model stay for the process's life, so
+# later full collections need not walk them again.
+FREEZE_AFTER_S = 5.0
+
+
+def resume_garbage_collection(loop: asyncio.AbstractEventLoop) -> None:
+    """Collection back on after a start-up that paused it (app/__main__.py); the one full sweep and
+    the freeze come FREEZE_AFTER_S later."""
+    if gc.isenabled():
+        return  # nobody paused it (tests, an app embedding create_app)
+    gc.enable()
+    loop.call_later(FREEZE_AFTER_S, _freeze_the_start_up_heap)
+
+
+def _freeze_the_start_up_heap() -> None:
+    gc.collect()
+    gc.freeze()
 
 
 def serve(app: FastAPI, settings: Settings) -> int:

@@ -9,16 +9,22 @@ from app.api.tool_schema import NamedToolChoice
 from app.api.engine_port import ServingEngine
 
 
-def completion_framer(body: CompletionRequest, id_: str, model: str, engine: ServingEngine, echo: str | None,
-                      prompt_ids: list[int]) -> Framer:
-    formatter = None if body.logprobs is None else LogprobFormatter(engine.token_bytes)
+async def _logprob_formatter(engine: ServingEngine) -> LogprobFormatter:
+    await engine.token_bytes_ready()  # built just after start-up; waited for here, not on each token
+    return LogprobFormatter(engine.token_bytes)
+
+
+async def completion_framer(body: CompletionRequest, id_: str, model: str, engine: ServingEngine,
+                            echo: str | None, prompt_ids: list[int]) -> Framer:
+    formatter = None if body.logprobs is None else await _logprob_formatter(engine)
     return Framer(id_, model, include_usage=body.include_usage, n=body.n, formatter=formatter, echo_text=echo,
                   prompt_ids=prompt_ids)
 
 
-def chat_framer(body: ChatCompletionRequest, id_: str, model: str, engine: ServingEngine, reasoning_open: bool) -> ChatFramer:
+async def chat_framer(body: ChatCompletionRequest, id_: str, model: str, engine: ServingEngine,
+                      reasoning_open: bool) -> ChatFramer:
     assert engine.info is not None
-    formatter = LogprobFormatter(engine.token_bytes) if body.logprobs else None
+    formatter = await _logprob_formatter(engine) if body.logprobs else None
     if isinstance(body.tool_choice, NamedToolChoice):  # validation put it among the tools
         names: tuple[str, ...] = (body.tool_choice.function.name,)
     else:

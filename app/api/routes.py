@@ -51,7 +51,7 @@ async def completions(body: CompletionRequest, request: Request, engine: Serving
     text = body.prompt_text()
     prompt_ids = await engine.encode_text(text) if text is not None else engine.check_ids(body.prompt_ids())
     echo = (text if text is not None else await engine.decode(prompt_ids)) if body.echo else None
-    framer = completion_framer(body, completion_id(request, "cmpl-"), model, engine, echo, prompt_ids)
+    framer = await completion_framer(body, completion_id(request, "cmpl-"), model, engine, echo, prompt_ids)
     events = track(request, await engine.submit(prompt_ids, body.to_sampling_params(), framer.id), model,
                    body.prompt, body.n)
     if body.stream:
@@ -63,7 +63,7 @@ async def completions(body: CompletionRequest, request: Request, engine: Serving
 async def chat_completions(body: ChatCompletionRequest, request: Request, engine: ServingEngine = Depends(get_engine)):
     model = accept(body, request, engine)
     prompt_ids = await engine.encode_chat(body.template_messages(), tools=body.template_tools())
-    framer = chat_framer(body, completion_id(request, "chatcmpl-"), model, engine,
+    framer = await chat_framer(body, completion_id(request, "chatcmpl-"), model, engine,
                          await engine.opens_reasoning(prompt_ids))
     events = track(request, await engine.submit(prompt_ids, body.to_sampling_params(), framer.id), model,
                    body.messages, body.n)

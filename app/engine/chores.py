@@ -40,15 +40,22 @@ class Chore:
         """Run one slice; True once the chore is over (done, its result handed on, or failed)."""
         started = time.perf_counter()
         try:
-            next(self.slices)
-        except StopIteration as done:
-            self.spent_s += time.perf_counter() - started
-            log.info("%s done in %.2fs of slices", self.name, self.spent_s)
-            self.on_done(done.value)
-            return True
-        except Exception as exc:  # noqa: BLE001 - the engine serves without it
+            try:
+                next(self.slices)
+            except StopIteration as done:
+                self.spent_s += time.perf_counter() - started
+                log.info("%s done in %.2fs of slices", self.name, self.spent_s)
+                self.on_done(done.value)
+                return True
+        except Exception as exc:  # noqa: BLE001 - a slice or on_done: the engine serves without the chore
             log.warning("%s failed; serving without it", self.name, exc_info=True)
-            self.on_failed(exc)
+            self._report_failure(exc)
             return True
         self.spent_s += time.perf_counter() - started
         return False
+
+    def _report_failure(self, error: Exception) -> None:
+        try:
+            self.on_failed(error)
+        except Exception:  # noqa: BLE001 - the model thread must outlive a broken callback
+            log.exception("%s: handling its failure failed too", self.name)

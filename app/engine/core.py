@@ -77,8 +77,6 @@ class EngineCore:
         self.vocab_size = vocab_size
         self.store = KVStore(runner.device)
         self._prefill_caches: dict[Sequence, DynamicCache] = {}
-        # Fixed at load: finished conversations are stored only when decode runs at full precision.
-        self._stores_conversations = prefix_cache is not None and runner.decodes_exactly
 
     @property
     def has_work(self) -> bool:
@@ -224,7 +222,9 @@ class EngineCore:
 
     def _store_conversation(self, sequence: Sequence) -> None:
         """A finished row's prompt + output (all but the last token, which was never fed) for the next turn."""
-        if not self._stores_conversations or sequence.status not in _STORABLE:
+        # Only while decode runs at full precision: the low-bit copies, made after start-up, switch it off
+        # for good (a row that decoded across the switch is refused too).
+        if self.prefix_cache is None or not self.runner.decodes_exactly or sequence.status not in _STORABLE:
             return
         assert self.prefix_cache is not None
         token_ids = sequence.prompt_ids + sequence.output_ids[:-1]

@@ -123,7 +123,7 @@ class Engine:
         if refusal is None:
             slices = quantization_slices(loaded.fused, load_config.quantization, load_config.copy_max_rows,
                                          loaded.dtype, loaded.device)
-            chores.append(Chore("low-bit weight copies", slices, self._copies_made))
+            chores.append(Chore("low-bit weight copies", slices, self._copies_made, self._copies_failed))
         max_rows = self.config.scheduler.max_running
         chores.append(Chore("warming per-shape kernels", self._core.runner.warm_row_slices(max_rows)))
         return chores
@@ -132,6 +132,12 @@ class Engine:
         """On the model thread, once the copies serve (or were found slower)."""
         self._loaded.runtime = replace(self._loaded.runtime, quantization=str(summary))
         log.info("quantization=%s", summary)
+
+    def _copies_failed(self, error: Exception) -> None:
+        """On the model thread: drop what was made (none served yet) and say so."""
+        for lin in self._loaded.fused.linears():
+            lin.copy, lin.copy_max_rows = None, 0
+        self._loaded.runtime = replace(self._loaded.runtime, quantization=f"none (making the copies failed: {error})")
 
     async def stop(self) -> None:
         if self._model_thread is not None and self._model_thread.is_running:
@@ -202,12 +208,23 @@ class Engine:
         """Whether a chat prompt ends inside the model's reasoning block (see ModelInfo.reasoning_markers)."""
         return await self._tokenize(self._encoder().opens_reasoning, ids)
 
-    def token_bytes(self, token_id: int) -> bytes:
-        """A token's raw bytes (b"" for ids past the tokenizer's vocabulary)."""
+    async def token_bytes_ready(self) -> None:
+        """Until token_bytes answers without waiting: the model thread's first chore builds the table
+        just after start-up (a request with logprobs that comes sooner waits here, not on the loop)."""
         table = self._token_bytes
         if table is None:
             raise EngineDead("the model is not loaded")
-        while not table.done():  # only just after start-up: the model thread's first chore builds it
+        while not table.done():
+            if not self.is_alive:
+                raise EngineDead("the model thread stopped")
+            await asyncio.sleep(0.01)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """A token's raw bytes (b"" for ids past the tokenizer's vocabulary); after token_bytes_ready."""
+        table = self._token_bytes
+        if table is None:
+            raise EngineDead("the model is not loaded")
+        while not table.done():  # a caller that did not await token_bytes_ready: wait here
             if not self.is_alive:
                 raise EngineDead("the model thread stopped")
             futures_wait([table], timeout=0.05)

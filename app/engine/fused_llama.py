@@ -80,10 +80,11 @@ class LlamaDims:
 
     @classmethod
     def of(cls, get: Callable[[str, object], object]) -> LlamaDims:
-        heads = int(get("num_attention_heads", 0))
-        return cls(int(get("num_hidden_layers", 0)), heads, int(get("num_key_value_heads", None) or heads),
-                   int(get("head_dim", None) or int(get("hidden_size", 0)) // heads),
-                   int(get("intermediate_size", 0)), float(get("rms_norm_eps", 0.0)), int(get("vocab_size", 0)))
+        heads = int(get("num_attention_heads", 0) or 0)
+        head_dim = get("head_dim", None) or (int(get("hidden_size", 0) or 0) // heads if heads else 0)
+        return cls(int(get("num_hidden_layers", 0) or 0), heads, int(get("num_key_value_heads", None) or heads),
+                   int(head_dim), int(get("intermediate_size", 0) or 0), float(get("rms_norm_eps", 0.0) or 0.0),
+                   int(get("vocab_size", 0) or 0))
 
 
 class DefaultRotary:

@@ -28,9 +28,11 @@ from app.engine.packed_linear import PackedLinear
 
 # model_type -> the architecture transformers would build for it, as config.json names it.
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
-# Keys whose class defaults differ between these model types: they must be written out.
+# Keys whose class defaults differ between these model types (or from what this module assumes when
+# one is missing: as many KV heads as heads, 2,048 positions, LlamaConfig's defaults): written out.
 _REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "rms_norm_eps",
              "vocab_size")
+_REQUIRED_BEYOND_LLAMA = ("num_key_value_heads", "max_position_embeddings")
 # Left in some older checkpoints; transformers recomputes it and ignores the stored copy.
 _IGNORED_SUFFIX = "rotary_emb.inv_freq"
 
@@ -48,48 +50,61 @@ class LlamaCheckpoint:
 
 
 def _rope_theta(config: dict) -> tuple[float | None, str | None]:
-    """The default RoPE's theta, or why the config asks for another RoPE."""
-    params = config.get("rope_parameters") or {}
-    scaling = config.get("rope_scaling") or {}
-    rope_type = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+    """The default RoPE's theta, or why the config asks for another RoPE. Read as transformers does:
+    `rope_scaling`, when set, replaces `rope_parameters`; a value inside them beats one beside them."""
+    params = config.get("rope_scaling") or config.get("rope_parameters") or {}
+    if any(isinstance(value, dict) for value in params.values()):
+        return None, "RoPE parameters per layer type"
+    rope_type = params.get("rope_type") or params.get("type") or "default"
     if rope_type != "default":
         return None, f"RoPE type {rope_type!r}"
-    if config.get("partial_rotary_factor", 1.0) != 1.0:
+    if params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0)) != 1.0:
         return None, "partial rotary embeddings"
     theta = params.get("rope_theta", config.get("rope_theta"))
     return (float(theta), None) if theta is not None else (None, "config.json names no rope_theta")
 
 
-def _tensor_files(folder: Path) -> dict[str, Path] | None:
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return {name: folder / file for name, file in weight_map.items()}
-    single = folder / "model.safetensors"
-    if not single.is_file():
+def _tensor_shapes(folder: Path) -> dict[str, tuple[Path, tuple[int, ...]]] | None:
+    """Each tensor's file and shape (headers only), from model.safetensors or, as transformers looks
+    second, the sharded index; None without either."""
+    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+    if single.is_file():
+        files = [single]
+    elif index.is_file():
+        files = sorted({folder / name for name in json.loads(index.read_text())["weight_map"].values()})
+    else:
         return None
-    with safe_open(single, framework="pt") as handle:
-        return dict.fromkeys(handle.keys(), single)
+    shapes = {}
+    for path in files:
+        with safe_open(path, framework="pt") as handle:
+            shapes.update({name: (path, tuple(handle.get_slice(name).get_shape())) for name in handle.keys()})
+    return shapes
 
 
-def expected_tensors(config: dict) -> tuple[set[str], set[str]]:
-    """(names transformers would load, names it would accept but not need) for this config."""
-    model_type = config["model_type"]
-    attention = ("q", "k", "v", "o")
-    mlp = ("gate", "up", "down")
-    attention_biases = ("q", "k", "v") if model_type == "qwen2" else attention if config.get("attention_bias") else ()
-    mlp_biases = mlp if model_type == "llama" and config.get("mlp_bias") else ()
-    names = {"model.embed_tokens.weight", "model.norm.weight"}
-    for i in range(int(config["num_hidden_layers"])):
+def expected_tensors(config: dict) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+    """({name: shape} transformers would load, {name: shape} it would accept but not need)."""
+    model_type, dims = config["model_type"], LlamaDims.of(config.get)
+    hidden, vocab = int(config["hidden_size"]), dims.vocab_size
+    q_out, kv_out, inter = dims.num_heads * dims.head_dim, dims.num_kv_heads * dims.head_dim, dims.intermediate_size
+    outputs = {"q": q_out, "k": kv_out, "v": kv_out, "o": hidden, "gate": inter, "up": inter, "down": hidden}
+    inputs = {"q": hidden, "k": hidden, "v": hidden, "o": q_out, "gate": hidden, "up": hidden, "down": inter}
+    # Qwen2 always has q/k/v biases; Llama has what attention_bias / mlp_bias say; Mistral none.
+    attention_biases = (("q", "k", "v") if model_type == "qwen2"
+                        else ("q", "k", "v", "o") if model_type == "llama" and config.get("attention_bias") else ())
+    mlp_biases = ("gate", "up", "down") if model_type == "llama" and config.get("mlp_bias") else ()
+    shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
+    for i in range(dims.num_layers):
         prefix = f"model.layers.{i}."
-        names |= {prefix + "input_layernorm.weight", prefix + "post_attention_layernorm.weight"}
-        names |= {f"{prefix}self_attn.{p}_proj.weight" for p in attention}
-        names |= {f"{prefix}self_attn.{p}_proj.bias" for p in attention_biases}
-        names |= {f"{prefix}mlp.{p}_proj.weight" for p in mlp}
-        names |= {f"{prefix}mlp.{p}_proj.bias" for p in mlp_biases}
+        shapes[prefix + "input_layernorm.weight"] = shapes[prefix + "post_attention_layernorm.weight"] = (hidden,)
+        for part in ("q", "k", "v", "o", "gate", "up", "down"):
+            module = f"{prefix}{'self_attn' if part in ('q', 'k', 'v', 'o') else 'mlp'}.{part}_proj"
+            shapes[module + ".weight"] = (outputs[part], inputs[part])
+            if part in attention_biases or part in mlp_biases:
+                shapes[module + ".bias"] = (outputs[part],)
+    lm_head = {"lm_head.weight": (vocab, hidden)}
     if config.get("tie_word_embeddings", False):
-        return names, {"lm_head.weight"}  # tied: transformers uses the embedding whatever the file holds
-    return names | {"lm_head.weight"}, set()
+        return shapes, lm_head  # tied: transformers uses the embedding whatever the file holds
+    return shapes | lm_head, {}
 
 
 def _config_refusal(config: dict) -> str | None:
@@ -100,7 +115,8 @@ def _config_refusal(config: dict) -> str | None:
         return f"architectures {config.get('architectures')}"
     if config.get("quantization_config"):
         return "a quantized checkpoint"
-    missing = [key for key in _REQUIRED if key not in config]
+    required = _REQUIRED if model_type == "llama" else _REQUIRED + _REQUIRED_BEYOND_LLAMA
+    missing = [key for key in required if config.get(key) is None]
     if missing:
         return f"config.json does not name {', '.join(missing)}"
     if model_type == "mistral" and "sliding_window" not in config:
@@ -114,20 +130,26 @@ def open_checkpoint(reference: str) -> LlamaCheckpoint | str:
     folder = Path(reference)
     if not (folder / "config.json").is_file():
         return "not a local folder with a config.json"
-    config = json.loads((folder / "config.json").read_text())
-    refusal = _config_refusal(config)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        refusal = _config_refusal(config)
+        stored = None if refusal else _tensor_shapes(folder)
+    except Exception as exc:  # noqa: BLE001 - unreadable JSON or safetensors headers: transformers says what is wrong
+        return f"unreadable files ({type(exc).__name__}: {exc})"
     if refusal:
         return refusal
-    files = _tensor_files(folder)
-    if files is None:
+    if stored is None:
         return "no safetensors weights"
     needed, optional = expected_tensors(config)
-    present = {name for name in files if not name.endswith(_IGNORED_SUFFIX)}
-    unknown, absent = present - needed - optional, needed - present
+    present = {name for name in stored if not name.endswith(_IGNORED_SUFFIX)}
+    unknown, absent = present - needed.keys() - optional.keys(), needed.keys() - present
     if unknown or absent:
         sample = sorted(unknown)[:3] or sorted(absent)[:3]
         return f"{'unexpected' if unknown else 'missing'} tensors ({', '.join(sample)})"
-    return LlamaCheckpoint(folder, config, files)
+    wrong = [name for name in sorted(present) if stored[name][1] != (needed | optional)[name]]
+    if wrong:
+        return f"tensor shapes unlike config.json's ({wrong[0]}: {stored[wrong[0]][1]})"
+    return LlamaCheckpoint(folder, config, {name: path for name, (path, _) in stored.items()})
 
 
 class _Reader:

@@ -2,9 +2,9 @@
 
 A model reference is a local folder, a Hugging Face hub id, or a path to a `.gguf` file. A local
 Llama-family safetensors folder (the default model's kind) is read straight into FusedLlama
-(app/engine/llama_checkpoint.py) and its tokenizer built without transformers' Auto classes: both
-import transformers' modeling code, which costs seconds of start-up on a small CPU. Everything else
-goes through `from_pretrained`.
+(app/engine/llama_checkpoint.py), and a Llama folder's generic fast tokenizer is built without
+AutoTokenizer: transformers' model and config classes import its modeling code (and torch.distributed),
+seconds of start-up on a small CPU. Everything else goes through `from_pretrained` / AutoTokenizer.
 """
 
 from __future__ import annotations
@@ -103,9 +103,10 @@ def split_gguf_reference(model: str) -> tuple[str, str | None]:
 
 
 # Tokenizer classes AutoTokenizer resolves to the generic fast tokenizer for these model types
-# (transformers 5's tokenization_auto); for them the generic class is built directly.
+# (transformers 5's tokenization_auto); for them the generic class is built directly. Not qwen2:
+# AutoTokenizer swaps in Qwen2Tokenizer there, with a pipeline of its own.
 _GENERIC_TOKENIZER_CLASSES = {"TokenizersBackend", "PreTrainedTokenizerFast"}
-_GENERIC_TOKENIZER_MODEL_TYPES = {"llama", "qwen2"}
+_GENERIC_TOKENIZER_MODEL_TYPES = {"llama"}
 
 
 def _read_json(path: Path) -> dict:
@@ -203,7 +204,11 @@ def _read_checkpoint(config: LoadConfig, tokenizer: PreTrainedTokenizerBase, dev
     if isinstance(checkpoint, str):
         log.info("loading through transformers: %s", checkpoint)
         return None
-    fused = fused_from_checkpoint(checkpoint, dtype, device)
+    try:
+        fused = fused_from_checkpoint(checkpoint, dtype, device)
+    except Exception:  # noqa: BLE001 - a file it cannot read (truncated, a stale index): transformers' turn
+        log.warning("reading %s directly failed; loading through transformers", checkpoint.folder, exc_info=True)
+        return None
     log.info("read %s without transformers' modeling code", checkpoint.folder)
     max_pos = int(checkpoint.get("max_position_embeddings", 0) or 2048)
     eos = _checkpoint_eos_ids(checkpoint.folder, checkpoint.config, tokenizer)

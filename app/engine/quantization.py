@@ -5,9 +5,10 @@ use AMX or big-GEMM blocking, so they win for a few rows and lose for many; wher
 depends on the CPU. `measure_copy_max_rows` times the model's own distinct matrices both ways at
 growing row counts and returns the largest count up to which int8 stays faster (0: never).
 
-Making the copies takes longer than loading the default model (about 1.4 s on 2 cores), so the
-engine does it after start-up on the model thread, one matrix per slice between steps
-(`quantization_slices`, app/engine/chores.py); no step uses a copy until all are made and measured.
+Making the copies takes longer than loading the default model (about 1.2 s on 2 cores), so the
+engine does it after start-up on the model thread, in slices between steps (`quantization_slices`, a
+chore: app/engine/chores.py): a block of rows of one matrix per slice, then one slice per row count
+measured; no step uses a copy until all are made and measured.
 """
 
 from __future__ import annotations
@@ -120,15 +121,15 @@ def quantization_slices(fused: FusedLlama | None, mode: str, max_rows: int, dtyp
     if not with_copy:
         return "none (no matrix the low-bit kernels can take)"
     rows = max_rows or (yield from _measure_slices(with_copy, dtype, device, CANDIDATE_ROWS))
-    for lin in with_copy:
-        lin.copy_max_rows = rows  # from here on, small decode steps use the copies
-        if rows == 0:
-            lin.copy = None  # never faster here: keep no copy
     if rows == 0:
+        for lin in with_copy:
+            lin.copy = None  # never faster here: keep no copy
         return "none (low-bit copies measured slower at every batch size here)"
     size = sum(lin.copy.nbytes for lin in with_copy) >> 20
     counts = ", ".join(f"{kind} for {n} matrices" for kind, n in sorted(kinds.items()))
     how = "asked for" if max_rows else "measured faster"
+    for lin in with_copy:
+        lin.copy_max_rows = rows  # from here on, small decode steps use the copies
     return f"{counts} ({size} MiB) serve steps of up to {rows} rows ({how})"
 
 

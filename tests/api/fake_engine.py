@@ -137,6 +137,9 @@ class FakeEngine:
     async def opens_reasoning(self, ids: Sequence[int]) -> bool:
         return self.prompt_opens_reasoning
 
+    async def token_bytes_ready(self) -> None:
+        return None
+
     def token_bytes(self, token_id: int) -> bytes:
         return chr(token_id).encode()
 

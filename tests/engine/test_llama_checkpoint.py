@@ -125,7 +125,15 @@ def _rewrite_tensors(folder: Path, edit) -> None:
     (lambda f: _rewrite_tensors(f, lambda t: t.update({"model.layers.0.extra.weight": torch.zeros(2)})),
      "unexpected tensors"),
     (lambda f: (f / "model.safetensors").unlink(), "no safetensors"),
-], ids=["rope-scaling", "quantized", "other-architecture", "activation", "missing", "unexpected", "no-weights"])
+    (lambda f: _rewrite_config(f, rope_scaling={"type": "linear", "factor": 2.0}), "RoPE type"),  # beats rope_parameters
+    (lambda f: _rewrite_config(f, rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1e4}}),
+     "per layer type"),
+    (lambda f: _rewrite_config(f, vocab_size=500), "tensor shapes"),
+    (lambda f: _rewrite_config(f, model_type="qwen2", architectures=["Qwen2ForCausalLM"], num_key_value_heads=None),
+     "num_key_value_heads"),  # Qwen2Config's default (32) is not the head count
+    (lambda f: (f / "model.safetensors").write_bytes(b"not a safetensors file"), "unreadable"),
+], ids=["rope-scaling", "quantized", "other-architecture", "activation", "missing", "unexpected", "no-weights",
+        "rope-scaling-beats-parameters", "nested-rope", "shapes", "qwen2-default-kv-heads", "corrupt"])
 def test_what_it_cannot_read_exactly_is_refused_with_a_reason(tmp_path, change, reason):
     folder = build_tiny_model(tmp_path / "model")
     change(folder)
@@ -147,6 +155,21 @@ def test_a_refused_checkpoint_still_loads_through_transformers(tmp_path):
     ids = loaded.tokenizer.encode(PROMPT)
     torch.testing.assert_close(_last_logits(loaded, ids), reference_logits(loaded.model, ids)[-1],
                                atol=1e-4, rtol=1e-4)
+
+
+def test_mistral_biases_are_not_read_as_transformers_drops_them(tmp_path, tiny_model_dir):
+    folder = _save(tmp_path, MistralForCausalLM(MistralConfig(**SIZES, sliding_window=None)))
+    _rewrite_config(folder, attention_bias=True)
+    _rewrite_tensors(folder, lambda t: t.update({"model.layers.0.self_attn.q_proj.bias": torch.ones(64)}))
+    assert "unexpected tensors" in open_checkpoint(str(folder))
+
+
+def test_a_qwen2_folder_gets_the_tokenizer_auto_tokenizer_builds(tmp_path, tiny_model_dir):
+    direct, _ = _both_ways(_save(tmp_path, Qwen2ForCausalLM(Qwen2Config(**SIZES))), tiny_model_dir)
+    auto = AutoTokenizer.from_pretrained(str(tmp_path))
+    assert type(direct.tokenizer) is type(auto)  # Qwen2Tokenizer, with its own normaliser and regex
+    texts = ["cafe\u0301 na\u00efve", "a\r\n\r\nb", PROMPT]
+    assert [direct.tokenizer.encode(t) for t in texts] == [auto.encode(t) for t in texts]
 
 
 def test_the_generic_tokenizer_is_the_one_auto_tokenizer_builds(tiny_model_dir):

@@ -162,3 +162,20 @@ def test_with_low_bit_decode_only_prompts_are_stored(tiny_model_dir, prompt):
     answer = output_of(_run(core, loaded, prompt, GREEDY))[0]
     events = _run(core, loaded, prompt + answer + prompt[:5], GREEDY)
     assert events[-1].num_cached_tokens == len(prompt)
+
+
+def test_conversations_stop_being_stored_once_the_copies_serve(tiny_model_dir, prompt):
+    """The engine makes the low-bit copies after start-up, on a core that already exists: from then on
+    its finished conversations hold KV from low-bit steps and must not be stored."""
+    from app.engine.quantization import apply_quantization
+
+    loaded = load(tiny_load_config(tiny_model_dir, "float32", quantization="int8", copy_max_rows=8), copies=False)
+    core = make_core(loaded, CACHE)
+    answer = output_of(_run(core, loaded, prompt, GREEDY))[0]
+    again = _run(core, loaded, prompt + answer + prompt[:5], GREEDY)
+    assert again[-1].num_cached_tokens == len(prompt) + len(answer) - 1  # the whole first turn, exact
+    apply_quantization(loaded.fused, "int8", 8, loaded.dtype, loaded.device)
+    other = prompt[30:] + prompt[:30]
+    answer = output_of(_run(core, loaded, other, GREEDY))[0]
+    events = _run(core, loaded, other + answer + prompt[:5], GREEDY)
+    assert events[-1].num_cached_tokens == len(other)  # only the prompt, prefilled at full precision

@@ -64,10 +64,10 @@ def test_int4_gives_up_at_the_first_inexact_block(monkeypatch):
 
 async def test_the_engine_answers_before_its_chores_and_reports_the_copies_after(tiny_model_dir):
     config = tiny_load_config(tiny_model_dir, dtype="float32", quantization="int8", copy_max_rows=4)
+    assert load(config, copies=False).runtime.quantization.startswith("pending")
     engine = Engine(EngineConfig(config, "tiny"))
     await engine.start()
     try:
-        assert engine.runtime.quantization.startswith("pending")
         ids = await engine.encode_text("Hello")
         params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, logprobs=2)
         events = [e async for e in engine.generate(ids, params)]
@@ -77,5 +77,31 @@ async def test_the_engine_answers_before_its_chores_and_reports_the_copies_after
         expected = apply_quantization(load(config, copies=False).fused, "int8", 4, torch.float32, torch.device("cpu"))
         assert engine.runtime.quantization == expected
         assert engine.chores_left == 0 and engine.is_alive
+    finally:
+        await engine.stop()
+
+
+async def test_copies_that_fail_midway_leave_none_behind(tiny_model_dir, monkeypatch, caplog):
+    from app.engine import engine as engine_module
+
+    real = engine_module.quantization_slices
+
+    def failing(*args):
+        slices = real(*args)
+        for _ in range(3):
+            yield next(slices)
+        raise RuntimeError("out of memory for the copies")
+
+    monkeypatch.setattr(engine_module, "quantization_slices", failing)
+    config = tiny_load_config(tiny_model_dir, dtype="float32", quantization="int8", copy_max_rows=4)
+    engine = Engine(EngineConfig(config, "tiny"))
+    await engine.start()
+    try:
+        await wait_for_chores(engine)
+        assert "failed" in engine.runtime.quantization and "low-bit weight copies failed" in caplog.text
+        assert all(lin.copy is None and not lin.serves_copy for lin in engine._loaded.fused.linears())
+        ids = await engine.encode_text("Hello")
+        events = [e async for e in engine.generate(ids, SamplingParams(temperature=0, max_tokens=3, ignore_eos=True))]
+        assert sum(len(e.token_ids) for e in events) == 3 and engine.is_alive
     finally:
         await engine.stop()

@@ -35,3 +35,11 @@ def test_a_failing_chore_is_over_logged_and_reported(caplog):
 
 def test_run_to_end_returns_the_result():
     assert run_to_end(_counting(5, "all")) == "all"
+
+
+def test_a_result_handler_that_raises_does_not_escape(caplog):
+    def broken_handler(result):
+        raise ValueError("cannot publish")
+
+    chore = Chore("publish", _counting(0), broken_handler)
+    assert chore.run_slice() is True and "publish failed" in caplog.text
