@@ -29,7 +29,7 @@ import psutil
 
 from bench.client import LoadConfig
 from bench.loadgen import run_all
-from bench.run import RESULTS, ROOT, free_port, git_revision
+from bench.run import RESULTS, ROOT, free_port, git_revision, wait_settled
 from bench.stats import fmt, ratio
 
 SHORT_CONCURRENCY = (1, 16, 64)
@@ -91,8 +91,9 @@ def start(name: str, command: list[str], env: dict[str, str], stamp: str) -> tup
     proc = launch(command, env, RESULTS / f"{stamp}-{name}.log")
     url = f"http://127.0.0.1:{port}"
     try:
-        facts = {"url": url, "first_answer_s": first_answer(url, proc, started),
-                 "idle_rss_mib": tree_rss_mib(proc.pid), "scenarios": []}
+        facts = {"url": url, "first_answer_s": first_answer(url, proc, started), "scenarios": []}
+        wait_settled(f"{url}/health")  # tokenwire's start-up chores: measure the steady state
+        facts["idle_rss_mib"] = tree_rss_mib(proc.pid)
     except BaseException:
         stop(proc)
         raise

@@ -40,6 +40,9 @@ class ServingEngine(Protocol):
     def kv_cache_bytes(self) -> int: ...
 
     @property
+    def chores_left(self) -> int: ...
+
+    @property
     def prefix_cache_stats(self) -> PrefixCacheStats: ...
 
     @property

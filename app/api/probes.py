@@ -22,7 +22,7 @@ async def health(engine: ServingEngine = Depends(get_engine)):
     """Liveness, the engine's load and what it runs on (device, dtype, threads, CPU features); 503 once dead."""
     body = {"status": "ok" if engine.is_alive else "unavailable", "running": engine.num_running,
             "waiting": engine.num_waiting, "active_requests": engine.num_active_requests,
-            "kv_cache_bytes": engine.kv_cache_bytes,
+            "kv_cache_bytes": engine.kv_cache_bytes, "start_up_chores": engine.chores_left,
             "runtime": None if engine.runtime is None else engine.runtime.as_dict()}
     return JSONResponse(body, status_code=200 if engine.is_alive else 503)
 

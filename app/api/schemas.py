@@ -60,6 +60,12 @@ LogitBias = Annotated[dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]], F
 
 # Strict: OpenAI refuses "2" for an integer or "yes" for a boolean; so do we (ints still pass as floats).
 STRICT = ConfigDict(strict=True, extra="ignore")
+EXAMPLE_MODEL = "SmolLM2-135M-Instruct"  # the default model's served name, for the OpenAPI examples
+
+
+def _with_example(example: dict) -> ConfigDict:
+    """STRICT plus one request body the default server answers with a 200 (the OpenAPI `examples`)."""
+    return ConfigDict(**STRICT, json_schema_extra={"examples": [{"model": EXAMPLE_MODEL, **example}]})
 
 
 class StreamOptions(BaseModel):
@@ -134,6 +140,8 @@ PromptText = Annotated[Text, Field(min_length=1)]
 
 
 class CompletionRequest(_GenerationRequest):
+    model_config = _with_example({"prompt": "Say hello.", "max_tokens": 8})
+
     prompt: PromptText | Annotated[list[PromptText], Field(min_length=1, max_length=1)] | TokenIds | Annotated[
         list[TokenIds], Field(min_length=1, max_length=1)]
     echo: bool = False
@@ -275,6 +283,8 @@ def _refuse(what: str):
 
 
 class ChatCompletionRequest(_GenerationRequest):
+    model_config = _with_example({"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8})
+
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: MaxTokens | None = None
     logprobs: bool = False
@@ -379,7 +389,7 @@ class TokenizeRequest(BaseModel):
     """`prompt` (text, encoded as /v1/completions does) or `messages` (the chat template applied, as
     /v1/chat/completions does); exactly one."""
 
-    model_config = STRICT
+    model_config = _with_example({"prompt": "Say hello."})
 
     model: Text
     prompt: PromptText | None = None
@@ -400,7 +410,7 @@ class TokenizeRequest(BaseModel):
 
 
 class DetokenizeRequest(BaseModel):
-    model_config = STRICT
+    model_config = _with_example({"tokens": [1, 2, 3]})
 
     model: Text
     tokens: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=1 << 20)]
@@ -458,7 +468,7 @@ class ResponseText(BaseModel):
 
 
 class ResponsesRequest(BaseModel):
-    model_config = STRICT
+    model_config = _with_example({"input": "Say hello.", "max_output_tokens": 16})
 
     model: Text
     input: PromptText | Annotated[list[InputMessage], Field(min_length=1)]

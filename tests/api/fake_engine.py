@@ -57,6 +57,7 @@ class FakeEngine:
     running: int = 0
     waiting: int = 0
     kv_bytes: int = 0
+    chores: int = 0  # what chores_left answers
     prefix_stats: PrefixCacheStats = field(default_factory=PrefixCacheStats)
     info_on_start: ModelInfo | None = field(default_factory=lambda: ModelInfo(
         MODEL_NAME, max_model_len=2048, vocab_size=VOCAB_SIZE, eos_token_ids=(2,), created=1_700_000_000))
@@ -108,6 +109,10 @@ class FakeEngine:
     @property
     def kv_cache_bytes(self) -> int:
         return self.kv_bytes
+
+    @property
+    def chores_left(self) -> int:
+        return self.chores
 
     @property
     def runtime(self) -> RuntimeInfo | None:

@@ -14,11 +14,11 @@ async def test_models(client):
 
 
 async def test_health(client, fake):
-    fake.running, fake.waiting, fake.kv_bytes = 2, 5, 123_456
+    fake.running, fake.waiting, fake.kv_bytes, fake.chores = 2, 5, 123_456, 2
     response = await client.get("/health")
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "running": 2, "waiting": 5, "active_requests": 0,
-                               "kv_cache_bytes": 123_456, "runtime": {
+                               "kv_cache_bytes": 123_456, "start_up_chores": 2, "runtime": {
                                    "device": "cpu", "dtype": "float32", "dtype_reason": "asked for",
                                    "torch_threads": 2, "cpu_features": ["avx2"], "isa_cap": "",
                                    "torch_version": "0.0", "forward": "transformers", "quantization": "none"}}
@@ -28,7 +28,8 @@ async def test_health_reports_a_dead_engine(client, fake):
     fake.alive = False
     body = (await client.get("/health")).json()
     assert body["status"] == "unavailable"
-    assert set(body) == {"status", "running", "waiting", "active_requests", "kv_cache_bytes", "runtime"}
+    assert set(body) == {"status", "running", "waiting", "active_requests", "kv_cache_bytes", "start_up_chores",
+                         "runtime"}
 
 
 async def test_metrics_show_what_the_server_runs_on(client):

@@ -13,6 +13,7 @@ Hypothesis seed (derandomize), no shrinking.
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections import Counter
 
@@ -83,6 +84,9 @@ def openai_error_shape(ctx, response, case):
 def fuzz(operation, mode: GenerationMode, hooks) -> Counter[int]:
     """Send one operation's generated cases (bounded) and check each answer; return the statuses seen."""
     statuses: Counter[int] = Counter()
+    # Schemathesis also draws from the global `random` (dictionary-based values), so without this the
+    # cases depend on whichever test ran before in the same process.
+    random.seed(f"{operation.label} {mode.value}")
 
     @hypothesis.given(case=operation.as_strategy(mode, hooks=hooks))
     @hypothesis.settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
