@@ -27,7 +27,8 @@ class ModelThread:
     def __init__(self, core: EngineCore) -> None:
         self.core = core
         self._chores: list[Chore] = []  # done in order, a slice per loop turn
-        self.chores_left = 0  # chores added and not yet over, for probes and tests
+        # Each counter has one writer (the caller of add_chores; this thread), so no lock is needed.
+        self._chores_added = self._chores_over = 0
         self.dead: BaseException | None = None  # what killed the thread, if anything did
         self.load = (0, 0, 0)  # (running, waiting, KV bytes), replaced whole after each step
         self.prefix_cache_stats = core.prefix_cache_stats  # a frozen snapshot, replaced after each step
@@ -55,8 +56,13 @@ class ModelThread:
         self._inbox.put(("abort", request_id))
 
     def add_chores(self, chores: list[Chore]) -> None:
-        self.chores_left += len(chores)
+        self._chores_added += len(chores)
         self._inbox.put(("chores", chores))
+
+    @property
+    def chores_left(self) -> int:
+        """Chores added and not yet over, for probes and tests."""
+        return self._chores_added - self._chores_over
 
     def fail_all(self, error: Exception) -> None:
         self._inbox.put(("fail", error))
@@ -77,7 +83,7 @@ class ModelThread:
                             release_free_memory()  # idle now: return freed pages before blocking
                     if self._chores and self._chores[0].run_slice():
                         self._chores.pop(0)
-                        self.chores_left -= 1
+                        self._chores_over += 1
                         release_free_memory()
                     self._publish_load()
         except BaseException as exc:  # noqa: BLE001 - the thread must report any death
