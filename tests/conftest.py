@@ -83,8 +83,6 @@ def tiny_loaded_fp32(tiny_model_dir: Path):
 
 @functools.cache
 def _reference_tiny(model_dir: Path, dtype: str):
-    import torch
-
     from app.engine.loader import load_weights, resolve_dtype, resolve_device
     from tests.engine.helpers import TEST_DEVICE
 
