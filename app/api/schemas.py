@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from app.api.tool_schema import NamedToolChoice, Tool, ToolCall, tool_constraint
+from app.api.tool_schema import STRICT, NamedToolChoice, Tool, ToolCall, tool_constraint
 from app.engine.types import Constraint, SamplingParams
 
 MAX_STOP_STRINGS = 4
@@ -58,8 +58,6 @@ TopLogprobs = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)]
 LogitBias = Annotated[dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]], Field(max_length=MAX_LOGIT_BIAS)]
 
 
-# Strict: OpenAI refuses "2" for an integer or "yes" for a boolean; so do we (ints still pass as floats).
-STRICT = ConfigDict(strict=True, extra="ignore")
 EXAMPLE_MODEL = "SmolLM2-135M-Instruct"  # the default model's served name, for the OpenAPI examples
 
 

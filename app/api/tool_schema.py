@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.engine.types import Constraint
 
+# Strict: OpenAI refuses "2" for an integer or "yes" for a boolean; so do we (ints still pass as floats).
+# Every request model uses it (app/api/schemas.py imports it from here: it imports this module).
 STRICT = ConfigDict(strict=True, extra="ignore")
 FunctionName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
 # An empty parameters schema means "no arguments": the arguments are then an empty object.

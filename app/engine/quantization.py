@@ -92,11 +92,6 @@ def _copy_slices(linears: Sequence[PackedLinear], mode: str) -> Generator[None, 
     return kinds
 
 
-def make_copies(linears: Sequence[PackedLinear], mode: str) -> Counter:
-    """Every low-bit copy at once (see _copy_slices)."""
-    return run_to_end(_copy_slices(linears, mode))  # type: ignore[return-value]
-
-
 def quantization_refusal(fused: FusedLlama | None, mode: str, device: torch.device) -> str | None:
     """The summary when `mode` makes no copies here, else None."""
     if mode == "none" or (mode == "auto" and device.type != "cpu"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from app.engine.chores import Slices, run_to_end
+from app.engine.chores import Slices
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -64,7 +64,8 @@ _IDS_PER_SLICE = 8192  # about 10 ms of the loop below on 2 cores
 
 
 def token_byte_slices(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> Slices:
-    """token_byte_table in slices of _IDS_PER_SLICE ids (a chore for the model thread)."""
+    """bytes for every id below `vocab_size` (the model's size: ids past the tokenizer's are b""), built
+    in slices of _IDS_PER_SLICE ids (a chore for the model thread); the table is the result."""
     pieces = tokenizer.convert_ids_to_tokens(list(range(min(vocab_size, len(tokenizer)))))
     special = set(tokenizer.all_special_ids)
     spelled_bytes = [None if piece is None else _spelled_bytes(piece) for piece in pieces]
@@ -82,8 +83,3 @@ def token_byte_slices(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> Sl
                 spelled = _sentencepiece_bytes(piece)
         table.append(spelled if spelled is not None else tokenizer.decode([token_id]).encode())
     return table + [b""] * (vocab_size - len(table))
-
-
-def token_byte_table(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> list[bytes]:
-    """bytes for every id below `vocab_size` (the model's size: ids past the tokenizer's are b"")."""
-    return run_to_end(token_byte_slices(tokenizer, vocab_size))  # type: ignore[return-value]
