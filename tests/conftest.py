@@ -58,17 +58,37 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @functools.cache
-def _load_tiny(model_dir: Path, dtype: str):
+def _load_tiny(model_dir: Path, dtype: str, forward: str = "native"):
     from app.engine.loader import load
     from tests.engine.helpers import tiny_load_config
 
-    return load(tiny_load_config(model_dir, dtype=dtype))
+    return load(tiny_load_config(model_dir, dtype=dtype, native_kernels=forward == "native"))
+
+
+# The paths whose tokens are exact across batch shapes, prompt chunking and cache hits: the native
+# kernels in both dtypes (row-invariant by construction), torch's fused forward in fp32 only.
+EXACT_PATHS = [("native", "float32"), ("native", "bfloat16"), ("torch", "float32")]
+
+
+@pytest.fixture(scope="session", params=EXACT_PATHS, ids=[f"{f}-{d}" for f, d in EXACT_PATHS])
+def tiny_exact(request, tiny_model_dir: Path):
+    """The tiny model on each exact path in turn (CPU; on a GPU the native ones fall back to torch)."""
+    forward, dtype = request.param
+    return _load_tiny(tiny_model_dir, dtype, forward)
+
+
+@pytest.fixture(scope="session")
+def tiny_fused(tiny_model_dir: Path):
+    """The tiny model on torch's fused forward (native kernels off), in the dtype under test."""
+    from tests.engine.helpers import TEST_DTYPE
+
+    return _load_tiny(tiny_model_dir, TEST_DTYPE, "torch")
 
 
 @pytest.fixture(scope="session")
 def tiny_loaded(tiny_model_dir: Path):
     """The tiny model loaded through the real loader on the CPU (or TOKENWIRE_TEST_DEVICE), in fp32
-    unless TOKENWIRE_DTYPE names another dtype."""
+    unless TOKENWIRE_DTYPE names another dtype: on the native kernels (on a CPU), as a server runs it."""
     from tests.engine.helpers import TEST_DTYPE
 
     return _load_tiny(tiny_model_dir, TEST_DTYPE)

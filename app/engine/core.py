@@ -6,7 +6,7 @@ the batch. Finished and aborted sequences leave the batch at once, freeing their
 
 With a prefix cache, an admitted sequence starts from the longest cached prefix of its prompt and
 prefills only the rest; every completed prompt is stored, and so is a finished conversation
-(prompt + output) when decoding runs on full-precision weights (its KV then equals a prefill's).
+(prompt + output) for its next turn.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def build_core(loaded: LoadedModel, scheduler: SchedulerConfig,
                prefix_cache: PrefixCacheConfig | None = None) -> EngineCore:
     """The core for a loaded model, its KV cost per token filled in; the one place a core is made.
     prefix_cache None: every prompt is prefilled in full."""
-    runner = ModelRunner(loaded.model, loaded.device, loaded.fused)
+    runner = ModelRunner(loaded.model, loaded.device, loaded.fused, loaded.native)
     check_plain_cache(runner.new_cache())  # refuse sliding/linear-attention models up front
     config = replace(scheduler, kv_bytes_per_token=kv_bytes_per_token(loaded))
     cache = None if prefix_cache is None else PrefixCache(prefix_cache)
@@ -222,11 +222,8 @@ class EngineCore:
 
     def _store_conversation(self, sequence: Sequence) -> None:
         """A finished row's prompt + output (all but the last token, which was never fed) for the next turn."""
-        # Only while decode runs at full precision: the low-bit copies, made after start-up, switch it off
-        # for good (a row that decoded across the switch is refused too).
-        if self.prefix_cache is None or not self.runner.decodes_exactly or sequence.status not in _STORABLE:
+        if self.prefix_cache is None or sequence.status not in _STORABLE:
             return
-        assert self.prefix_cache is not None
         token_ids = sequence.prompt_ids + sequence.output_ids[:-1]
         layers = self.store.row_kv(sequence)
         assert layers[0][0].shape[-2] == len(token_ids), "a row's KV covers its prompt and fed outputs"

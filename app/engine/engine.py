@@ -28,7 +28,6 @@ from app.engine.loader import LoadConfig, LoadedModel, load
 from app.engine.model_thread import ModelThread
 from app.engine.prefix_cache import PrefixCacheConfig, PrefixCacheStats
 from app.engine.prompts import PromptEncoder
-from app.engine.quantization import quantization_refusal, quantization_slices
 from app.engine.sampler import make_generator
 from app.engine.scheduler import SchedulerConfig
 from app.engine.sequence import Sequence
@@ -83,7 +82,7 @@ class Engine:
     async def start(self) -> None:
         """Load the model off the event loop, then start the model thread."""
         started = time.perf_counter()
-        loaded = await asyncio.to_thread(load, self.config.load, False)  # copies come after start-up
+        loaded = await asyncio.to_thread(load, self.config.load)
         self._attach(loaded)
         log.info("model loaded in %.1fs", time.perf_counter() - started)
         await self._warm_up()
@@ -114,30 +113,15 @@ class Engine:
 
     def _chores(self, loaded: LoadedModel) -> list[Chore]:
         """After start-up, on the model thread: the token byte table (logprobs wait for it; built
-        with the model thread's own tokenizer), the low-bit copies (they speed up the common
-        one-stream case), then every batch size's kernels."""
-        load_config, table = self.config.load, self._token_bytes
+        with the model thread's own tokenizer), then every batch size's kernels (torch forwards only:
+        the native kernels build nothing per shape). Neither changes a single number a request gets."""
+        table = self._token_bytes
         chores = [Chore("token byte table", token_byte_slices(self._detokenizer_tokenizer, self._core.vocab_size),
                         table.set_result, table.set_exception)]
-        refusal = quantization_refusal(loaded.fused, load_config.quantization, loaded.device)
-        if refusal is None:
-            slices = quantization_slices(loaded.fused, load_config.quantization, load_config.copy_max_rows,
-                                         loaded.dtype, loaded.device)
-            chores.append(Chore("low-bit weight copies", slices, self._copies_made, self._copies_failed))
-        max_rows = self.config.scheduler.max_running
-        chores.append(Chore("warming per-shape kernels", self._core.runner.warm_row_slices(max_rows)))
+        if loaded.native is None:
+            max_rows = self.config.scheduler.max_running
+            chores.append(Chore("warming per-shape kernels", self._core.runner.warm_row_slices(max_rows)))
         return chores
-
-    def _copies_made(self, summary: object) -> None:
-        """On the model thread, once the copies serve (or were found slower)."""
-        self._loaded.runtime = replace(self._loaded.runtime, quantization=str(summary))
-        log.info("quantization=%s", summary)
-
-    def _copies_failed(self, error: Exception) -> None:
-        """On the model thread: drop what was made (none served yet) and say so."""
-        for lin in self._loaded.fused.linears():
-            lin.copy, lin.copy_max_rows = None, 0
-        self._loaded.runtime = replace(self._loaded.runtime, quantization=f"none (making the copies failed: {error})")
 
     async def stop(self) -> None:
         if self._model_thread is not None and self._model_thread.is_running:
@@ -188,8 +172,8 @@ class Engine:
 
     @property
     def runtime(self) -> RuntimeInfo | None:
-        """Device, dtype, threads and CPU features chosen at load (the quantization once the copies
-        are made); None until the model is loaded."""
+        """Device, dtype, threads, CPU features, forward and weight formats chosen at load; None until
+        the model is loaded."""
         return None if self._loaded is None else self._loaded.runtime
 
     def _published_load(self) -> tuple[int, int, int]:

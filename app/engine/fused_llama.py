@@ -135,11 +135,10 @@ class FusedLlama:
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor,
-                cache: DynamicCache, last_only: bool = True, use_copies: bool = False) -> torch.Tensor:
+                cache: DynamicCache, last_only: bool = True) -> torch.Tensor:
         """mask: [rows, past + new columns] (1 = real token) or None when no row is padded.
 
         Logits [rows, vocab] of the last position, or [rows, tokens, vocab] with last_only=False.
-        use_copies: let small steps run through the low-bit weight copies (decode steps only).
         """
         embedded = F.embedding(input_ids, self.embed_weight)
         cos, sin = self.rotary(embedded, positions)
@@ -150,30 +149,25 @@ class FusedLlama:
         past = cache.layers[0].get_seq_length() if cache.layers[0].is_initialized else 0
         attn_mask = self._attention_mask(mask, input_ids.shape[1], past, hidden.device)
         for index, layer in enumerate(self.layers):
-            hidden = self._layer(layer, hidden, cos, sin, cache.layers[index], attn_mask, use_copies)
+            hidden = self._layer(layer, hidden, cos, sin, cache.layers[index], attn_mask)
         kept = hidden[:, -1] if last_only else hidden
-        return self.lm_head(self._norm(kept, self.final_norm), use_copies).float()
-
-    @property
-    def decodes_exactly(self) -> bool:
-        """True when no decode step runs through a low-bit copy (its KV equals a prefill's)."""
-        return not any(lin.serves_copy for lin in self.linears())
+        return self.lm_head(self._norm(kept, self.final_norm)).float()
 
     def _norm(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """RMSNorm in fp32, handed to the matmuls in the weights' dtype."""
         return F.rms_norm(hidden, (hidden.shape[-1],), weight, self.eps).to(self.dtype)
 
     def _layer(self, layer: FusedLayer, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-               kv_layer, attn_mask: torch.Tensor | None, use_copies: bool) -> torch.Tensor:
+               kv_layer, attn_mask: torch.Tensor | None) -> torch.Tensor:
         rows, tokens, _ = hidden.shape
         heads, kv_heads, dim = self.num_heads, self.num_kv_heads, self.head_dim
-        qkv = layer.qkv(self._norm(hidden, layer.input_norm), use_copies).view(rows, tokens, heads + 2 * kv_heads, dim).transpose(1, 2)
+        qkv = layer.qkv(self._norm(hidden, layer.input_norm)).view(rows, tokens, heads + 2 * kv_heads, dim).transpose(1, 2)
         qk = _rotate(qkv[:, : heads + kv_heads], cos, sin)
         keys, values = kv_layer.update(qk[:, heads:], qkv[:, heads + kv_heads:])
         attended = self._attend(qk[:, :heads], keys, values, attn_mask)
-        hidden = hidden + layer.o(attended.transpose(1, 2).reshape(rows, tokens, heads * dim), use_copies)
-        gate, up = layer.gate_up(self._norm(hidden, layer.post_norm), use_copies).split(self.intermediate, dim=-1)
-        return hidden + layer.down(F.silu(gate) * up, use_copies)
+        hidden = hidden + layer.o(attended.transpose(1, 2).reshape(rows, tokens, heads * dim))
+        gate, up = layer.gate_up(self._norm(hidden, layer.post_norm)).split(self.intermediate, dim=-1)
+        return hidden + layer.down(F.silu(gate) * up)
 
     def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                 attn_mask: torch.Tensor | None) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """What the machine offers and what the loader chose from it: CPU features, device, dtype, threads.
 
-The auto dtype on CPU is bf16 only where matmuls run natively in bf16 (AVX512-BF16 or AMX); on an
-AVX2-only CPU bf16 is emulated, fast for one row and several times slower than fp32 for a batch.
-`ONEDNN_MAX_CPU_ISA` (oneDNN's own cap on the instructions it uses) counts: capped below
-AVX512_CORE_BF16, the machine behaves as one without native bf16, so auto picks fp32 there too.
+The flags pick the native kernels' build (AVX-512, AVX2 or plain C: app/engine/native/) and, where
+those kernels cannot run, torch's auto dtype: bf16 only where its matmuls run natively in bf16
+(AVX512-BF16 or AMX); on an AVX2-only CPU torch's bf16 is emulated, fast for one row and several
+times slower than fp32 for a batch. `ONEDNN_MAX_CPU_ISA` (oneDNN's own cap on the instructions it
+uses) counts: capped below AVX512_CORE_BF16, the machine behaves as one without native bf16.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import torch
 _NO_BF16_ISAS = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
                            "AVX512_CORE_VNNI"})
 # /proc/cpuinfo flag -> the name we report, in the order we report them.
-_FLAGS = {"avx2": "avx2", "avx512f": "avx512", "avx512_bf16": "avx512_bf16", "amx_bf16": "amx_bf16"}
+_FLAGS = {"avx2": "avx2", "fma": "fma", "f16c": "f16c", "avx512f": "avx512", "avx512bw": "avx512bw",
+          "avx512vl": "avx512vl", "avx512dq": "avx512dq", "avx512_bf16": "avx512_bf16", "amx_bf16": "amx_bf16"}
 
 
 @dataclass(frozen=True)
@@ -49,10 +51,13 @@ def read_cpu_flags(cpuinfo: str) -> frozenset[str]:
 
 
 def _flags_from_torch() -> frozenset[str]:
-    """Off Linux (no /proc/cpuinfo): ask torch's cpuinfo-based checks, where this build has them."""
-    checks = {"avx2": "_is_avx2_supported", "avx512": "_is_avx512_supported",
-              "avx512_bf16": "_is_avx512_bf16_supported", "amx_bf16": "_is_amx_tile_supported"}
-    return frozenset(name for name, check in checks.items() if getattr(torch.cpu, check, lambda: False)())
+    """Off Linux (no /proc/cpuinfo): ask torch's cpuinfo-based checks, where this build has them
+    (its AVX2 and AVX-512 levels imply the FMA/F16C and BW/VL/DQ extensions the kernels need)."""
+    checks = {("avx2", "fma", "f16c"): "_is_avx2_supported",
+              ("avx512", "avx512bw", "avx512vl", "avx512dq"): "_is_avx512_supported",
+              ("avx512_bf16",): "_is_avx512_bf16_supported", ("amx_bf16",): "_is_amx_tile_supported"}
+    return frozenset(name for names, check in checks.items() if getattr(torch.cpu, check, lambda: False)()
+                     for name in names)
 
 
 def detect_cpu_features(environ: Mapping[str, str] = os.environ) -> CpuFeatures:
@@ -76,8 +81,8 @@ class RuntimeInfo:
     cpu_features: tuple[str, ...]
     isa_cap: str
     torch_version: str
-    forward: str = "transformers"  # "fused" (FusedLlama) or "transformers (why)"
-    quantization: str = "none"  # "int8 weight copies (...) for steps of up to N rows" or "none (why)"
+    forward: str = "transformers"  # "native (avx512 build)", "fused (why not native)" or "transformers (why)"
+    quantization: str = "none"  # how the native kernels hold the weights ("exact: q4 x120 ..."), or "none (why)"
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

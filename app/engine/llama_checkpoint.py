@@ -44,9 +44,14 @@ class LlamaCheckpoint:
     folder: Path
     config: dict
     files: dict[str, Path]  # tensor name -> safetensors file
+    dtypes: frozenset[str] = frozenset()  # as the files store them ("F32", "BF16", ...)
 
     def get(self, key: str, default: object = None) -> object:
         return self.config.get(key, default)
+
+    @property
+    def stored_float32(self) -> bool:
+        return self.dtypes == {"F32"}
 
 
 def _rope_theta(config: dict) -> tuple[float | None, str | None]:
@@ -64,9 +69,9 @@ def _rope_theta(config: dict) -> tuple[float | None, str | None]:
     return (float(theta), None) if theta is not None else (None, "config.json names no rope_theta")
 
 
-def _tensor_shapes(folder: Path) -> dict[str, tuple[Path, tuple[int, ...]]] | None:
-    """Each tensor's file and shape (headers only), from model.safetensors or, as transformers looks
-    second, the sharded index; None without either."""
+def _tensor_shapes(folder: Path) -> dict[str, tuple[Path, tuple[int, ...], str]] | None:
+    """Each tensor's file, shape and stored dtype (headers only), from model.safetensors or, as
+    transformers looks second, the sharded index; None without either."""
     single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
     if single.is_file():
         files = [single]
@@ -77,7 +82,9 @@ def _tensor_shapes(folder: Path) -> dict[str, tuple[Path, tuple[int, ...]]] | No
     shapes = {}
     for path in files:
         with safe_open(path, framework="pt") as handle:
-            shapes.update({name: (path, tuple(handle.get_slice(name).get_shape())) for name in handle.keys()})
+            for name in handle.keys():
+                tensor = handle.get_slice(name)
+                shapes[name] = (path, tuple(tensor.get_shape()), tensor.get_dtype())
     return shapes
 
 
@@ -149,7 +156,8 @@ def open_checkpoint(reference: str) -> LlamaCheckpoint | str:
     wrong = [name for name in sorted(present) if stored[name][1] != (needed | optional)[name]]
     if wrong:
         return f"tensor shapes unlike config.json's ({wrong[0]}: {stored[wrong[0]][1]})"
-    return LlamaCheckpoint(folder, config, {name: path for name, (path, _) in stored.items()})
+    return LlamaCheckpoint(folder, config, {name: path for name, (path, _, _) in stored.items()},
+                           frozenset(dtype for _, _, dtype in stored.values()))
 
 
 class _Reader:

@@ -19,9 +19,11 @@ import torch
 
 from app.engine.fused_llama import FusedLlama, LlamaDims, build_fused
 from app.engine.hardware import CpuFeatures, RuntimeInfo, detect_cpu_features
-from app.engine.llama_checkpoint import fused_from_checkpoint, open_checkpoint
+from app.engine.llama_checkpoint import LlamaCheckpoint, fused_from_checkpoint, open_checkpoint
 from app.engine.memory import keep_one_copy_of_cpu_kernels
-from app.engine.quantization import apply_quantization, quantization_refusal
+from app.engine.native.backend import attach, describe_weights, open_library
+from app.engine.native.library import NativeLibrary
+from app.engine.native.model import NativeLlama, unsupported_reason
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -38,9 +40,12 @@ class LoadConfig:
     dtype: str = "auto"  # auto | bfloat16 | float16 | float32
     trust_remote_code: bool = False
     fused_forward: bool = True  # FusedLlama for Llama-family models; False: transformers' forward always
-    quantization: str = "auto"  # auto | none | int8 | int4: low-bit weight copies for steps with few rows
-    copy_max_rows: int = 0  # largest step the copies serve; 0 = measured at load
+    # How the native kernels hold weights: auto = exact Q4/Q8 where an fp32 checkpoint lies on those
+    # grids, else dense in dtype; none = dense; int8 | int4 = those grids, lossy.
+    quantization: str = "auto"
     read_checkpoints: bool = True  # False: every model through transformers' from_pretrained
+    native_kernels: bool = True  # the native CPU kernels for Llama-family models (False: torch ops)
+    native_isa: str = "auto"  # auto | avx512 | avx2 | generic: which build of them (a CPU may run a narrower one)
 
 
 @dataclass
@@ -52,13 +57,14 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     runtime: RuntimeInfo
-    fused: FusedLlama | None = None  # the fast forward, when the model is one it knows
+    fused: FusedLlama | None = None  # the torch fast forward, when the model is one it knows
+    native: NativeLlama | None = None  # the native kernels' forward (then `fused` and `model` are None)
 
     @property
     def dims(self) -> LlamaDims:
         """Layer count, heads and vocabulary size, whichever way the model was loaded."""
-        if self.fused is not None:
-            return self.fused.dims
+        if self.native is not None or self.fused is not None:
+            return (self.native or self.fused).dims
         config = self.model.config.get_text_config()
         return LlamaDims.of(lambda key, default: getattr(config, key, default))
 
@@ -76,12 +82,16 @@ _DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.
            "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
 
 
-def resolve_dtype(name: str, device: torch.device, cpu: CpuFeatures | None = None) -> tuple[torch.dtype, str]:
+def resolve_dtype(name: str, device: torch.device, cpu: CpuFeatures | None = None,
+                  native: bool = False) -> tuple[torch.dtype, str]:
     """The dtype to load in, and why (for the start-up log and /health)."""
     if name != "auto":
         if name not in _DTYPES:
             raise ValueError(f"unknown dtype {name!r}; use auto, bfloat16, float16 or float32")
         return _DTYPES[name], "asked for"
+    if native:
+        # The kernels compute in fp32 on every CPU; bf16 only stores dense weights and the KV cache.
+        return torch.bfloat16, "auto: native kernels (fp32 arithmetic, bf16 storage)"
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():
             return torch.bfloat16, "auto: the GPU supports bf16"
@@ -165,38 +175,55 @@ def _checkpoint_eos_ids(folder: Path, config: dict, tokenizer: PreTrainedTokeniz
     return _merged_ids([generation.get("eos_token_id"), config.get("eos_token_id"), tokenizer.eos_token_id])
 
 
-def load(config: LoadConfig, copies: bool = True) -> LoadedModel:
-    """Load model and tokenizer onto the resolved device and dtype.
-
-    copies=False leaves the low-bit weight copies to the caller (the engine makes them after
-    start-up, between steps: app/engine/quantization.py).
-    """
+def load(config: LoadConfig) -> LoadedModel:
+    """Load model and tokenizer onto the resolved device and dtype, on the native kernels where they apply."""
     device = resolve_device(config.device)
     cpu = detect_cpu_features()
-    dtype, reason = resolve_dtype(config.dtype, device, cpu)
+    library = open_library(config.native_kernels and config.fused_forward, config.native_isa, cpu, device)
+    native = isinstance(library, NativeLibrary)
+    dtype, reason = resolve_dtype(config.dtype, device, cpu, native)
     runtime = RuntimeInfo(str(device), str(dtype).removeprefix("torch."), reason, torch.get_num_threads(),
                           cpu.names, cpu.isa_cap, torch.__version__)
     log.info("loading %s on %s as %s", config.model, device, runtime.dtype)
     keep_one_copy_of_cpu_kernels()
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
-    loaded = _read_checkpoint(config, tokenizer, device, dtype, runtime)
+    loaded = _read_checkpoint(config, tokenizer, device, dtype, runtime, native)
     if loaded is None:
         hf_model = load_weights(config.model, dtype, device, config.trust_remote_code)
         fused, forward = build_fused(hf_model, config.fused_forward)
         max_pos = int(getattr(hf_model.config, "max_position_embeddings", 0) or 2048)
         loaded = LoadedModel(hf_model, tokenizer, eos_token_ids(hf_model, tokenizer), max_pos, device, dtype,
                              replace(runtime, forward=forward), fused)
-    if copies:
-        quantization = apply_quantization(loaded.fused, config.quantization, config.copy_max_rows, dtype, device)
-    else:
-        quantization = quantization_refusal(loaded.fused, config.quantization, device) or "pending (made after start-up)"
-    loaded.runtime = replace(loaded.runtime, quantization=quantization)
+    _go_native(loaded, library, config.quantization)
     log.info("loaded %s: %s", config.model, loaded.runtime.summary())
     return loaded
 
 
+def _go_native(loaded: LoadedModel, library: NativeLibrary | str, quantization: str) -> None:
+    """Move a fused model onto the native kernels (the torch weights are dropped), or note why not."""
+    if loaded.fused is None:
+        return
+    result = library if isinstance(library, str) else attach(
+        loaded.fused, library, loaded.fused.dims, loaded.dtype, loaded.max_position_embeddings, quantization)
+    if isinstance(result, str):
+        loaded.runtime = replace(loaded.runtime, forward=f"fused ({result})", quantization="none (torch forward)")
+        return
+    loaded.native, loaded.fused, loaded.model = result, None, None
+    loaded.runtime = replace(loaded.runtime, forward=f"native ({library.isa} build)",
+                             quantization=describe_weights(result, quantization))
+
+
+def _read_dtype(checkpoint: LlamaCheckpoint, dtype: torch.dtype, native: bool) -> torch.dtype:
+    """fp32 for an fp32 checkpoint bound for the native kernels (they find exact low-bit grids in
+    fp32 weights, and pack the rest in `dtype`), else `dtype`."""
+    dims = LlamaDims.of(checkpoint.get)
+    if native and checkpoint.stored_float32 and unsupported_reason(dims, dtype, torch.device("cpu")) is None:
+        return torch.float32
+    return dtype
+
+
 def _read_checkpoint(config: LoadConfig, tokenizer: PreTrainedTokenizerBase, device: torch.device,
-                     dtype: torch.dtype, runtime: RuntimeInfo) -> LoadedModel | None:
+                     dtype: torch.dtype, runtime: RuntimeInfo, native: bool = False) -> LoadedModel | None:
     """The model read straight from its checkpoint, or None where transformers must load it."""
     if not (config.read_checkpoints and config.fused_forward) or config.trust_remote_code:
         return None
@@ -205,7 +232,7 @@ def _read_checkpoint(config: LoadConfig, tokenizer: PreTrainedTokenizerBase, dev
         log.info("loading through transformers: %s", checkpoint)
         return None
     try:
-        fused = fused_from_checkpoint(checkpoint, dtype, device)
+        fused = fused_from_checkpoint(checkpoint, _read_dtype(checkpoint, dtype, native), device)
     except Exception:  # noqa: BLE001 - a file it cannot read (truncated, a stale index): transformers' turn
         log.warning("reading %s directly failed; loading through transformers", checkpoint.folder, exc_info=True)
         return None

@@ -1,10 +1,13 @@
-"""The model runner: the only module that calls `model.forward`.
+"""The model runner: the only module that calls `model.forward` (or its stand-ins).
 
 `prefill_batch` runs whole prompts together, left-padded, into a new cache; `prefill` runs one chunk
 of one prompt into that sequence's own cache (which may start with a cached prefix's KV); `decode`
 advances every row of the KVStore by one token. All return float32 logits for the last position
-only (a chunk may ask for every position's, for prompt logprobs). For Llama-family models the pass runs through FusedLlama (same function, fewer ops); otherwise
-through `model.forward`. Only decode steps may use the low-bit weight copies.
+only (a chunk may ask for every position's, for prompt logprobs).
+
+Three forwards, one per model: NativeLlama (the native kernels, on CPU: every token's numbers depend
+on its own sequence alone, whatever the batch), FusedLlama (the same function in torch ops: GPUs,
+or a CPU without the kernels), or transformers' `model.forward` (every other model).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from app.engine.slab_cache import SlabLayer, slab_cache, slab_cache_of, spare_bu
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
+    from app.engine.native.model import NativeLlama
+
 # Warming 1..64 rows took 0.4 s for the default model on 2 CPUs, 1..128 about 1 s, 1..256 about 3.5 s;
 # 128 rows' kernels (5 per row count here) also leave most of oneDNN's 1024-entry cache to prompt shapes.
 MAX_WARM_ROWS = 128
@@ -34,23 +39,24 @@ def _cache_kwarg(model: PreTrainedModel) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def _as_index(values) -> torch.Tensor:
+    return torch.as_tensor(values, dtype=torch.long)
+
+
 class ModelRunner:
-    def __init__(self, model: PreTrainedModel | None, device: torch.device, fused: FusedLlama | None = None) -> None:
-        assert model is not None or fused is not None, "a model to run"
-        self.model = model  # None when the checkpoint was read straight into `fused`
+    def __init__(self, model: PreTrainedModel | None, device: torch.device, fused: FusedLlama | None = None,
+                 native: NativeLlama | None = None) -> None:
+        assert model is not None or fused is not None or native is not None, "a model to run"
+        self.model = model  # None when the checkpoint was read straight into `fused` or `native`
         self.device = device
         self.fused = fused  # when set, every forward pass runs through it instead of model.forward
+        self.native = native  # when set, every forward pass runs through the native kernels
         self._cache_kwarg = None if model is None else _cache_kwarg(model)
 
     def new_cache(self) -> DynamicCache:
-        if self.fused is not None:
-            return slab_cache_of(self.fused.dims.num_layers)
+        if self.native is not None or self.fused is not None:
+            return slab_cache_of((self.native or self.fused).dims.num_layers)
         return slab_cache(self.model.config)
-
-    @property
-    def decodes_exactly(self) -> bool:
-        """True when decode steps use the full-precision weights, so their KV equals a prefill's."""
-        return self.fused is None or self.fused.decodes_exactly
 
     def cache_starting_with(self, layers: list[tuple[torch.Tensor, torch.Tensor]], tokens: int,
                             room: int) -> DynamicCache:
@@ -72,6 +78,12 @@ class ModelRunner:
                 every_position: bool = False) -> torch.Tensor:
         """Run `token_ids` (positions start..) into `cache`; return the last position's logits [V],
         or every position's [tokens, V] (for prompt logprobs)."""
+        if self.native is not None:
+            count = len(token_ids)
+            wanted = range(count) if every_position else [count - 1]
+            logits = self._native_pass(cache, [0], token_ids, range(start, start + count), [0] * count,
+                                       start + count, wanted)
+            return logits if every_position else logits[0]
         input_ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)
         positions = torch.arange(start, start + len(token_ids), device=self.device).unsqueeze(0)
         logits = self._forward(input_ids, None, positions, cache, last_only=not every_position)
@@ -81,6 +93,8 @@ class ModelRunner:
     def prefill_batch(self, prompts: list[list[int]]) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
         """Run whole prompts together, left-padded: (their cache, mask [n, width], last logits [n, V])."""
         width = max(len(p) for p in prompts)
+        if self.native is not None:
+            return self._native_prefill_batch(prompts, width)
         input_ids = torch.zeros((len(prompts), width), dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for row, prompt in enumerate(prompts):
@@ -96,17 +110,54 @@ class ModelRunner:
     @torch.inference_mode()
     def decode(self, store: KVStore, last_tokens: list[int]) -> torch.Tensor:
         """Feed each row its last sampled token; return next-token logits [rows, V]."""
+        if self.native is not None:
+            rows, columns = store.num_rows, store.num_columns
+            positions = store.positions.tolist()
+            logits = self._native_pass(store.cache, [columns - p for p in positions], last_tokens, positions,
+                                       range(rows), columns + 1, range(rows))
+            store.decode_inputs()  # the mask's new column and each row's next position
+            return logits
         input_ids = torch.tensor(last_tokens, dtype=torch.long, device=self.device).unsqueeze(1)
         mask, positions = store.decode_inputs()
-        return self._forward(input_ids, mask, positions, store.cache, decoding=True)
+        return self._forward(input_ids, mask, positions, store.cache)
+
+    def _native_prefill_batch(self, prompts: list[list[int]], width: int
+                              ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
+        """prefill_batch through the native kernels: only the real tokens run (padding costs nothing)."""
+        lengths = [len(p) for p in prompts]
+        cache = self.new_cache()
+        ends = torch.tensor(lengths).cumsum(0)
+        logits = self._native_pass(cache, [width - n for n in lengths], [t for p in prompts for t in p],
+                                   [i for n in lengths for i in range(n)],
+                                   [row for row, n in enumerate(lengths) for _ in range(n)], width, ends - 1)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, n in enumerate(lengths):
+            mask[row, width - n:] = 1
+        return cache, mask, logits
+
+    def _native_pass(self, cache: DynamicCache, first_columns, tokens, positions, rows, columns: int,
+                     wanted) -> torch.Tensor:
+        """One NativeLlama pass writing into `cache`'s layers, which hold `columns` columns afterwards
+        (row r's position p at column first_columns[r] + p)."""
+        dims = self.native.dims
+        like = torch.empty((len(first_columns), dims.num_kv_heads, 0, dims.head_dim), dtype=self.native.kv_dtype)
+        buffers = [layer.room_for(columns, like) for layer in cache.layers]
+        logits = self.native.run(_as_index(tokens), _as_index(positions), _as_index(rows), _as_index(first_columns),
+                                 buffers, _as_index(wanted))
+        for layer, (keys, values) in zip(cache.layers, buffers):
+            layer.fill_to(keys, values, columns)
+        return logits
 
     def warm_row_slices(self, max_rows: int) -> Slices:
         """Run each distinct weight matrix once per batch size 1..max_rows, one batch size per slice.
 
         On CPU oneDNN builds and caches a kernel per (rows, weight) shape, ~0.35 MiB each: made early,
         the server's memory no longer creeps up as traffic hits new batch sizes (and nobody waits for it).
-        Up to MAX_WARM_ROWS only: the work grows with the square of the rows.
+        Up to MAX_WARM_ROWS only: the work grows with the square of the rows. Nothing to do for the
+        native kernels, which build nothing per shape.
         """
+        if self.native is not None:
+            return None
         with torch.inference_mode():
             matmuls = self._distinct_matmuls()
         for rows in range(1, min(max_rows, MAX_WARM_ROWS) + 1):
@@ -150,9 +201,9 @@ class ModelRunner:
         return list(found.values())
 
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor,
-                 cache: DynamicCache, decoding: bool = False, last_only: bool = True) -> torch.Tensor:
+                 cache: DynamicCache, last_only: bool = True) -> torch.Tensor:
         if self.fused is not None:
-            return self.fused.forward(input_ids, mask, positions, cache, last_only=last_only, use_copies=decoding)
+            return self.fused.forward(input_ids, mask, positions, cache, last_only=last_only)
         output = self.model(
             input_ids=input_ids,
             attention_mask=mask,

@@ -89,6 +89,27 @@ class SlabLayer(DynamicLayer):
         self._num_values += value_states.shape[-2]
         return self.keys, self.values
 
+    def fill_to(self, keys: torch.Tensor, values: torch.Tensor, columns: int) -> None:
+        """Hold `keys` and `values` (this layer's buffers or new ones) with `columns` filled columns."""
+        if keys is not self._keys or values is not self._values:
+            self.lazy_initialization(keys, values)
+            self._keys, self._values = keys, values
+        self._num_keys = self._num_values = columns
+
+    def room_for(self, columns: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Key and value buffers shaped like `like` [rows, heads, *, dim] with room for `columns`
+        columns (filled ones kept, spare ones zero): for writers that fill columns themselves (the
+        native kernels), who then call `holding` with the new count."""
+        if self._keys is None or self._keys.dim() < 4:
+            return spare_buffer(like, like.shape[0], columns), spare_buffer(like, like.shape[0], columns)
+        if columns <= self._keys.shape[-2]:
+            return self._keys, self._values
+        filled = self._num_keys
+        keys, values = spare_buffer(self._keys, self._keys.shape[0], columns), spare_buffer(self._values, self._values.shape[0], columns)
+        keys[:, :, :filled] = self._keys[:, :, :filled]
+        values[:, :, :filled] = self._values[:, :, :filled]
+        return keys, values
+
     @staticmethod
     def _append(buffer: torch.Tensor | None, filled: int, new: torch.Tensor) -> torch.Tensor:
         buffer = _grow(buffer, filled, new)

@@ -1,5 +1,5 @@
 """n > 1: the prompt is prefilled once and its KV row forked; each continuation is exactly the run
-a single request with the derived seed would make (tiny random Llama, fp32, exact tokens)."""
+a single request with the derived seed would make (tiny random Llama, every exact path, exact tokens)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ SEEDED = SamplingParams(temperature=0.9, top_p=0.95, seed=11, max_tokens=10, ign
 
 
 @pytest.fixture
-def tiny_loaded(tiny_loaded_fp32):
-    return tiny_loaded_fp32
+def tiny_loaded(tiny_exact):
+    return tiny_exact
 
 
 def _by_choice(events):

@@ -61,7 +61,7 @@ async def test_a_model_that_cannot_be_warmed_still_serves(tiny_model_dir, monkey
         yield  # a generator, as warm_row_slices is
 
     monkeypatch.setattr(ModelRunner, "warm_row_slices", refuse)
-    engine = Engine(EngineConfig(tiny_load_config(tiny_model_dir), "tiny"))
+    engine = Engine(EngineConfig(tiny_load_config(tiny_model_dir, native_kernels=False), "tiny"))  # torch warms
     await engine.start()
     try:
         ids = await engine.encode_text("Hello")

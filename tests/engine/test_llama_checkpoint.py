@@ -1,5 +1,6 @@
 """A Llama-family checkpoint read straight into FusedLlama computes what transformers' own model does,
-for each architecture and layout it accepts; anything it cannot read exactly goes through transformers."""
+for each architecture and layout it accepts; anything it cannot read exactly goes through transformers.
+Either way the native kernels then get the same weights."""
 
 from __future__ import annotations
 
@@ -31,13 +32,14 @@ def _save(folder: Path, model, **save_options) -> Path:
     return folder
 
 
-def _both_ways(folder: Path, tokenizer_dir: Path, dtype: str = "float32"):
-    """(read from the checkpoint, through transformers) for a folder given the tiny tokenizer."""
+def _both_ways(folder: Path, tokenizer_dir: Path, dtype: str = "float32", native: bool = False):
+    """(read from the checkpoint, through transformers) for a folder given the tiny tokenizer; on
+    torch's fused forward (transformers' model kept) unless `native`."""
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         if (tokenizer_dir / name).exists() and not (folder / name).exists():
             (folder / name).write_bytes((tokenizer_dir / name).read_bytes())
-    direct = load(tiny_load_config(folder, dtype=dtype))
-    through = load(tiny_load_config(folder, dtype=dtype, read_checkpoints=False))
+    direct = load(tiny_load_config(folder, dtype=dtype, native_kernels=native))
+    through = load(tiny_load_config(folder, dtype=dtype, read_checkpoints=False, native_kernels=native))
     return direct, through
 
 
@@ -48,9 +50,9 @@ def _last_logits(loaded, ids: list[int]) -> torch.Tensor:
     return runner.prefill(runner.new_cache(), ids, 0)
 
 
-def test_the_tiny_model_is_read_without_transformers_model_class(tiny_loaded):
-    assert tiny_loaded.model is None and tiny_loaded.fused is not None
-    assert tiny_loaded.runtime.forward == "fused"
+def test_the_tiny_model_is_read_without_transformers_model_class(tiny_loaded, tiny_fused):
+    assert tiny_loaded.model is None and tiny_loaded.native is not None
+    assert tiny_fused.model is None and tiny_fused.fused is not None
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -66,6 +68,9 @@ def test_reading_directly_gives_exactly_transformers_weights_and_logits(tiny_mod
     assert direct.max_position_embeddings == through.max_position_embeddings
     assert direct.dims == through.dims
     ids = direct.tokenizer.encode(PROMPT)
+    assert torch.equal(_last_logits(direct, ids), _last_logits(through, ids))
+    direct, through = _both_ways(tiny_model_dir, tiny_model_dir, dtype, native=True)
+    assert direct.native is not None and through.native is not None
     assert torch.equal(_last_logits(direct, ids), _last_logits(through, ids))
 
 
@@ -90,6 +95,9 @@ def test_each_architecture_reads_exactly(tmp_path, tiny_model_dir, model):
     assert direct.model is None, "read from the checkpoint"
     ids = [3, 17, 42, 5, 88, 11, 60]
     expected = reference_logits(through.model, ids)[-1]
+    torch.testing.assert_close(_last_logits(direct, ids), expected, atol=1e-4, rtol=1e-4)
+    assert torch.equal(_last_logits(direct, ids), _last_logits(through, ids))
+    direct, through = _both_ways(tmp_path, tiny_model_dir, native=True)
     torch.testing.assert_close(_last_logits(direct, ids), expected, atol=1e-4, rtol=1e-4)
     assert torch.equal(_last_logits(direct, ids), _last_logits(through, ids))
 
@@ -150,11 +158,14 @@ def test_an_old_checkpoints_stored_rotary_frequencies_are_ignored(tmp_path):
 def test_a_refused_checkpoint_still_loads_through_transformers(tmp_path):
     folder = build_tiny_model(tmp_path / "model")
     _rewrite_config(folder, rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0})
-    loaded = load(tiny_load_config(folder, dtype="float32"))
-    assert loaded.model is not None and loaded.runtime.forward == "fused"  # fused over transformers' model
+    loaded = load(tiny_load_config(folder, dtype="float32", native_kernels=False))
+    assert loaded.model is not None and loaded.runtime.forward.startswith("fused")  # over transformers' model
     ids = loaded.tokenizer.encode(PROMPT)
-    torch.testing.assert_close(_last_logits(loaded, ids), reference_logits(loaded.model, ids)[-1],
-                               atol=1e-4, rtol=1e-4)
+    expected = reference_logits(loaded.model, ids)[-1]
+    torch.testing.assert_close(_last_logits(loaded, ids), expected, atol=1e-4, rtol=1e-4)
+    native = load(tiny_load_config(folder, dtype="float32"))  # the linear RoPE as a table: native too
+    assert native.runtime.forward.startswith("native")
+    torch.testing.assert_close(_last_logits(native, ids), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_mistral_biases_are_not_read_as_transformers_drops_them(tmp_path, tiny_model_dir):

@@ -1,8 +1,7 @@
-"""Prefix caching must never change output (tiny random Llama, fp32, exact tokens).
+"""Prefix caching must never change output (tiny random Llama, exact tokens).
 
 Each test runs requests on a core with a prefix cache and compares every token with the same request
-run alone on a core without one. Exact across code paths in fp32 only (see test_batching), so these
-tests use fp32 whatever TOKENWIRE_DTYPE says.
+run alone on a core without one, on every exact path (see test_batching).
 """
 
 from __future__ import annotations
@@ -10,11 +9,10 @@ from __future__ import annotations
 import pytest
 
 from app.engine.core import kv_bytes_per_token
-from app.engine.loader import load
 from app.engine.prefix_cache import PrefixCacheConfig
 from app.engine.sequence import SequenceStatus
 from app.engine.types import SamplingParams
-from tests.engine.helpers import make_core, make_sequence, output_of, run_alone, run_to_end, tiny_load_config
+from tests.engine.helpers import make_core, make_sequence, output_of, run_alone, run_to_end
 
 CACHE = PrefixCacheConfig(max_bytes=1 << 30, min_tokens=8)
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
@@ -24,8 +22,8 @@ TEXT = ("A chat front-end resends the whole conversation on every turn, and agen
 
 
 @pytest.fixture
-def tiny_loaded(tiny_loaded_fp32):
-    return tiny_loaded_fp32
+def tiny_loaded(tiny_exact):
+    return tiny_exact
 
 
 @pytest.fixture
@@ -151,31 +149,3 @@ def test_the_cache_never_holds_more_than_its_share(tiny_loaded, prompt):
         _run(core, tiny_loaded, prompt[index:] + prompt[:index], SamplingParams(temperature=0, max_tokens=1))
     stats = core.prefix_cache_stats
     assert stats.entries == 1 and stats.bytes == 60 * per_token and stats.evictions == 3
-
-
-def test_with_low_bit_decode_only_prompts_are_stored(tiny_model_dir, prompt):
-    """A decode step through int8 weight copies makes KV a full-precision prefill would not: reusing it
-    would change the next turn's output, so only the prompt (prefilled at full precision) is kept."""
-    loaded = load(tiny_load_config(tiny_model_dir, "float32", quantization="int8", copy_max_rows=8))
-    core = make_core(loaded, CACHE)
-    assert not core.runner.decodes_exactly
-    answer = output_of(_run(core, loaded, prompt, GREEDY))[0]
-    events = _run(core, loaded, prompt + answer + prompt[:5], GREEDY)
-    assert events[-1].num_cached_tokens == len(prompt)
-
-
-def test_conversations_stop_being_stored_once_the_copies_serve(tiny_model_dir, prompt):
-    """The engine makes the low-bit copies after start-up, on a core that already exists: from then on
-    its finished conversations hold KV from low-bit steps and must not be stored."""
-    from app.engine.quantization import apply_quantization
-
-    loaded = load(tiny_load_config(tiny_model_dir, "float32", quantization="int8", copy_max_rows=8), copies=False)
-    core = make_core(loaded, CACHE)
-    answer = output_of(_run(core, loaded, prompt, GREEDY))[0]
-    again = _run(core, loaded, prompt + answer + prompt[:5], GREEDY)
-    assert again[-1].num_cached_tokens == len(prompt) + len(answer) - 1  # the whole first turn, exact
-    apply_quantization(loaded.fused, "int8", 8, loaded.dtype, loaded.device)
-    other = prompt[30:] + prompt[:30]
-    answer = output_of(_run(core, loaded, other, GREEDY))[0]
-    events = _run(core, loaded, other + answer + prompt[:5], GREEDY)
-    assert events[-1].num_cached_tokens == len(other)  # only the prompt, prefilled at full precision

@@ -97,7 +97,7 @@ def test_the_folder_is_read_directly_and_computes_what_transformers_does(folder:
 
     model, _ = saved
     direct = loader.load(loader.LoadConfig(str(folder), device="cpu", dtype="float32", quantization="none"))
-    assert direct.model is None and direct.fused is not None
+    assert direct.model is None and direct.native is not None
     auto = AutoTokenizer.from_pretrained(str(folder))
     assert type(direct.tokenizer) is type(auto)
     assert [direct.tokenizer.encode(p) for p in PROMPTS] == [auto.encode(p) for p in PROMPTS]
@@ -110,3 +110,19 @@ def test_the_folder_is_read_directly_and_computes_what_transformers_does(folder:
         ids = auto.encode(prompt)
         expected = reference_logits(model, ids)[-1]
         torch.testing.assert_close(runner.prefill(runner.new_cache(), ids, 0), expected, atol=2e-3, rtol=1e-4)
+
+
+def test_its_weights_lie_exactly_on_4_and_8_bit_grids_and_pack_losslessly(folder: Path) -> None:
+    """The GGUF's Q4_1 layers and Q8_0 embedding survive the conversion bit for bit, so the native
+    kernels hold them in 5 and 8.5 bits per weight and compute exactly what dense fp32 weights give."""
+    from tests.engine.helpers import make_core
+
+    config = dict(device="cpu", dtype="float32")
+    packed = loader.load(loader.LoadConfig(str(folder), quantization="auto", **config))
+    dense = loader.load(loader.LoadConfig(str(folder), quantization="none", **config))
+    assert packed.native.weight_formats == {"q4": 120, "q8": 1}
+    assert dense.native.weight_formats == {"f32": 121}
+    assert packed.native.weight_bytes * 5 < dense.native.weight_bytes
+    ids = packed.tokenizer.encode(PROMPTS[1])
+    logits = [make_core(m).runner.prefill(make_core(m).runner.new_cache(), ids, 0) for m in (packed, dense)]
+    assert torch.equal(logits[0], logits[1])

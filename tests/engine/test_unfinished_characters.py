@@ -2,7 +2,8 @@
 a stop string, the deadline): the unfinished character is dropped, the text ends with the last whole
 character, no event carries U+FFFD, and the tokens still count. The tiny model runs for real; its
 logits are overridden so it emits chosen token ids that split characters (its tokenizer splits 東 and
-👋 over several byte tokens), so this does not depend on what any dtype's greedy text happens to be."""
+👋 over several byte tokens), so this does not depend on what any dtype's greedy text happens to be.
+It runs on torch's fused forward, whose one `_forward` is the place to override them."""
 
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ def _force(core, script: list[int]) -> None:
 
 def _encode(loaded, text: str) -> list[int]:
     return loaded.tokenizer.encode(text, add_special_tokens=False)
+
+
+@pytest.fixture
+def tiny_loaded(tiny_fused):
+    return tiny_fused
 
 
 @pytest.fixture

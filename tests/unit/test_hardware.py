@@ -1,4 +1,5 @@
-"""CPU features and the auto dtype: bf16 only where the CPU does bf16 natively and nothing caps it."""
+"""CPU features and the auto dtype: on the native kernels bf16 (storage) on every CPU; on torch's
+forwards bf16 only where the CPU does bf16 natively and nothing caps it."""
 
 from __future__ import annotations
 
@@ -9,15 +10,23 @@ from app.engine.hardware import CpuFeatures, RuntimeInfo, detect_cpu_features, r
 from app.engine.loader import resolve_dtype
 
 CPU = torch.device("cpu")
-EPYC_AVX2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma bmi2\n"
-SAPPHIRE_RAPIDS = ("processor\t: 0\nflags\t\t: fpu avx avx2 avx512f avx512bw avx512_vnni avx512_bf16 amx_tile "
-                   "amx_bf16 amx_int8\n")
+EPYC_AVX2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma f16c bmi2\n"
+SAPPHIRE_RAPIDS = ("processor\t: 0\nflags\t\t: fpu avx avx2 fma f16c avx512f avx512dq avx512bw avx512vl avx512_vnni "
+                   "avx512_bf16 amx_tile amx_bf16 amx_int8\n")
 
 
 def test_flags_read_from_cpuinfo():
-    assert read_cpu_flags(EPYC_AVX2) == {"avx2"}
-    assert CpuFeatures(read_cpu_flags(SAPPHIRE_RAPIDS)).names == ("avx2", "avx512", "avx512_bf16", "amx_bf16")
+    assert read_cpu_flags(EPYC_AVX2) == {"avx2", "fma", "f16c"}
+    assert CpuFeatures(read_cpu_flags(SAPPHIRE_RAPIDS)).names == (
+        "avx2", "fma", "f16c", "avx512", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "amx_bf16")
     assert read_cpu_flags("no flags here") == frozenset()
+
+
+def test_on_the_native_kernels_auto_is_bf16_storage_on_every_cpu():
+    for cpuinfo in (EPYC_AVX2, SAPPHIRE_RAPIDS):
+        dtype, why = resolve_dtype("auto", CPU, CpuFeatures(read_cpu_flags(cpuinfo)), native=True)
+        assert dtype == torch.bfloat16 and "native" in why
+    assert resolve_dtype("float32", CPU, CpuFeatures(read_cpu_flags(EPYC_AVX2)), native=True)[0] == torch.float32
 
 
 @pytest.mark.parametrize("cpuinfo, cap, native", [

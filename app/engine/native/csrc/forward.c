@@ -1,0 +1,213 @@
+/* tokenwire native kernels: the CPU forward pass of Llama-family models, row-invariant by construction.
+ *
+ * Every value is computed by one fixed sequence of float operations that depends only on its own
+ * inputs: a matmul output accumulates over k in order with FMA (matmul.h), an attention output reads
+ * exactly its own sequence's keys, norms and softmax sums reduce in one fixed tree (layers.h). Batch
+ * size, padding, prompt chunking, thread count and vector width (AVX-512, AVX2 or none: v16.h)
+ * change where and when a value is computed, never how, so a request's numbers do not depend on what
+ * else the server is doing.
+ *
+ * Built by app/engine/native/build.py (plain C and pthreads: pool.h), called through ctypes by
+ * app/engine/native/library.py; weight layouts in app/engine/native/weights.py.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "v16.h"
+#include "pool.h"
+#include "matmul.h"
+#include "pack.h"
+#include "layers.h"
+
+#define TW_ABI_VERSION 2
+
+typedef struct {
+    const float *input_norm, *post_norm;
+    tw_matrix qkv, o, gate_up, down;
+} tw_layer;
+
+typedef struct {
+    int32_t n_layers, hidden, n_heads, n_kv_heads, head_dim, intermediate, vocab, kv_format;
+    float eps, attention_scale;
+    int32_t rope_positions, reserved;
+    const float *rope_cos, *rope_sin; /* [rope_positions][head_dim / 2] */
+    const float *final_norm;
+    tw_matrix embed, lm_head;
+    const tw_layer *layers;
+} tw_model;
+
+typedef struct {
+    int32_t n_tokens, n_rows, n_logits, n_threads;
+    const int64_t *token_ids;     /* [n_tokens] */
+    const int64_t *positions;     /* [n_tokens]: each token's position in its sequence */
+    const int64_t *token_rows;    /* [n_tokens]: each token's KV row */
+    const int64_t *first_columns; /* [n_rows]: the KV column holding a row's position 0 */
+    const int64_t *logit_tokens;  /* [n_logits]: the tokens whose logits are wanted, ascending */
+    void *const *keys;            /* [n_layers] buffers [rows][kv_heads][columns][head_dim] */
+    void *const *values;
+    int64_t kv_row_stride, kv_head_stride; /* in elements */
+    float *logits;                /* [n_logits][vocab] */
+} tw_batch;
+
+typedef struct {
+    const tw_model *m;
+    const tw_batch *b;
+    float *hidden, *normed, *qkv, *attended, *gate_up, *activated, *scores;
+    int64_t scores_per_thread;
+} forward_job;
+
+/* RoPE on q and k, k and v into the cache at each token's column, then attention. */
+static void attention_layer(tw_ctx *ctx, const forward_job *s, int layer) {
+    const tw_model *m = s->m;
+    const tw_batch *b = s->b;
+    const int n_tokens = b->n_tokens, heads = m->n_heads, kv_heads = m->n_kv_heads, dim = m->head_dim, half = dim / 2;
+    const int qkv_width = (heads + 2 * kv_heads) * dim, group = heads / kv_heads;
+    const int kv_bytes = m->kv_format == TW_KV_F32 ? 4 : 2;
+    char *keys = (char *)b->keys[layer], *values = (char *)b->values[layer];
+    int64_t first, end;
+    share(ctx, n_tokens, &first, &end);
+    for (int64_t i = first; i < end; i++) {
+        float *row = s->qkv + i * qkv_width;
+        const int64_t position = b->positions[i], kv_row = b->token_rows[i];
+        const float *cos_row = m->rope_cos + position * half, *sin_row = m->rope_sin + position * half;
+        for (int h = 0; h < heads + kv_heads; h++) rotate(row + h * dim, cos_row, sin_row, half);
+        const int64_t column = b->first_columns[kv_row] + position;
+        for (int h = 0; h < kv_heads; h++) {
+            const int64_t offset = (kv_row * b->kv_row_stride + h * b->kv_head_stride + column * dim) * kv_bytes;
+            store_kv(keys + offset, row + (heads + h) * dim, dim, m->kv_format);
+            store_kv(values + offset, row + (heads + kv_heads + h) * dim, dim, m->kv_format);
+        }
+    }
+    pool_barrier(ctx);
+    /* Work items: (token, KV head, a run of at most 4 of its query heads), claimed one at a time. */
+    const int runs = (group + 3) / 4;
+    const int64_t items = (int64_t)n_tokens * kv_heads * runs;
+    float *scores = s->scores + (int64_t)ctx->index * s->scores_per_thread * 4;
+    for (int64_t item = claim(ctx); item < items; item = claim(ctx)) {
+        const int64_t i = item / (kv_heads * runs);
+        const int kv_head = (int)(item / runs % kv_heads), run = (int)(item % runs);
+        const int firsth = run * 4, count = group - firsth < 4 ? group - firsth : 4, h = kv_head * group + firsth;
+        const int64_t kv_row = b->token_rows[i];
+        const int64_t start = (kv_row * b->kv_row_stride + kv_head * b->kv_head_stride + b->first_columns[kv_row] * dim) * kv_bytes;
+        attend(s->qkv + i * qkv_width + h * dim, count, keys + start, values + start, (int)b->positions[i] + 1, dim,
+               m->attention_scale, m->kv_format, scores, s->scores_per_thread, s->attended + (i * heads + h) * dim);
+    }
+    ctx->stage++;
+    pool_barrier(ctx);
+}
+
+static void norm_rows(tw_ctx *ctx, const float *x, const float *weight, int n_rows, int width, float eps, float *out) {
+    int64_t first, end;
+    share(ctx, n_rows, &first, &end);
+    for (int64_t i = first; i < end; i++) rms_norm(x + i * width, weight, width, eps, out + i * width);
+    pool_barrier(ctx);
+}
+
+/* Keep only the rows `keep` of x (in place, in order; `keep` ascending): past the last layer's KV
+ * write, only the tokens whose logits are wanted go on. */
+static void compact_rows(tw_ctx *ctx, float *x, int width, const int64_t *keep, int n_keep) {
+    if (ctx->index == 0)
+        for (int i = 0; i < n_keep; i++)
+            if (keep[i] != i) memmove(x + (int64_t)i * width, x + keep[i] * width, (size_t)width * sizeof(float));
+    pool_barrier(ctx);
+}
+
+static void gate_rows(tw_ctx *ctx, const float *gate_up, int n_rows, int inter, float *out) {
+    int64_t first, end;
+    share(ctx, n_rows, &first, &end);
+    for (int64_t i = first; i < end; i++)
+        silu_and_multiply(gate_up + i * 2 * inter, gate_up + i * 2 * inter + inter, inter, out + i * inter);
+    pool_barrier(ctx);
+}
+
+static void run_layers(tw_ctx *ctx, const forward_job *s) {
+    const tw_model *m = s->m;
+    const tw_batch *b = s->b;
+    const int hidden = m->hidden, inter = m->intermediate, attended = m->n_heads * m->head_dim;
+    int n = b->n_tokens;
+    for (int layer = 0; layer < m->n_layers; layer++) {
+        const tw_layer *l = &m->layers[layer];
+        norm_rows(ctx, s->hidden, l->input_norm, n, hidden, m->eps, s->normed);
+        matmul(ctx, &l->qkv, s->normed, hidden, n, s->qkv, l->qkv.n, 0);
+        attention_layer(ctx, s, layer);
+        if (layer == m->n_layers - 1) {
+            compact_rows(ctx, s->hidden, hidden, b->logit_tokens, b->n_logits);
+            compact_rows(ctx, s->attended, attended, b->logit_tokens, b->n_logits);
+            n = b->n_logits;
+        }
+        matmul(ctx, &l->o, s->attended, attended, n, s->hidden, hidden, 1);
+        norm_rows(ctx, s->hidden, l->post_norm, n, hidden, m->eps, s->normed);
+        matmul(ctx, &l->gate_up, s->normed, hidden, n, s->gate_up, 2 * inter, 0);
+        gate_rows(ctx, s->gate_up, n, inter, s->activated);
+        matmul(ctx, &l->down, s->activated, inter, n, s->hidden, hidden, 1);
+    }
+}
+
+static void forward_all(tw_ctx *ctx, void *arg) {
+    const forward_job *s = arg;
+    const tw_model *m = s->m;
+    const tw_batch *b = s->b;
+    int64_t first, end;
+    share(ctx, b->n_tokens, &first, &end);
+    for (int64_t i = first; i < end; i++) matrix_row(&m->embed, b->token_ids[i], s->hidden + i * m->hidden);
+    pool_barrier(ctx);
+    run_layers(ctx, s);
+    norm_rows(ctx, s->hidden, m->final_norm, b->n_logits, m->hidden, m->eps, s->normed);
+    matmul(ctx, &m->lm_head, s->normed, m->hidden, b->n_logits, b->logits, m->vocab, 0);
+}
+
+const char *tw_isa(void) { return TW_ISA; }
+
+int tw_abi_version(void) { return TW_ABI_VERSION; }
+
+/* The forward pass over a batch of tokens; logits of b->logit_tokens into b->logits.
+ * 0 on success; 1 a malformed batch, 2 a token or position out of range, 3 out of memory. */
+int tw_forward(const tw_model *m, const tw_batch *b) {
+    const int n = b->n_tokens, width = (m->n_heads + 2 * m->n_kv_heads) * m->head_dim;
+    if (n <= 0 || b->n_logits <= 0 || b->n_logits > n || m->n_layers > TW_MAX_STAGES) return 1;
+    int64_t longest = 1;
+    for (int i = 0; i < n; i++) {
+        if (b->positions[i] < 0 || b->positions[i] >= m->rope_positions || b->token_ids[i] < 0 || b->token_ids[i] >= m->embed.n)
+            return 2;
+        if (b->positions[i] + 1 > longest) longest = b->positions[i] + 1;
+    }
+    for (int i = 0; i < b->n_logits; i++)
+        if (b->logit_tokens[i] < 0 || b->logit_tokens[i] >= n || (i && b->logit_tokens[i] <= b->logit_tokens[i - 1])) return 1;
+    const int threads = b->n_threads < 1 ? 1 : b->n_threads > TW_MAX_THREADS ? TW_MAX_THREADS : b->n_threads;
+    forward_job s = {m, b, NULL, NULL, NULL, NULL, NULL, NULL, NULL, (longest + 15) / 16 * 16};
+    s.hidden = malloc(sizeof(float) * (size_t)n * m->hidden);
+    s.normed = malloc(sizeof(float) * (size_t)n * m->hidden);
+    s.qkv = malloc(sizeof(float) * (size_t)n * width);
+    s.attended = malloc(sizeof(float) * (size_t)n * m->n_heads * m->head_dim);
+    s.gate_up = malloc(sizeof(float) * (size_t)n * 2 * m->intermediate);
+    s.activated = malloc(sizeof(float) * (size_t)n * m->intermediate);
+    s.scores = malloc(sizeof(float) * (size_t)threads * s.scores_per_thread * 4);
+    int status = 3;
+    if (s.hidden && s.normed && s.qkv && s.attended && s.gate_up && s.activated && s.scores)
+        status = pool_run(threads, forward_all, &s) ? 0 : 3;
+    free(s.hidden); free(s.normed); free(s.qkv); free(s.attended); free(s.gate_up); free(s.activated); free(s.scores);
+    return status;
+}
+
+typedef struct {
+    const tw_matrix *w;
+    const float *x;
+    int m;
+    float *y;
+} matmul_job;
+
+static void matmul_all(tw_ctx *ctx, void *arg) {
+    const matmul_job *job = arg;
+    matmul(ctx, job->w, job->x, job->w->k, job->m, job->y, job->w->n, 0);
+}
+
+/* y[m][n] = x[m][:] . W[n][:] (+ bias): one matrix alone, for tests and checks. */
+int tw_matmul(const tw_matrix *w, const float *x, int m, float *y, int threads) {
+    matmul_job job = {w, x, m, y};
+    return pool_run(threads, matmul_all, &job) ? 0 : 3;
+}
+
+/* Row n of a matrix as floats (embedding lookups; tests). */
+void tw_matrix_row(const tw_matrix *w, int64_t n, float *out) { matrix_row(w, n, out); }

@@ -1,0 +1,194 @@
+/* pool.h: the kernels' own threads. A job runs on all of them at once; its stages meet at barriers.
+ *
+ * Not OpenMP: libgomp cuts its spin-before-sleep to 100 turns whenever it manages more threads than
+ * there are CPUs, which a server reaches as soon as a second Python thread (the loader, the model
+ * thread) has called into it; a forward pass's ~300 barriers then each cost a futex sleep and
+ * wake-up (9 ms per token instead of 5.5 on 2 cores, measured). These threads spin for a bounded
+ * while (tens of microseconds: enough for a stage's imbalance, short enough to give the core back to
+ * the event loop), then sleep. Which thread computes what never changes a value (forward.c). */
+#include <limits.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+#include <time.h>
+
+#define TW_MAX_THREADS 256
+#define TW_MAX_STAGES 1024 /* dynamically shared loops per job (one per layer in a forward pass) */
+/* How long a waiting thread spins before it sleeps: at a barrier, longer than a stage's usual
+ * imbalance; between jobs, shorter (the caller's Python work between forward passes takes longer,
+ * and the core is better left to the event loop). */
+#define TW_BARRIER_SPIN_NS 100000
+#define TW_IDLE_SPIN_NS 20000
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static void futex_wait(_Atomic uint32_t *word, uint32_t value) {
+#if defined(__linux__)
+    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_PRIVATE, value, NULL, NULL, 0);
+#else
+    (void)word; (void)value;
+    sched_yield();
+#endif
+}
+
+static void futex_wake(_Atomic uint32_t *word) {
+#if defined(__linux__)
+    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+#else
+    (void)word;
+#endif
+}
+
+typedef struct tw_pool tw_pool;
+typedef struct {
+    tw_pool *pool;
+    int index, count; /* this thread's place in the job, and how many share it */
+    int stage;        /* the next dynamically shared loop's counter */
+} tw_ctx;
+typedef void (*tw_job)(tw_ctx *ctx, void *arg);
+
+struct tw_pool {
+    int count;
+    pthread_t threads[TW_MAX_THREADS];
+    _Atomic uint32_t generation; /* bumped to start a job; workers sleep on it */
+    _Atomic uint32_t finished;   /* workers done with the current job; the caller sleeps on it */
+    _Atomic uint32_t arrived, phase; /* the barrier */
+    _Atomic int sleepers;        /* threads inside futex_wait: wakers skip the syscall when none */
+    tw_job job;
+    void *arg;
+    int stop;
+    _Atomic int64_t next[TW_MAX_STAGES];
+};
+
+static inline int64_t monotonic_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* Until *word != value: spin for up to spin_ns, then sleep on it. */
+static void wait_for_change(tw_pool *p, _Atomic uint32_t *word, uint32_t value, int64_t spin_ns) {
+    const int64_t deadline = monotonic_ns() + spin_ns;
+    for (int turn = 1;; turn++) {
+        if (atomic_load_explicit(word, memory_order_acquire) != value) return;
+        cpu_relax();
+        if (turn % 64 == 0 && monotonic_ns() > deadline) break;
+    }
+    /* seq_cst here and in the wakers' store-then-check: one of the two always sees the other. */
+    atomic_fetch_add(&p->sleepers, 1);
+    while (atomic_load(word) == value) futex_wait(word, value);
+    atomic_fetch_sub(&p->sleepers, 1);
+}
+
+static void wake_sleepers(tw_pool *p, _Atomic uint32_t *word) {
+    if (atomic_load(&p->sleepers)) futex_wake(word);
+}
+
+/* Every thread of the job waits here until all have arrived. */
+static void pool_barrier(tw_ctx *ctx) {
+    tw_pool *p = ctx->pool;
+    if (ctx->count == 1) return;
+    const uint32_t phase = atomic_load_explicit(&p->phase, memory_order_acquire);
+    if (atomic_fetch_add_explicit(&p->arrived, 1, memory_order_acq_rel) == (uint32_t)ctx->count - 1) {
+        atomic_store_explicit(&p->arrived, 0, memory_order_relaxed);
+        atomic_store(&p->phase, phase + 1);
+        wake_sleepers(p, &p->phase);
+    } else {
+        wait_for_change(p, &p->phase, phase, TW_BARRIER_SPIN_NS);
+    }
+}
+
+/* This thread's contiguous share of `total` items. */
+static inline void share(const tw_ctx *ctx, int64_t total, int64_t *begin, int64_t *end) {
+    *begin = total * ctx->index / ctx->count;
+    *end = total * (ctx->index + 1) / ctx->count;
+}
+
+/* The next item of the current dynamically shared loop (items beyond its total mean: done). */
+static inline int64_t claim(tw_ctx *ctx) {
+    return atomic_fetch_add_explicit(&ctx->pool->next[ctx->stage], 1, memory_order_relaxed);
+}
+
+static void *worker_main(void *arg) {
+    tw_ctx ctx = *(tw_ctx *)arg;
+    free(arg);
+    tw_pool *p = ctx.pool;
+    uint32_t seen = 0;
+    for (;;) {
+        wait_for_change(p, &p->generation, seen, TW_IDLE_SPIN_NS);
+        seen = atomic_load_explicit(&p->generation, memory_order_acquire);
+        if (p->stop) return NULL;
+        ctx.stage = 0;
+        p->job(&ctx, p->arg);
+        atomic_fetch_add(&p->finished, 1);
+        wake_sleepers(p, &p->finished);
+    }
+}
+
+static void pool_free(tw_pool *p) {
+    p->stop = 1;
+    atomic_fetch_add(&p->generation, 1);
+    futex_wake(&p->generation);
+    for (int i = 1; i < p->count; i++) pthread_join(p->threads[i], NULL);
+    free(p);
+}
+
+static tw_pool *pool_new(int count) {
+    tw_pool *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->count = count;
+    for (int i = 1; i < count; i++) {
+        tw_ctx *ctx = malloc(sizeof *ctx);
+        if (ctx) *ctx = (tw_ctx){p, i, count, 0};
+        if (!ctx || pthread_create(&p->threads[i], NULL, worker_main, ctx) != 0) {
+            free(ctx);
+            p->count = i; /* the ones started so far: stop them and give up */
+            pool_free(p);
+            return NULL;
+        }
+    }
+    return p;
+}
+
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static tw_pool *the_pool;
+
+/* Run `job` on `threads` threads (the caller is one of them); one job at a time per process. */
+static int pool_run(int threads, tw_job job, void *arg) {
+    threads = threads < 1 ? 1 : threads > TW_MAX_THREADS ? TW_MAX_THREADS : threads;
+    pthread_mutex_lock(&pool_lock);
+    if (the_pool && the_pool->count != threads) {
+        pool_free(the_pool);
+        the_pool = NULL;
+    }
+    if (!the_pool) the_pool = pool_new(threads);
+    tw_pool *p = the_pool;
+    if (!p) {
+        pthread_mutex_unlock(&pool_lock);
+        return 0;
+    }
+    p->job = job;
+    p->arg = arg;
+    for (int i = 0; i < TW_MAX_STAGES; i++) atomic_store_explicit(&p->next[i], 0, memory_order_relaxed);
+    atomic_store(&p->finished, 0);
+    atomic_fetch_add(&p->generation, 1);
+    wake_sleepers(p, &p->generation);
+    tw_ctx ctx = {p, 0, p->count, 0};
+    job(&ctx, arg);
+    for (uint32_t done; (done = atomic_load_explicit(&p->finished, memory_order_acquire)) != (uint32_t)p->count - 1;)
+        wait_for_change(p, &p->finished, done, TW_BARRIER_SPIN_NS);
+    pthread_mutex_unlock(&pool_lock);
+    return 1;
+}

@@ -1,0 +1,156 @@
+"""NativeLlama: a Llama-family forward pass in one call to the native kernels, the same for any batch.
+
+It computes FusedLlama's function (RMSNorm, RoPE, GQA attention, SiLU-gated MLP, fp32 residual
+stream) with every value's arithmetic fixed (csrc/): a token's logits depend on its sequence
+alone, never on the other rows of the step, their padding, how its prompt was chunked or whether
+its prefix came from the cache. Tokens of all rows go in as one flat list, so padded rows cost
+nothing. Weights are packed once (weights.py); KV stays in KVStore's slabs, whose buffers the
+kernels write and read in place.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+import torch
+
+from app.engine.fused_llama import FusedLlama, LlamaDims
+from app.engine.native.library import BF16, KV_BF16, KV_F32, Q4, Q8, Batch, Layer, Model, NativeLibrary
+from app.engine.native.weights import FORMAT_NAMES, PackedMatrix, pack_dense, pack_exact, pack_grid
+from app.engine.packed_linear import PackedLinear
+
+KV_FORMATS = {torch.float32: KV_F32, torch.bfloat16: KV_BF16}
+_LOSSY = {"int4": Q4, "int8": Q8}
+
+
+def unsupported_reason(dims: LlamaDims, dtype: torch.dtype, device: torch.device) -> str | None:
+    """Why the native kernels cannot run this model here, or None."""
+    if device.type != "cpu":
+        return f"native kernels are for CPUs (device {device})"
+    if dtype not in KV_FORMATS:
+        return f"dtype {dtype} (native kernels take float32 or bfloat16)"
+    if dims.head_dim % 16 or dims.head_dim > 256:
+        return f"head_dim {dims.head_dim} (native kernels take multiples of 16 up to 256)"
+    if dims.num_heads % dims.num_kv_heads:
+        return "query heads not a multiple of KV heads"
+    return None
+
+
+@dataclass
+class NativeLayer:
+    input_norm: torch.Tensor
+    post_norm: torch.Tensor
+    qkv: PackedMatrix
+    o: PackedMatrix
+    gate_up: PackedMatrix
+    down: PackedMatrix
+
+    def struct(self) -> Layer:
+        return Layer(self.input_norm.data_ptr(), self.post_norm.data_ptr(), self.qkv.struct(), self.o.struct(),
+                     self.gate_up.struct(), self.down.struct())
+
+    def matrices(self) -> list[PackedMatrix]:
+        return [self.qkv, self.o, self.gate_up, self.down]
+
+
+@dataclass
+class RopeTable:
+    """cos and sin [positions, head_dim / 2] in fp32 (the two halves of RoPE's angles are equal)."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+    @classmethod
+    def of(cls, rotary, head_dim: int, positions: int) -> RopeTable:
+        """The model's own rotary module (any static RoPE it knows) evaluated once per position."""
+        probe = torch.zeros((1, positions, head_dim), dtype=torch.float32)
+        with torch.inference_mode():
+            cos, sin = rotary(probe, torch.arange(positions).unsqueeze(0))
+        half = head_dim // 2
+        return cls(cos[0, :, :half].float().contiguous(), sin[0, :, :half].float().contiguous())
+
+
+class NativeLlama:
+    """run(tokens, positions, rows, first_columns, layers, wanted) -> float32 logits of the wanted tokens."""
+
+    def __init__(self, library: NativeLibrary, dims: LlamaDims, kv_dtype: torch.dtype, embed: PackedMatrix,
+                 layers: list[NativeLayer], final_norm: torch.Tensor, lm_head: PackedMatrix, rope: RopeTable) -> None:
+        self.library, self.dims, self.kv_dtype = library, dims, kv_dtype
+        self.embed, self.layers, self.final_norm, self.lm_head, self.rope = embed, layers, final_norm, lm_head, rope
+        self._layer_structs = (Layer * len(layers))(*[layer.struct() for layer in layers])
+        self._model = Model(
+            dims.num_layers, int(embed.k), dims.num_heads,
+            dims.num_kv_heads, dims.head_dim, dims.intermediate_size, dims.vocab_size, KV_FORMATS[kv_dtype],
+            dims.rms_norm_eps, dims.head_dim ** -0.5, int(rope.cos.shape[0]), 0,
+            rope.cos.data_ptr(), rope.sin.data_ptr(), final_norm.data_ptr(), embed.struct(), lm_head.struct(),
+            ctypes.addressof(self._layer_structs))
+
+    @property
+    def max_positions(self) -> int:
+        return int(self.rope.cos.shape[0])
+
+    def matrices(self) -> list[PackedMatrix]:
+        """Every matrix once (a tied LM head is the embedding)."""
+        heads = [] if self.lm_head is self.embed else [self.lm_head]
+        return [m for layer in self.layers for m in layer.matrices()] + [self.embed, *heads]
+
+    @property
+    def weight_formats(self) -> dict[str, int]:
+        """How many matrices are stored in each format (for the start-up log and /health)."""
+        counts: dict[str, int] = {}
+        for matrix in self.matrices():
+            counts[FORMAT_NAMES[matrix.format]] = counts.get(FORMAT_NAMES[matrix.format], 0) + 1
+        return counts
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(m.nbytes for m in self.matrices())
+
+    def run(self, token_ids: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor, first_columns: torch.Tensor,
+            kv: list[tuple[torch.Tensor, torch.Tensor]], wanted: torch.Tensor) -> torch.Tensor:
+        """One forward pass over a flat list of tokens (int64 tensors, one entry per token; `rows` says
+        which KV row each belongs to, `first_columns` where each row's position 0 sits). `kv` holds each
+        layer's key and value buffers [rows, kv_heads, columns, head_dim] with room for every position
+        written; `wanted` lists the tokens whose logits come back, ascending."""
+        keys0 = kv[0][0]
+        # Every layer's buffers are made and moved together (KVStore, SlabLayer.room_for): one layout.
+        assert keys0.dtype == self.kv_dtype and keys0.stride(-1) == 1 and keys0.stride(-2) == self.dims.head_dim
+        assert kv[0][1].stride() == keys0.stride() == kv[-1][0].stride() == kv[-1][1].stride()
+        key_pointers = (ctypes.c_void_p * len(kv))(*[k.data_ptr() for k, _ in kv])
+        value_pointers = (ctypes.c_void_p * len(kv))(*[v.data_ptr() for _, v in kv])
+        logits = torch.empty((int(wanted.shape[0]), self.dims.vocab_size), dtype=torch.float32)
+        batch = Batch(int(token_ids.shape[0]), int(first_columns.shape[0]), int(wanted.shape[0]), torch.get_num_threads(),
+                      token_ids.data_ptr(), positions.data_ptr(), rows.data_ptr(), first_columns.data_ptr(),
+                      wanted.data_ptr(), ctypes.addressof(key_pointers), ctypes.addressof(value_pointers),
+                      keys0.stride(0), keys0.stride(1), logits.data_ptr())
+        self.library.forward(self._model, batch)
+        return logits
+
+
+def _pack(library: NativeLibrary, linear: PackedLinear, dtype: torch.dtype, quantization: str) -> PackedMatrix:
+    """auto: exact Q4/Q8 where the fp32 weights lie on such a grid, else dense in `dtype`; int4/int8:
+    that grid (lossy), where the shape allows; none: dense."""
+    if quantization in _LOSSY:
+        packed = pack_grid(library, linear.weight.float(), _LOSSY[quantization], exact=False, bias=linear.bias)
+        if packed is not None:
+            return packed
+    if quantization == "auto":
+        return pack_exact(library, linear.weight, dtype, linear.bias)
+    return pack_dense(linear.weight, dtype, linear.bias)
+
+
+def native_from_fused(fused: FusedLlama, library: NativeLibrary, dtype: torch.dtype, positions: int,
+                      quantization: str = "auto") -> NativeLlama:
+    """NativeLlama with a FusedLlama's weights (packed: the FusedLlama can be dropped afterwards)."""
+    def pack(linear: PackedLinear) -> PackedMatrix:
+        return _pack(library, linear, dtype, quantization)
+
+    layers = [NativeLayer(layer.input_norm.float().contiguous(), layer.post_norm.float().contiguous(),
+                          pack(layer.qkv), pack(layer.o), pack(layer.gate_up), pack(layer.down))
+              for layer in fused.layers]
+    embed = pack(PackedLinear(fused.embed_weight))
+    tied = fused.lm_head.weight is fused.embed_weight and fused.lm_head.bias is None
+    lm_head = embed if tied else pack(fused.lm_head)
+    rope = RopeTable.of(fused.rotary, fused.dims.head_dim, positions)
+    return NativeLlama(library, fused.dims, dtype, embed, layers, fused.final_norm.float().contiguous(), lm_head, rope)
