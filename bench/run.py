@@ -46,7 +46,7 @@ def free_port() -> int:
 
 
 def run_perplexity(out: Path) -> list[dict]:
-    """bench.perplexity in a child process: each dtype and quantization on the fixed text."""
+    """bench.perplexity in a child process: each forward, dtype and weight format on the fixed text."""
     subprocess.run([sys.executable, "-m", "bench.perplexity", "--json", str(out)], cwd=ROOT, check=True,
                    timeout=600, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
@@ -105,8 +105,9 @@ def wait_healthy(proc: subprocess.Popen, url: str, timeout: float) -> None:
 
 
 def wait_settled(url: str, timeout: float = 60.0) -> None:
-    """Poll a tokenwire /health until its start-up chores are done (the low-bit copies serve), so the
-    scenarios measure the steady state; a server without the field counts as settled."""
+    """Poll a tokenwire /health until its start-up chores are done (the token byte table, kernel warming
+    on torch forwards), so the scenarios measure the steady state; a server without the field counts
+    as settled."""
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
         try:
@@ -206,7 +207,7 @@ def report_text(result: dict) -> str:
         lines += ["multi-turn chat (bench.multiturn), prefix cache on vs off:", "",
                   multiturn_table(result["http"]["multiturn"], result.get("multiturn_uncached")), ""]
     if result.get("perplexity"):
-        lines += ["perplexity on bench/ppl_text.py (lossy levers may be defaults only within 3% of fp32):", "",
+        lines += ["perplexity on bench/ppl_text.py (lossy levers may be defaults only within 1% of fp32):", "",
                   perplexity_table(result["perplexity"]), ""]
     if result.get("grammar"):
         lines += ["constrained decoding (bench.grammar_cost), median decode step in-process:", "",

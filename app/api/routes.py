@@ -39,9 +39,21 @@ def accept(body, request: Request, engine: ServingEngine) -> str:
     return served_model(body.model, engine)
 
 
+class TokenStreamResponse(EventSourceResponse):
+    """sse-starlette's response, minus a cancel scope around every send when no send timeout is set
+    (anyio's `move_on_after(None)` still builds one: a sizable share of the event loop's work per
+    streamed token)."""
+
+    async def _send_with_timeout(self, send, message) -> None:
+        if self.send_timeout is None:
+            await send(message)
+        else:
+            await super()._send_with_timeout(send, message)
+
+
 def sse_response(request: Request, sse_events) -> EventSourceResponse:
     # `: ping` comments keep proxies and clients from timing out during a long queue or prefill.
-    return EventSourceResponse(sse_events, sep="\n", ping=request.app.state.sse_keepalive_s,
+    return TokenStreamResponse(sse_events, sep="\n", ping=request.app.state.sse_keepalive_s,
                                headers=STREAM_HEADERS)
 
 

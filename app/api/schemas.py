@@ -48,6 +48,8 @@ MinP = Annotated[float, Field(ge=0.0, le=1.0, description="drop tokens below min
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0, description="OpenAI additive penalty")]
 RepetitionPenalty = Annotated[float, Field(gt=0.0, le=10.0, description="HF multiplicative penalty; 1 = off")]
 MaxTokens = Annotated[int, Field(ge=1, description="tokens to generate; default: the rest of the context")]
+MinTokens = Annotated[int, Field(ge=0, description="extension (vLLM): tokens before EOS, stop_token_ids or a "
+                                 "stop string may end the output")]
 Seed = Annotated[int, Field(ge=-(2**63), lt=2**64, description="same seed, same text")]
 StopString = Annotated[Text, Field(min_length=1, max_length=MAX_STOP_LENGTH)]
 Stop = StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None
@@ -94,6 +96,9 @@ class _GenerationRequest(BaseModel):
     stream_options: StreamOptions | None = None
     user: Text | None = None
     timeout: Timeout | None = None  # extension; the server's own deadline still applies when shorter
+    # Extensions benchmark tools send (vLLM, llama.cpp): EOS as an ordinary token; a floor on the length.
+    ignore_eos: bool = False
+    min_tokens: MinTokens = 0
 
     @field_validator("logit_bias")
     @classmethod
@@ -130,6 +135,8 @@ class _GenerationRequest(BaseModel):
             stop=stop,
             timeout_s=self.timeout,
             n=self.n,
+            ignore_eos=self.ignore_eos,
+            min_tokens=self.min_tokens,
         )
 
 

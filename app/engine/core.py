@@ -27,6 +27,7 @@ from app.engine.runner import ModelRunner
 from app.engine.sampler import PenaltyState, SamplingTensors
 from app.engine.scheduler import PrefillChunk, Scheduler, SchedulerConfig, group_by_length
 from app.engine.sequence import Sequence, SequenceStatus
+from app.engine.speculation import MAX_DRAFT, DraftHistory, propose
 from app.engine.types import TokenLogprob
 
 # Finished normally: its KV row is whole and may be stored (aborted ones never are).
@@ -40,14 +41,15 @@ def kv_bytes_per_token(loaded: LoadedModel) -> int:
 
 
 def build_core(loaded: LoadedModel, scheduler: SchedulerConfig,
-               prefix_cache: PrefixCacheConfig | None = None) -> EngineCore:
+               prefix_cache: PrefixCacheConfig | None = None, speculation: bool = True) -> EngineCore:
     """The core for a loaded model, its KV cost per token filled in; the one place a core is made.
-    prefix_cache None: every prompt is prefilled in full."""
+    prefix_cache None: every prompt is prefilled in full. speculation: prompt-lookup drafts for a
+    lone stream, where the forward makes them exact (the native kernels)."""
     runner = ModelRunner(loaded.model, loaded.device, loaded.fused, loaded.native)
     check_plain_cache(runner.new_cache())  # refuse sliding/linear-attention models up front
     config = replace(scheduler, kv_bytes_per_token=kv_bytes_per_token(loaded))
     cache = None if prefix_cache is None else PrefixCache(prefix_cache)
-    return EngineCore(runner, config, loaded.dims.vocab_size, cache)
+    return EngineCore(runner, config, loaded.dims.vocab_size, cache, speculation and runner.can_verify_drafts)
 
 
 def _token_logprobs(logprobs: torch.Tensor, chosen: torch.Tensor, k: int) -> list[TokenLogprob]:
@@ -63,6 +65,18 @@ def _trim_top(entry: TokenLogprob, k: int) -> TokenLogprob:
     return entry if len(entry.top) <= k else replace(entry, top=entry.top[:k])
 
 
+def _ban_early_ends(rows: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
+    """-inf for the end tokens of rows still short of min_tokens (first of the sampling stages)."""
+    early = [(row, sorted(s.end_token_ids)) for row, s in enumerate(rows) if s.must_not_end]
+    if not early:
+        return logits
+    logits = logits.clone()
+    for row, ids in early:
+        ids = [i for i in ids if i < logits.shape[-1]]
+        logits[row, ids] = -math.inf
+    return logits
+
+
 def _uses_penalties(sequence: Sequence) -> bool:
     p = sequence.params
     return p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
@@ -70,13 +84,16 @@ def _uses_penalties(sequence: Sequence) -> bool:
 
 class EngineCore:
     def __init__(self, runner: ModelRunner, scheduler: SchedulerConfig, vocab_size: int,
-                 prefix_cache: PrefixCache | None = None) -> None:
+                 prefix_cache: PrefixCache | None = None, speculation: bool = False) -> None:
         self.runner = runner
         self.prefix_cache = prefix_cache
         self.scheduler = Scheduler(scheduler, on_admit=self._admit, reclaimable=prefix_cache)
         self.vocab_size = vocab_size
         self.store = KVStore(runner.device)
         self._prefill_caches: dict[Sequence, DynamicCache] = {}
+        self.speculation = speculation
+        self._drafts: dict[Sequence, DraftHistory] = {}  # per sequence, while it runs
+        self.drafted_tokens = self.accepted_drafts = 0  # totals, for tests and benchmarks
 
     @property
     def has_work(self) -> bool:
@@ -126,9 +143,42 @@ class EngineCore:
 
     def _decode(self) -> None:
         rows = self.store.rows
+        drafts = self._draft(rows[0]) if len(rows) == 1 else []
+        if drafts:
+            self._decode_with_drafts(rows[0], drafts)
+            return
         logits = self.runner.decode(self.store, [s.output_ids[-1] for s in rows])
         self._sample_and_emit(rows, logits)
         self._release([s for s in rows if s.status.is_finished])
+
+    def _draft(self, sequence: Sequence) -> list[int]:
+        """Prompt-lookup drafts for a lone row, where they apply (no grammar: it would need a mask per
+        draft position) and the sequence has not been missing lately."""
+        if not self.speculation or sequence.matcher is not None:
+            return []
+        history = self._drafts.setdefault(sequence, DraftHistory())
+        if not history.wants_draft():
+            return []
+        room = sequence.max_tokens - sequence.num_output_tokens - 1  # the last token needs no draft
+        return propose(sequence.prompt_ids + sequence.output_ids, min(MAX_DRAFT, room)) if room > 0 else []
+
+    def _decode_with_drafts(self, sequence: Sequence, drafts: list[int]) -> None:
+        """One pass over the last token and the drafts; each position's token is drawn as a one-token
+        step would draw it, and the row keeps the positions up to the first departure."""
+        fed = [sequence.output_ids[-1], *drafts]
+        logits = self.runner.verify(self.store, fed)
+        emitted = 0
+        for position in range(len(fed)):
+            self._sample_and_emit([sequence], logits[position:position + 1])
+            emitted += 1
+            if (sequence.status.is_finished or position == len(drafts)
+                    or sequence.output_ids[-1] != drafts[position]):
+                break
+        self.runner.keep(self.store, emitted)
+        self._drafts[sequence].record(len(drafts), emitted - 1)
+        self.drafted_tokens += len(drafts)
+        self.accepted_drafts += emitted - 1
+        self._release([sequence] if sequence.status.is_finished else [])
 
     def _admit(self, sequence: Sequence) -> None:
         """As the scheduler admits a sequence: its penalty state, and its cached prefix if any."""
@@ -230,6 +280,12 @@ class EngineCore:
         self.prefix_cache.insert(token_ids, layers, self.scheduler.free_bytes())
 
     def _sample_and_emit(self, rows: list[Sequence], logits: torch.Tensor) -> None:
+        logits = _ban_early_ends(rows, logits)
+        if all(s.params.is_plain_greedy and s.matcher is None for s in rows):
+            # The common case, without building the stages' tensors: the same argmax sampler.sample takes.
+            for sequence, token_id in zip(rows, logits.argmax(dim=-1).tolist()):
+                sequence.sink(sequence.append_token(token_id, None))
+            return
         tensors = SamplingTensors.from_params([s.params for s in rows], logits.shape[-1], logits.device)
         seen, counts = self._stack_penalties(rows, tensors, logits.shape[-1])
         logits = sampler.apply_penalties(logits, tensors, seen_mask=seen, output_counts=counts)
@@ -269,4 +325,5 @@ class EngineCore:
         self.store.remove(leaving)
         for sequence in finished:
             self._prefill_caches.pop(sequence, None)
+            self._drafts.pop(sequence, None)
             self.scheduler.remove(sequence)

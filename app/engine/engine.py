@@ -245,6 +245,9 @@ class Engine:
                 f"this model's maximum context length is {limit} tokens; the prompt has "
                 f"{num_prompt_tokens} tokens and the completion may take {max_tokens} more "
                 f"({num_prompt_tokens + max_tokens} in total)", param="max_tokens")
+        if params.min_tokens > max_tokens:
+            raise InvalidRequest(f"min_tokens ({params.min_tokens}) exceeds max_tokens ({max_tokens})",
+                                 param="min_tokens")
         for token_id, _ in params.logit_bias:
             if not 0 <= token_id < self.info.vocab_size:
                 raise InvalidRequest(f"logit_bias names token id {token_id}, outside the vocabulary",

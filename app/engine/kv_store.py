@@ -7,8 +7,8 @@ cache. Every layer is a SlabLayer with spare columns, and the moves keep that sp
 copies each layer once into a buffer with room to grow, a leave index-selects whole buffers, and
 trimming shared padding is a view. It never runs the model.
 
-The interface (join, remove, decode_inputs, row_kv, num_bytes) is the seam a paged store could later
-sit behind.
+The interface (join, remove, decode_inputs / advance, row_kv, num_bytes) is the seam a paged store
+could later sit behind.
 """
 
 from __future__ import annotations
@@ -53,13 +53,18 @@ def _place(buffer: torch.Tensor, start_row: int, kv: torch.Tensor, columns: int)
 
 
 class KVStore:
-    """KV tensors [rows, heads, columns, head_dim] per layer, a mask [rows, columns], row owners."""
+    """KV tensors [rows, heads, columns, head_dim] per layer, each row's length, row owners.
+
+    A row of length n holds its KV in the last n columns (left padding); the attention mask the
+    torch forwards need is derived from the lengths when asked for, never kept (growing a stored
+    mask by a column copied it whole at every step).
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.cache: DynamicCache | None = None
-        self.mask = torch.zeros((0, 0), dtype=torch.long, device=device)
-        self.positions = torch.zeros((0,), dtype=torch.long, device=device)
+        self.lengths: list[int] = []  # real tokens per row, in row order
+        self.num_columns = 0
         self._owners: list = []  # the sequence at each row, in row order
 
     @property
@@ -72,14 +77,21 @@ class KVStore:
         return len(self._owners)
 
     @property
-    def num_columns(self) -> int:
-        return int(self.mask.shape[1])
+    def positions(self) -> torch.Tensor:
+        """Each row's next position (its length), [rows]."""
+        return torch.tensor(self.lengths, dtype=torch.long, device=self.device)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """[rows, columns]: 1 where a row has a real token."""
+        return self._mask(self.num_columns)
 
     @property
     def num_bytes(self) -> int:
         if self.cache is None:
             return 0
-        return sum(layer_bytes(layer) for layer in self.cache.layers)
+        # Every layer's buffers are made, moved and grown together: one layer's bytes times their count.
+        return layer_bytes(self.cache.layers[0]) * len(self.cache.layers)
 
     def __contains__(self, owner) -> bool:
         return owner in self._owners
@@ -88,7 +100,6 @@ class KVStore:
         """Append prefilled rows, owned by `owners` in order: their left-padded cache and mask [rows, columns]."""
         check_plain_cache(cache)
         assert len(owners) == mask.shape[0], "one owner per joining row"
-        lengths = mask.sum(dim=1)
         columns = max(self.num_columns, int(mask.shape[1]))
         mine = self.num_rows
         layers = []
@@ -105,8 +116,8 @@ class KVStore:
         if self.cache is None:
             self.cache = cache
         self.cache.layers = layers
-        self.mask = torch.cat([self._padded_mask(self.mask, columns), self._padded_mask(mask, columns)])
-        self.positions = torch.cat([self.positions, lengths])
+        self.lengths.extend(int(n) for n in mask.sum(dim=1).tolist())
+        self.num_columns = columns
         self._owners.extend(owners)
         self._trim()
 
@@ -126,42 +137,42 @@ class KVStore:
             filled = layer.get_seq_length()
             self.cache.layers[position] = SlabLayer.holding(keys.index_select(0, index),
                                                             values.index_select(0, index), filled)
-        self.mask = self.mask.index_select(0, index)
-        self.positions = self.positions.index_select(0, index)
+        self.lengths = [self.lengths[row] for row in keep]
         self._owners = [self._owners[row] for row in keep]
         self._trim()
 
     def clear(self) -> None:
         self.cache = None
-        self.mask = self.mask.new_zeros((0, 0))
-        self.positions = self.positions.new_zeros((0,))
-        self._owners = []
+        self.lengths, self.num_columns, self._owners = [], 0, []
 
     def decode_inputs(self) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Attention mask (None when no row is padded) and position ids for one decode step."""
-        ones = self.mask.new_ones((self.num_rows, 1))
-        self.mask = torch.cat([self.mask, ones], dim=1)
+        """Attention mask (None when no row is padded) and position ids for one decode step (torch
+        forwards, which then write the new column themselves); the rows are one longer afterwards."""
         positions = self.positions.unsqueeze(1)
-        self.positions = self.positions + 1
-        unpadded = int(self.positions.min()) == self.num_columns
-        return (None if unpadded else self.mask), positions
+        self.advance()
+        unpadded = min(self.lengths) == self.num_columns
+        return (None if unpadded else self._mask(self.num_columns)), positions
+
+    def advance(self, count: int = 1) -> None:
+        """Every row is `count` tokens longer: a decode step wrote that many columns."""
+        self.lengths = [n + count for n in self.lengths]
+        self.num_columns += count
 
     def row_kv(self, owner) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Views of one row's real KV per layer, (keys, values) each [1, heads, tokens, dim]; copy to keep."""
         assert self.cache is not None
         row = self._owners.index(owner)
-        tokens, columns = int(self.positions[row]), self.num_columns
+        tokens, columns = self.lengths[row], self.num_columns
         return [(layer.keys[row:row + 1, :, columns - tokens:columns],
                  layer.values[row:row + 1, :, columns - tokens:columns]) for layer in self.cache.layers]
 
-    @staticmethod
-    def _padded_mask(mask: torch.Tensor, columns: int) -> torch.Tensor:
-        missing = columns - mask.shape[1]
-        return mask if missing == 0 else torch.cat([mask.new_zeros((mask.shape[0], missing)), mask], dim=1)
+    def _mask(self, columns: int) -> torch.Tensor:
+        column = torch.arange(columns, device=self.device)
+        return (column[None, :] >= (columns - self.positions)[:, None]).long()
 
     def _trim(self) -> None:
         """Drop padding columns every row has: a view into the same buffers, no copy."""
-        padding = self.num_columns - int(self.positions.max())
+        padding = self.num_columns - max(self.lengths)
         if padding <= 0:
             return
         assert self.cache is not None
@@ -169,4 +180,4 @@ class KVStore:
             keys, values = layer.buffers
             filled = layer.get_seq_length()
             self.cache.layers[index] = SlabLayer.holding(keys[:, :, padding:], values[:, :, padding:], filled - padding)
-        self.mask = self.mask[:, padding:]
+        self.num_columns -= padding

@@ -13,6 +13,7 @@ or a CPU without the kernels), or transformers' `model.forward` (every other mod
 from __future__ import annotations
 
 import inspect
+import itertools
 from typing import TYPE_CHECKING
 
 import torch
@@ -37,10 +38,6 @@ MAX_WARM_ROWS = 128
 def _cache_kwarg(model: PreTrainedModel) -> str:
     # transformers 5.x renamed `past_key_values` to `cache`; accept both generations.
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def _as_index(values) -> torch.Tensor:
-    return torch.as_tensor(values, dtype=torch.long)
 
 
 class ModelRunner:
@@ -111,25 +108,47 @@ class ModelRunner:
     def decode(self, store: KVStore, last_tokens: list[int]) -> torch.Tensor:
         """Feed each row its last sampled token; return next-token logits [rows, V]."""
         if self.native is not None:
-            rows, columns = store.num_rows, store.num_columns
-            positions = store.positions.tolist()
-            logits = self._native_pass(store.cache, [columns - p for p in positions], last_tokens, positions,
+            rows, columns, lengths = store.num_rows, store.num_columns, store.lengths
+            logits = self._native_pass(store.cache, [columns - n for n in lengths], last_tokens, lengths,
                                        range(rows), columns + 1, range(rows))
-            store.decode_inputs()  # the mask's new column and each row's next position
+            store.advance()
             return logits
         input_ids = torch.tensor(last_tokens, dtype=torch.long, device=self.device).unsqueeze(1)
         mask, positions = store.decode_inputs()
         return self._forward(input_ids, mask, positions, store.cache)
+
+    @property
+    def can_verify_drafts(self) -> bool:
+        """True where a pass over several positions of a row computes each exactly as a one-token step
+        would (the native kernels): speculation then never changes a token."""
+        return self.native is not None
+
+    @torch.inference_mode()
+    def verify(self, store: KVStore, tokens: list[int]) -> torch.Tensor:
+        """The store's one row fed `tokens` (its last token, then drafts) in one pass: logits [n, V].
+        Their KV is written; `keep` then says how many positions stand."""
+        assert self.native is not None and store.num_rows == 1
+        length, columns, count = store.lengths[0], store.num_columns, len(tokens)
+        return self._native_pass(store.cache, [columns - length], tokens, range(length, length + count),
+                                 [0] * count, columns + count, range(count))
+
+    def keep(self, store: KVStore, count: int) -> None:
+        """After `verify`: the row is `count` positions longer (the drafts after those are dropped)."""
+        columns = store.num_columns + count
+        for layer in store.cache.layers:
+            layer.set_filled(columns)
+        store.advance(count)
 
     def _native_prefill_batch(self, prompts: list[list[int]], width: int
                               ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
         """prefill_batch through the native kernels: only the real tokens run (padding costs nothing)."""
         lengths = [len(p) for p in prompts]
         cache = self.new_cache()
-        ends = torch.tensor(lengths).cumsum(0)
+        ends = list(itertools.accumulate(lengths))
         logits = self._native_pass(cache, [width - n for n in lengths], [t for p in prompts for t in p],
                                    [i for n in lengths for i in range(n)],
-                                   [row for row, n in enumerate(lengths) for _ in range(n)], width, ends - 1)
+                                   [row for row, n in enumerate(lengths) for _ in range(n)], width,
+                                   [end - 1 for end in ends])
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for row, n in enumerate(lengths):
             mask[row, width - n:] = 1
@@ -142,8 +161,7 @@ class ModelRunner:
         dims = self.native.dims
         like = torch.empty((len(first_columns), dims.num_kv_heads, 0, dims.head_dim), dtype=self.native.kv_dtype)
         buffers = [layer.room_for(columns, like) for layer in cache.layers]
-        logits = self.native.run(_as_index(tokens), _as_index(positions), _as_index(rows), _as_index(first_columns),
-                                 buffers, _as_index(wanted))
+        logits = self.native.run(tokens, positions, rows, first_columns, buffers, wanted)
         for layer, (keys, values) in zip(cache.layers, buffers):
             layer.fill_to(keys, values, columns)
         return logits

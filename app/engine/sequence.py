@@ -117,6 +117,8 @@ class Sequence:
         self._logprob = logprob
         if self.matcher is not None:
             self.matcher.accept(token_id)
+        if self.num_output_tokens <= self._min_tokens:  # too early to stop: text goes straight out
+            return self._unstoppable(token_id)
         if self._is_stop_token(token_id):
             self._logprob = None  # an end token is not part of the text, so not of its logprobs either
             text = self.stop_matcher.push(self.detokenizer.flush())[0] + self.stop_matcher.flush()
@@ -129,6 +131,30 @@ class Sequence:
             text += tail if stopped else tail + self.stop_matcher.flush()
             status = SequenceStatus.FINISHED_STOPPED if stopped else SequenceStatus.FINISHED_LENGTH
             return self._finish(status, text, token_id)
+        return self._event(text, token_id)
+
+    @property
+    def _min_tokens(self) -> int:
+        # A grammar decides where constrained output ends (it may allow nothing but EOS): it wins.
+        return 0 if self.matcher is not None else self.params.min_tokens
+
+    @property
+    def must_not_end(self) -> bool:
+        """The next token is within min_tokens: EOS and stop ids must not be drawn (the core masks them)."""
+        return self.num_output_tokens < self._min_tokens
+
+    @property
+    def end_token_ids(self) -> frozenset[int]:
+        """The tokens that would end this sequence if drawn."""
+        eos = frozenset() if self.params.ignore_eos else self.eos_token_ids
+        return eos | frozenset(self.params.stop_token_ids)
+
+    def _unstoppable(self, token_id: int) -> TokenEvent:
+        """A token within min_tokens: no stop applies, only max_tokens (never below min_tokens)."""
+        text = self.detokenizer.step(token_id)
+        if self.num_output_tokens >= self.max_tokens:
+            text += self.detokenizer.flush()
+            return self._finish(SequenceStatus.FINISHED_LENGTH, text, token_id)
         return self._event(text, token_id)
 
     def abort(self) -> None:

@@ -96,6 +96,10 @@ class SlabLayer(DynamicLayer):
             self._keys, self._values = keys, values
         self._num_keys = self._num_values = columns
 
+    def set_filled(self, columns: int) -> None:
+        """Keep `columns` filled columns of the same buffers (fewer: the rest become spare)."""
+        self._num_keys = self._num_values = columns
+
     def room_for(self, columns: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Key and value buffers shaped like `like` [rows, heads, *, dim] with room for `columns`
         columns (filled ones kept, spare ones zero): for writers that fill columns themselves (the

@@ -53,7 +53,8 @@ class SamplingParams:
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
-    ignore_eos: bool = False
+    ignore_eos: bool = False  # EOS is an ordinary token: generation runs on to max_tokens (or a stop)
+    min_tokens: int = 0  # before this many tokens: EOS and stop_token_ids cannot be drawn, stop strings not checked
     timeout_s: float | None = None  # seconds from arrival (queueing counts) until it ends with TIMEOUT
     n: int = 1  # independent continuations of one prompt, prefilled once; choice i > 0 seeds from (seed, i)
     logprobs: int | None = None  # None: off; k >= 0: each sampled token's logprob and the k most likely
@@ -63,6 +64,12 @@ class SamplingParams:
     @property
     def is_greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def is_plain_greedy(self) -> bool:
+        """Greedy with nothing to apply first (bias, penalties) or report (logprobs): the argmax alone."""
+        return (self.temperature == 0.0 and not self.logit_bias and self.presence_penalty == 0.0
+                and self.frequency_penalty == 0.0 and self.repetition_penalty == 1.0 and self.logprobs is None)
 
 
 @dataclass(frozen=True)

@@ -137,3 +137,17 @@ async def test_chat_max_completion_tokens_alias(client, fake, fields, expected):
 async def test_completions_use_max_tokens(client, fake):
     await post_ok(client, "/v1/completions", completion_body(max_tokens=21))
     assert fake.last_call.params.max_tokens == 21
+
+
+@pytest.mark.parametrize("path, body", [("/v1/completions", completion_body), ("/v1/chat/completions", chat_body)])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_ignore_eos_and_min_tokens_reach_the_engine(client, fake, path, body, stream):
+    response = await client.post(path, json=body(ignore_eos=True, min_tokens=3, stream=stream))
+    assert response.status_code == 200, response.text
+    assert fake.last_call.params.ignore_eos is True and fake.last_call.params.min_tokens == 3
+
+
+@pytest.mark.parametrize("field, value", [("min_tokens", -1), ("min_tokens", "3"), ("ignore_eos", "yes")])
+async def test_bad_ignore_eos_or_min_tokens_is_a_400_naming_it(client, field, value):
+    response = await client.post("/v1/completions", json=completion_body(**{field: value}))
+    assert response.status_code == 400 and response.json()["error"]["param"] == field

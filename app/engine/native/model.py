@@ -11,6 +11,8 @@ kernels write and read in place.
 from __future__ import annotations
 
 import ctypes
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -107,23 +109,24 @@ class NativeLlama:
     def weight_bytes(self) -> int:
         return sum(m.nbytes for m in self.matrices())
 
-    def run(self, token_ids: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor, first_columns: torch.Tensor,
-            kv: list[tuple[torch.Tensor, torch.Tensor]], wanted: torch.Tensor) -> torch.Tensor:
-        """One forward pass over a flat list of tokens (int64 tensors, one entry per token; `rows` says
-        which KV row each belongs to, `first_columns` where each row's position 0 sits). `kv` holds each
-        layer's key and value buffers [rows, kv_heads, columns, head_dim] with room for every position
-        written; `wanted` lists the tokens whose logits come back, ascending."""
+    def run(self, token_ids: Sequence[int], positions: Sequence[int], rows: Sequence[int],
+            first_columns: Sequence[int], kv: list[tuple[torch.Tensor, torch.Tensor]],
+            wanted: Sequence[int]) -> torch.Tensor:
+        """One forward pass over a flat list of tokens (one entry per token; `rows` says which KV row
+        each belongs to, `first_columns` where each row's position 0 sits). `kv` holds each layer's key
+        and value buffers [rows, kv_heads, columns, head_dim] with room for every position written;
+        `wanted` lists the tokens whose logits come back, ascending."""
         keys0 = kv[0][0]
         # Every layer's buffers are made and moved together (KVStore, SlabLayer.room_for): one layout.
         assert keys0.dtype == self.kv_dtype and keys0.stride(-1) == 1 and keys0.stride(-2) == self.dims.head_dim
         assert kv[0][1].stride() == keys0.stride() == kv[-1][0].stride() == kv[-1][1].stride()
         key_pointers = (ctypes.c_void_p * len(kv))(*[k.data_ptr() for k, _ in kv])
         value_pointers = (ctypes.c_void_p * len(kv))(*[v.data_ptr() for _, v in kv])
-        logits = torch.empty((int(wanted.shape[0]), self.dims.vocab_size), dtype=torch.float32)
-        batch = Batch(int(token_ids.shape[0]), int(first_columns.shape[0]), int(wanted.shape[0]), torch.get_num_threads(),
-                      token_ids.data_ptr(), positions.data_ptr(), rows.data_ptr(), first_columns.data_ptr(),
-                      wanted.data_ptr(), ctypes.addressof(key_pointers), ctypes.addressof(value_pointers),
-                      keys0.stride(0), keys0.stride(1), logits.data_ptr())
+        ints = [array("q", values) for values in (token_ids, positions, rows, first_columns, wanted)]
+        logits = torch.empty((len(ints[4]), self.dims.vocab_size), dtype=torch.float32)
+        batch = Batch(len(ints[0]), len(ints[3]), len(ints[4]), torch.get_num_threads(),
+                      *(values.buffer_info()[0] for values in ints), ctypes.addressof(key_pointers),
+                      ctypes.addressof(value_pointers), keys0.stride(0), keys0.stride(1), logits.data_ptr())
         self.library.forward(self._model, batch)
         return logits
 

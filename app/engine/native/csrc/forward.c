@@ -66,9 +66,8 @@ static void attention_layer(tw_ctx *ctx, const forward_job *s, int layer) {
     const int qkv_width = (heads + 2 * kv_heads) * dim, group = heads / kv_heads;
     const int kv_bytes = m->kv_format == TW_KV_F32 ? 4 : 2;
     char *keys = (char *)b->keys[layer], *values = (char *)b->values[layer];
-    int64_t first, end;
-    share(ctx, n_tokens, &first, &end);
-    for (int64_t i = first; i < end; i++) {
+    for (int64_t first, end; next_run(ctx, n_tokens, 4, &first, &end);)
+      for (int64_t i = first; i < end; i++) {
         float *row = s->qkv + i * qkv_width;
         const int64_t position = b->positions[i], kv_row = b->token_rows[i];
         const float *cos_row = m->rope_cos + position * half, *sin_row = m->rope_sin + position * half;
@@ -79,13 +78,14 @@ static void attention_layer(tw_ctx *ctx, const forward_job *s, int layer) {
             store_kv(keys + offset, row + (heads + h) * dim, dim, m->kv_format);
             store_kv(values + offset, row + (heads + kv_heads + h) * dim, dim, m->kv_format);
         }
-    }
+      }
     pool_barrier(ctx);
-    /* Work items: (token, KV head, a run of at most 4 of its query heads), claimed one at a time. */
+    /* Work items: (token, KV head, a run of at most 4 of its query heads), handed out one at a time:
+     * their cost grows with the position. */
     const int runs = (group + 3) / 4;
     const int64_t items = (int64_t)n_tokens * kv_heads * runs;
     float *scores = s->scores + (int64_t)ctx->index * s->scores_per_thread * 4;
-    for (int64_t item = claim(ctx); item < items; item = claim(ctx)) {
+    for (int64_t item, last; next_run(ctx, items, (int)((items + ctx->count - 1) / ctx->count), &item, &last);) {
         const int64_t i = item / (kv_heads * runs);
         const int kv_head = (int)(item / runs % kv_heads), run = (int)(item % runs);
         const int firsth = run * 4, count = group - firsth < 4 ? group - firsth : 4, h = kv_head * group + firsth;
@@ -94,14 +94,12 @@ static void attention_layer(tw_ctx *ctx, const forward_job *s, int layer) {
         attend(s->qkv + i * qkv_width + h * dim, count, keys + start, values + start, (int)b->positions[i] + 1, dim,
                m->attention_scale, m->kv_format, scores, s->scores_per_thread, s->attended + (i * heads + h) * dim);
     }
-    ctx->stage++;
     pool_barrier(ctx);
 }
 
 static void norm_rows(tw_ctx *ctx, const float *x, const float *weight, int n_rows, int width, float eps, float *out) {
-    int64_t first, end;
-    share(ctx, n_rows, &first, &end);
-    for (int64_t i = first; i < end; i++) rms_norm(x + i * width, weight, width, eps, out + i * width);
+    for (int64_t first, end; next_run(ctx, n_rows, 4, &first, &end);)
+        for (int64_t i = first; i < end; i++) rms_norm(x + i * width, weight, width, eps, out + i * width);
     pool_barrier(ctx);
 }
 
@@ -115,10 +113,9 @@ static void compact_rows(tw_ctx *ctx, float *x, int width, const int64_t *keep, 
 }
 
 static void gate_rows(tw_ctx *ctx, const float *gate_up, int n_rows, int inter, float *out) {
-    int64_t first, end;
-    share(ctx, n_rows, &first, &end);
-    for (int64_t i = first; i < end; i++)
-        silu_and_multiply(gate_up + i * 2 * inter, gate_up + i * 2 * inter + inter, inter, out + i * inter);
+    for (int64_t first, end; next_run(ctx, n_rows, 4, &first, &end);)
+        for (int64_t i = first; i < end; i++)
+            silu_and_multiply(gate_up + i * 2 * inter, gate_up + i * 2 * inter + inter, inter, out + i * inter);
     pool_barrier(ctx);
 }
 
@@ -149,9 +146,8 @@ static void forward_all(tw_ctx *ctx, void *arg) {
     const forward_job *s = arg;
     const tw_model *m = s->m;
     const tw_batch *b = s->b;
-    int64_t first, end;
-    share(ctx, b->n_tokens, &first, &end);
-    for (int64_t i = first; i < end; i++) matrix_row(&m->embed, b->token_ids[i], s->hidden + i * m->hidden);
+    for (int64_t first, end; next_run(ctx, b->n_tokens, 4, &first, &end);)
+        for (int64_t i = first; i < end; i++) matrix_row(&m->embed, b->token_ids[i], s->hidden + i * m->hidden);
     pool_barrier(ctx);
     run_layers(ctx, s);
     norm_rows(ctx, s->hidden, m->final_norm, b->n_logits, m->hidden, m->eps, s->normed);

@@ -241,15 +241,15 @@ static void matmul_direct(tw_ctx *ctx, const tw_matrix *w, const float *x, int64
                           int accumulate) {
     const int n_tiles = (w->n + TILE - 1) / TILE, nt = DIRECT_NT(m);
     const int n_blocks = (n_tiles + nt - 1) / nt;
-    int64_t first, end;
-    share(ctx, n_blocks, &first, &end);
-    for (int block = (int)first; block < end; block++) {
+    for (int64_t first, end; next_run(ctx, n_blocks, 4, &first, &end);) {
+      for (int block = (int)first; block < end; block++) {
         const int t0 = block * nt, tiles = n_tiles - t0 < nt ? n_tiles - t0 : nt;
         if (tiles == nt) {
             DIRECT[w->format][m - 1][nt - 1](w, t0, x, ldx, y, ldy, accumulate);
         } else {
             for (int t = t0; t < t0 + tiles; t++) DIRECT[w->format][m - 1][0](w, t, x, ldx, y, ldy, accumulate);
         }
+      }
     }
 }
 
@@ -257,10 +257,8 @@ static void matmul_buffered(tw_ctx *ctx, const tw_matrix *w, const float *x, int
                             int accumulate) {
     const int n_tiles = (w->n + TILE - 1) / TILE, nt = BUFFERED_NT;
     const int n_blocks = (n_tiles + nt - 1) / nt, n_panels = (m + PANEL - 1) / PANEL;
-    int64_t first, end;
-    share(ctx, (int64_t)n_panels * n_blocks, &first, &end);
-    for (int64_t item = first; item < end; item++) {
-        {
+    for (int64_t first, end; next_run(ctx, (int64_t)n_panels * n_blocks, 4, &first, &end);) {
+        for (int64_t item = first; item < end; item++) {
             const int panel = (int)(item / n_blocks), block = (int)(item % n_blocks);
             const int t0 = block * nt, tiles = n_tiles - t0 < nt ? n_tiles - t0 : nt;
             const int row_end = (panel + 1) * PANEL < m ? (panel + 1) * PANEL : m;

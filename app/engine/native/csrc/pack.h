@@ -51,13 +51,11 @@ static void pack_tiles(tw_ctx *ctx, void *arg) {
     const int n = job->n, k = job->k, format = job->format, exact = job->exact;
     const int tiles = (n + TILE - 1) / TILE, groups = k / GROUP;
     const int64_t gbytes = group_bytes(format);
-    int64_t first, end;
-    share(ctx, tiles, &first, &end);
-    for (int t = (int)first; t < end; t++) {
+    for (int64_t first, end; next_run(ctx, tiles, 4, &first, &end);) {
+      for (int t = (int)first; t < end; t++) {
         for (int g = 0; g < groups; g++) {
-            if (!atomic_load_explicit(&job->ok, memory_order_relaxed)) return;
-            uint8_t *out = job->out;
-            uint8_t *group = out + ((int64_t)t * groups + g) * gbytes;
+            if (!atomic_load_explicit(&job->ok, memory_order_relaxed)) continue;
+            uint8_t *group = job->out + ((int64_t)t * groups + g) * gbytes;
             uint16_t scales[TILE] = {0}, minimums[TILE] = {0};
             int8_t levels[TILE][GROUP];
             memset(levels, 0, sizeof levels);
@@ -77,6 +75,7 @@ static void pack_tiles(tw_ctx *ctx, void *arg) {
                     for (int lane = 0; lane < TILE; lane++) group[2 * TILE + i * TILE + lane] = (uint8_t)levels[lane][i];
             }
         }
+      }
     }
 }
 

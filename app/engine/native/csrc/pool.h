@@ -19,7 +19,7 @@
 #include <time.h>
 
 #define TW_MAX_THREADS 256
-#define TW_MAX_STAGES 1024 /* dynamically shared loops per job (one per layer in a forward pass) */
+#define TW_MAX_STAGES 4096 /* shared loops per job (about eight per layer in a forward pass) */
 /* How long a waiting thread spins before it sleeps: at a barrier, longer than a stage's usual
  * imbalance; between jobs, shorter (the caller's Python work between forward passes takes longer,
  * and the core is better left to the event loop). */
@@ -110,15 +110,21 @@ static void pool_barrier(tw_ctx *ctx) {
     }
 }
 
-/* This thread's contiguous share of `total` items. */
-static inline void share(const tw_ctx *ctx, int64_t total, int64_t *begin, int64_t *end) {
-    *begin = total * ctx->index / ctx->count;
-    *end = total * (ctx->index + 1) / ctx->count;
-}
-
-/* The next item of the current dynamically shared loop (items beyond its total mean: done). */
-static inline int64_t claim(tw_ctx *ctx) {
-    return atomic_fetch_add_explicit(&ctx->pool->next[ctx->stage], 1, memory_order_relaxed);
+/* The next run of items [begin, end) of a loop over [0, total) that the job's threads share: a few
+ * runs per thread (`runs_per_thread`; more for items of uneven cost), handed out in order to whichever
+ * thread asks first, so a thread the OS pauses (for the event loop, another process) leaves the rest
+ * of its share to the others instead of holding up the barrier. 0 once the loop is done. Every
+ * thread runs the same loops in the same order: ctx->stage numbers them. */
+static inline int next_run(tw_ctx *ctx, int64_t total, int runs_per_thread, int64_t *begin, int64_t *end) {
+    const int64_t runs = (int64_t)ctx->count * runs_per_thread, size = (total + runs - 1) / runs;
+    const int64_t first = size ? atomic_fetch_add_explicit(&ctx->pool->next[ctx->stage], size, memory_order_relaxed) : 0;
+    if (first >= total) {
+        ctx->stage++;
+        return 0;
+    }
+    *begin = first;
+    *end = first + size < total ? first + size : total;
+    return 1;
 }
 
 static void *worker_main(void *arg) {
