@@ -58,23 +58,26 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @functools.cache
-def _load_tiny(model_dir: Path, dtype: str, forward: str = "native"):
+def _load_tiny(model_dir: Path, dtype: str, forward: str = "native", quantization: str = "none"):
     from app.engine.loader import load
     from tests.engine.helpers import tiny_load_config
 
-    return load(tiny_load_config(model_dir, dtype=dtype, native_kernels=forward == "native"))
+    return load(tiny_load_config(model_dir, dtype=dtype, native_kernels=forward == "native", quantization=quantization))
 
 
 # The paths whose tokens are exact across batch shapes, prompt chunking and cache hits: the native
-# kernels in both dtypes (row-invariant by construction), torch's fused forward in fp32 only.
-EXACT_PATHS = [("native", "float32"), ("native", "bfloat16"), ("torch", "float32")]
+# kernels in both dtypes (row-invariant by construction; int4 weights in bf16 take the 8-bit
+# activation kernels), torch's fused forward in fp32 only.
+EXACT_PATHS = [("native", "float32", "none"), ("native", "bfloat16", "none"), ("native", "bfloat16", "int4"),
+               ("torch", "float32", "none")]
 
 
-@pytest.fixture(scope="session", params=EXACT_PATHS, ids=[f"{f}-{d}" for f, d in EXACT_PATHS])
+@pytest.fixture(scope="session", params=EXACT_PATHS,
+                ids=[f"{f}-{d}" + ("" if q == "none" else f"-{q}") for f, d, q in EXACT_PATHS])
 def tiny_exact(request, tiny_model_dir: Path):
     """The tiny model on each exact path in turn (CPU; on a GPU the native ones fall back to torch)."""
-    forward, dtype = request.param
-    return _load_tiny(tiny_model_dir, dtype, forward)
+    forward, dtype, quantization = request.param
+    return _load_tiny(tiny_model_dir, dtype, forward, quantization)
 
 
 @pytest.fixture(scope="session")

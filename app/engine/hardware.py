@@ -21,7 +21,8 @@ _NO_BF16_ISAS = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "
                            "AVX512_CORE_VNNI"})
 # /proc/cpuinfo flag -> the name we report, in the order we report them.
 _FLAGS = {"avx2": "avx2", "fma": "fma", "f16c": "f16c", "avx512f": "avx512", "avx512bw": "avx512bw",
-          "avx512vl": "avx512vl", "avx512dq": "avx512dq", "avx512_bf16": "avx512_bf16", "amx_bf16": "amx_bf16"}
+          "avx512vl": "avx512vl", "avx512dq": "avx512dq", "avx512_vnni": "avx512_vnni", "avx512_bf16": "avx512_bf16",
+          "amx_bf16": "amx_bf16"}
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ def _flags_from_torch() -> frozenset[str]:
     (its AVX2 and AVX-512 levels imply the FMA/F16C and BW/VL/DQ extensions the kernels need)."""
     checks = {("avx2", "fma", "f16c"): "_is_avx2_supported",
               ("avx512", "avx512bw", "avx512vl", "avx512dq"): "_is_avx512_supported",
+              ("avx512_vnni",): "_is_avx512_vnni_supported",
               ("avx512_bf16",): "_is_avx512_bf16_supported", ("amx_bf16",): "_is_amx_tile_supported"}
     return frozenset(name for names, check in checks.items() if getattr(torch.cpu, check, lambda: False)()
                      for name in names)

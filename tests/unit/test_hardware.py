@@ -18,7 +18,7 @@ SAPPHIRE_RAPIDS = ("processor\t: 0\nflags\t\t: fpu avx avx2 fma f16c avx512f avx
 def test_flags_read_from_cpuinfo():
     assert read_cpu_flags(EPYC_AVX2) == {"avx2", "fma", "f16c"}
     assert CpuFeatures(read_cpu_flags(SAPPHIRE_RAPIDS)).names == (
-        "avx2", "fma", "f16c", "avx512", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "amx_bf16")
+        "avx2", "fma", "f16c", "avx512", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx512_bf16", "amx_bf16")
     assert read_cpu_flags("no flags here") == frozenset()
 
 

@@ -7,7 +7,17 @@ import pytest
 import torch
 
 from app.engine.hardware import detect_cpu_features
-from app.engine.native.library import BF16, F32, ISA_NEEDS, Q4, Q8, choose_isa, native_library
+from app.engine.native.library import (
+    BF16,
+    F32,
+    FLOAT_ARITHMETIC,
+    INT8_ACTIVATIONS,
+    ISA_NEEDS,
+    Q4,
+    Q8,
+    choose_isa,
+    native_library,
+)
 from app.engine.native.weights import pack_dense, pack_exact, pack_grid
 
 CPU_FLAGS = detect_cpu_features().flags
@@ -64,27 +74,42 @@ def test_matmul_computes_x_times_w_transposed_plus_bias(library, fmt, n, k):
     torch.testing.assert_close(library.matmul(packed.struct(), x).double(), expected, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("fmt", [F32, BF16, Q4, Q8], ids=["f32", "bf16", "q4", "q8"])
-def test_a_rows_result_does_not_depend_on_the_other_rows(library, fmt):
+@pytest.mark.parametrize("fmt", [Q4, Q8], ids=["q4", "q8"])
+def test_with_8_bit_activations_it_stays_within_their_rounding(library, fmt):
+    packed, weight = _packed(library, fmt, 960, 576)
+    x = torch.randn(9, 576)
+    expected = x.double() @ weight.T + packed.bias.double()
+    got = library.matmul(packed.struct(), x, INT8_ACTIVATIONS).double()
+    assert (got - expected).norm() / expected.norm() < 0.01
+
+
+CASES = [(F32, FLOAT_ARITHMETIC), (BF16, FLOAT_ARITHMETIC), (Q4, FLOAT_ARITHMETIC), (Q8, FLOAT_ARITHMETIC),
+         (Q4, INT8_ACTIVATIONS), (Q8, INT8_ACTIVATIONS)]
+CASE_IDS = ["f32", "bf16", "q4", "q8", "q4-int8", "q8-int8"]
+
+
+@pytest.mark.parametrize("fmt, arithmetic", CASES, ids=CASE_IDS)
+def test_a_rows_result_does_not_depend_on_the_other_rows(library, fmt, arithmetic):
     """The property the server's answers rest on: row i of a call with m rows equals row i alone."""
     packed, _ = _packed(library, fmt, 200, 96)
     x = torch.randn(max(ROW_COUNTS), 96)
-    alone = torch.cat([library.matmul(packed.struct(), x[i:i + 1].contiguous()) for i in range(len(x))])
+    alone = torch.cat([library.matmul(packed.struct(), x[i:i + 1].contiguous(), arithmetic) for i in range(len(x))])
     for m in ROW_COUNTS:
-        assert torch.equal(library.matmul(packed.struct(), x[:m].contiguous()), alone[:m]), m
+        assert torch.equal(library.matmul(packed.struct(), x[:m].contiguous(), arithmetic), alone[:m]), m
 
 
-def test_every_build_and_thread_count_computes_the_same_numbers():
+@pytest.mark.parametrize("fmt, arithmetic", CASES, ids=CASE_IDS)
+def test_every_build_and_thread_count_computes_the_same_numbers(fmt, arithmetic):
     results = []
     for isa in BUILDS:
         library = native_library(isa)
-        packed, _ = _packed(library, Q4, 130, 64)
+        packed, _ = _packed(library, fmt, 130, 64)
         x = torch.randn(70, 64, generator=torch.Generator().manual_seed(1))
         for threads in (1, 2, 3):
             previous = torch.get_num_threads()
             torch.set_num_threads(threads)
             try:
-                results.append((isa, threads, library.matmul(packed.struct(), x)))
+                results.append((isa, threads, library.matmul(packed.struct(), x, arithmetic)))
             finally:
                 torch.set_num_threads(previous)
     for isa, threads, result in results[1:]:
@@ -123,6 +148,7 @@ def test_rows_of_a_matrix_are_its_weights(library):
 def test_the_best_build_the_cpu_runs_is_chosen():
     avx512 = ISA_NEEDS["avx512"]
     assert choose_isa(avx512) == "avx512"
+    assert choose_isa(avx512 - {"avx512_vnni"}) == "avx2"  # AVX-512 without VNNI: the AVX2 build
     assert choose_isa(frozenset({"avx2", "fma", "f16c"})) == "avx2"
     assert choose_isa(frozenset({"avx2"})) == "generic"  # AVX2 without FMA: plain C
     assert choose_isa(avx512, "generic") == "generic"

@@ -18,15 +18,16 @@ from app.engine.native.build import build
 
 log = logging.getLogger(__name__)
 
-ABI_VERSION = 2  # tw_abi_version() of the csrc/forward.c these structures mirror
+ABI_VERSION = 3  # tw_abi_version() of the csrc/forward.c these structures mirror
 
-# Weight formats (csrc/matmul.h: TW_F32 ...) and KV-cache formats.
+# Weight formats (csrc/matmul.h: TW_F32 ...), KV-cache formats, and the arithmetic of Q4/Q8 matmuls.
 F32, BF16, Q4, Q8 = 0, 1, 2, 3
 KV_F32, KV_BF16 = 0, 1
+FLOAT_ARITHMETIC, INT8_ACTIVATIONS = 0, 1
 
 # What each x86-64 build needs from the CPU (CpuFeatures' names), best first.
 ISA_NEEDS = {
-    "avx512": frozenset({"avx512", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma", "f16c"}),
+    "avx512": frozenset({"avx512", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx2", "fma", "f16c"}),
     "avx2": frozenset({"avx2", "fma", "f16c"}),
 }
 
@@ -44,7 +45,7 @@ class Layer(ctypes.Structure):
 class Model(ctypes.Structure):
     _fields_ = [("n_layers", c_int32), ("hidden", c_int32), ("n_heads", c_int32), ("n_kv_heads", c_int32),
                 ("head_dim", c_int32), ("intermediate", c_int32), ("vocab", c_int32), ("kv_format", c_int32),
-                ("eps", c_float), ("attention_scale", c_float), ("rope_positions", c_int32), ("reserved", c_int32),
+                ("eps", c_float), ("attention_scale", c_float), ("rope_positions", c_int32), ("arithmetic", c_int32),
                 ("rope_cos", c_void_p), ("rope_sin", c_void_p), ("final_norm", c_void_p),
                 ("embed", Matrix), ("lm_head", Matrix), ("layers", c_void_p)]
 
@@ -78,7 +79,7 @@ class NativeLibrary:
         self._lib.tw_isa.restype = ctypes.c_char_p
         self._lib.tw_forward.argtypes = [ctypes.POINTER(Model), ctypes.POINTER(Batch)]
         self._lib.tw_forward.restype = c_int32
-        self._lib.tw_matmul.argtypes = [ctypes.POINTER(Matrix), c_void_p, c_int32, c_void_p, c_int32]
+        self._lib.tw_matmul.argtypes = [ctypes.POINTER(Matrix), c_void_p, c_int32, c_void_p, c_int32, c_int32]
         self._lib.tw_matmul.restype = c_int32
         self._lib.tw_matrix_row.argtypes = [ctypes.POINTER(Matrix), c_int64, c_void_p]
         self._lib.tw_pack_grid.argtypes = [c_void_p, c_int32, c_int32, c_int32, c_int32, c_void_p, c_int32]
@@ -94,12 +95,13 @@ class NativeLibrary:
             raise RuntimeError(f"native forward failed (status {status}: 1 bad batch, 2 bad token or "
                                "position, 3 out of memory)")
 
-    def matmul(self, matrix: Matrix, x: torch.Tensor) -> torch.Tensor:
-        """x [m, k] float32 contiguous -> [m, n] float32."""
+    def matmul(self, matrix: Matrix, x: torch.Tensor, arithmetic: int = FLOAT_ARITHMETIC) -> torch.Tensor:
+        """x [m, k] float32 contiguous -> [m, n] float32 (8-bit activations for Q4/Q8 if asked)."""
         assert x.dtype == torch.float32 and x.is_contiguous() and x.shape[1] == matrix.k
         y = torch.empty((x.shape[0], matrix.n), dtype=torch.float32)
-        if self._lib.tw_matmul(ctypes.byref(matrix), x.data_ptr(), x.shape[0], y.data_ptr(), torch.get_num_threads()):
-            raise RuntimeError("native matmul: no threads")
+        if self._lib.tw_matmul(ctypes.byref(matrix), x.data_ptr(), x.shape[0], y.data_ptr(), torch.get_num_threads(),
+                               arithmetic):
+            raise RuntimeError("native matmul: out of memory or threads")
         return y
 
     def pack_grid(self, weight: torch.Tensor, fmt: int, exact: bool, out: torch.Tensor) -> bool:

@@ -18,11 +18,25 @@ from dataclasses import dataclass
 import torch
 
 from app.engine.fused_llama import FusedLlama, LlamaDims
-from app.engine.native.library import BF16, KV_BF16, KV_F32, Q4, Q8, Batch, Layer, Model, NativeLibrary
+from app.engine.native.library import (
+    BF16,
+    FLOAT_ARITHMETIC,
+    INT8_ACTIVATIONS,
+    KV_BF16,
+    KV_F32,
+    Q4,
+    Q8,
+    Batch,
+    Layer,
+    Model,
+    NativeLibrary,
+)
 from app.engine.native.weights import FORMAT_NAMES, PackedMatrix, pack_dense, pack_exact, pack_grid
 from app.engine.packed_linear import PackedLinear
 
 KV_FORMATS = {torch.float32: KV_F32, torch.bfloat16: KV_BF16}
+# fp32 arithmetic throughout; bfloat16 also lets 4- and 8-bit weights take 8-bit activations (csrc/qmatmul.h).
+ARITHMETIC = {torch.float32: FLOAT_ARITHMETIC, torch.bfloat16: INT8_ACTIVATIONS}
 _LOSSY = {"int4": Q4, "int8": Q8}
 
 
@@ -84,7 +98,7 @@ class NativeLlama:
         self._model = Model(
             dims.num_layers, int(embed.k), dims.num_heads,
             dims.num_kv_heads, dims.head_dim, dims.intermediate_size, dims.vocab_size, KV_FORMATS[kv_dtype],
-            dims.rms_norm_eps, dims.head_dim ** -0.5, int(rope.cos.shape[0]), 0,
+            dims.rms_norm_eps, dims.head_dim ** -0.5, int(rope.cos.shape[0]), ARITHMETIC[kv_dtype],
             rope.cos.data_ptr(), rope.sin.data_ptr(), final_norm.data_ptr(), embed.struct(), lm_head.struct(),
             ctypes.addressof(self._layer_structs))
 

@@ -5,9 +5,13 @@ as groups of 32 inputs (zeros pad the last), each group as:
 
     F32   [32 inputs][16 lanes] float32
     BF16  [32][16] bfloat16
-    Q4    [16] fp16 scales, [16] fp16 minimums, [16 input pairs][16 lanes] bytes: input 2p's 4-bit
-          level in the low nibble, input 2p+1's in the high one; weight = level * scale + minimum
-    Q8    [16] fp16 scales, [32][16] int8 levels; weight = level * scale
+    Q4    [16] fp16 scales, [16] fp16 minimums, [16] int16 level sums, then 4 blocks of [16 lanes][4]
+          bytes: byte (lane, e) of block p holds input 8p+e's 4-bit level in its low nibble and input
+          8p+4+e's in its high one; weight = level * scale + minimum
+    Q8    [16] fp16 scales, then 8 quads of [16 lanes][4] int8 levels (quad j: inputs 4j..4j+3);
+          weight = level * scale
+
+(Four inputs of a lane side by side are what 8-bit dot-product instructions take: csrc/qmatmul.h.)
 
 Q4 and Q8 are GGUF's Q4_1 and Q8_0 grids. A checkpoint converted from such a GGUF (the default
 model is) holds fp32 weights that lie exactly on them: level * scale is exact in fp32 for an fp16
@@ -26,7 +30,7 @@ from app.engine.native.library import BF16, F32, Q4, Q8, Matrix, NativeLibrary
 
 TILE, GROUP = 16, 32
 FORMAT_NAMES = {F32: "f32", BF16: "bf16", Q4: "q4", Q8: "q8"}
-_GROUP_BYTES = {Q4: TILE * 4 + GROUP * TILE // 2, Q8: TILE * 2 + GROUP * TILE}
+_GROUP_BYTES = {Q4: TILE * 6 + GROUP * TILE // 2, Q8: TILE * 2 + GROUP * TILE}
 
 
 @dataclass

@@ -16,12 +16,15 @@
 #include <string.h>
 
 #include "v16.h"
+#include "v16i.h"
 #include "pool.h"
 #include "matmul.h"
+#include "qmatmul.h"
 #include "pack.h"
 #include "layers.h"
 
-#define TW_ABI_VERSION 2
+#define TW_ABI_VERSION 3
+enum { TW_FLOAT_ARITHMETIC = 0, TW_INT8_ACTIVATIONS = 1 };
 
 typedef struct {
     const float *input_norm, *post_norm;
@@ -31,7 +34,7 @@ typedef struct {
 typedef struct {
     int32_t n_layers, hidden, n_heads, n_kv_heads, head_dim, intermediate, vocab, kv_format;
     float eps, attention_scale;
-    int32_t rope_positions, reserved;
+    int32_t rope_positions, arithmetic; /* TW_INT8_ACTIVATIONS: Q4/Q8 matrices take 8-bit activations */
     const float *rope_cos, *rope_sin; /* [rope_positions][head_dim / 2] */
     const float *final_norm;
     tw_matrix embed, lm_head;
@@ -56,7 +59,22 @@ typedef struct {
     const tw_batch *b;
     float *hidden, *normed, *qkv, *attended, *gate_up, *activated, *scores;
     int64_t scores_per_thread;
+    quantized_rows quantized; /* room for any matmul's input, 8-bit */
 } forward_job;
+
+/* y (+)= x W^T + b through the path the model's arithmetic and W's format call for. */
+static void project(tw_ctx *ctx, const forward_job *s, const tw_matrix *w, const float *x, int64_t ldx, int m, float *y,
+                    int64_t ldy, int accumulate) {
+    if (s->m->arithmetic == TW_INT8_ACTIVATIONS && w->format >= TW_Q4) {
+        quantized_rows q = s->quantized;
+        q.k = w->k;
+        q.groups = w->k / GROUP;
+        quantize_rows(ctx, x, ldx, m, &q);
+        qmatmul(ctx, w, &q, m, y, ldy, accumulate);
+    } else {
+        matmul(ctx, w, x, ldx, m, y, ldy, accumulate);
+    }
+}
 
 /* RoPE on q and k, k and v into the cache at each token's column, then attention. */
 static void attention_layer(tw_ctx *ctx, const forward_job *s, int layer) {
@@ -127,18 +145,18 @@ static void run_layers(tw_ctx *ctx, const forward_job *s) {
     for (int layer = 0; layer < m->n_layers; layer++) {
         const tw_layer *l = &m->layers[layer];
         norm_rows(ctx, s->hidden, l->input_norm, n, hidden, m->eps, s->normed);
-        matmul(ctx, &l->qkv, s->normed, hidden, n, s->qkv, l->qkv.n, 0);
+        project(ctx, s, &l->qkv, s->normed, hidden, n, s->qkv, l->qkv.n, 0);
         attention_layer(ctx, s, layer);
         if (layer == m->n_layers - 1) {
             compact_rows(ctx, s->hidden, hidden, b->logit_tokens, b->n_logits);
             compact_rows(ctx, s->attended, attended, b->logit_tokens, b->n_logits);
             n = b->n_logits;
         }
-        matmul(ctx, &l->o, s->attended, attended, n, s->hidden, hidden, 1);
+        project(ctx, s, &l->o, s->attended, attended, n, s->hidden, hidden, 1);
         norm_rows(ctx, s->hidden, l->post_norm, n, hidden, m->eps, s->normed);
-        matmul(ctx, &l->gate_up, s->normed, hidden, n, s->gate_up, 2 * inter, 0);
+        project(ctx, s, &l->gate_up, s->normed, hidden, n, s->gate_up, 2 * inter, 0);
         gate_rows(ctx, s->gate_up, n, inter, s->activated);
-        matmul(ctx, &l->down, s->activated, inter, n, s->hidden, hidden, 1);
+        project(ctx, s, &l->down, s->activated, inter, n, s->hidden, hidden, 1);
     }
 }
 
@@ -151,7 +169,7 @@ static void forward_all(tw_ctx *ctx, void *arg) {
     pool_barrier(ctx);
     run_layers(ctx, s);
     norm_rows(ctx, s->hidden, m->final_norm, b->n_logits, m->hidden, m->eps, s->normed);
-    matmul(ctx, &m->lm_head, s->normed, m->hidden, b->n_logits, b->logits, m->vocab, 0);
+    project(ctx, s, &m->lm_head, s->normed, m->hidden, b->n_logits, b->logits, m->vocab, 0);
 }
 
 const char *tw_isa(void) { return TW_ISA; }
@@ -172,7 +190,9 @@ int tw_forward(const tw_model *m, const tw_batch *b) {
     for (int i = 0; i < b->n_logits; i++)
         if (b->logit_tokens[i] < 0 || b->logit_tokens[i] >= n || (i && b->logit_tokens[i] <= b->logit_tokens[i - 1])) return 1;
     const int threads = b->n_threads < 1 ? 1 : b->n_threads > TW_MAX_THREADS ? TW_MAX_THREADS : b->n_threads;
-    forward_job s = {m, b, NULL, NULL, NULL, NULL, NULL, NULL, NULL, (longest + 15) / 16 * 16};
+    forward_job s = {m, b, NULL, NULL, NULL, NULL, NULL, NULL, NULL, (longest + 15) / 16 * 16, {0}};
+    int64_t widest = m->hidden > m->intermediate ? m->hidden : m->intermediate;
+    widest = widest > (int64_t)m->n_heads * m->head_dim ? widest : (int64_t)m->n_heads * m->head_dim;
     s.hidden = malloc(sizeof(float) * (size_t)n * m->hidden);
     s.normed = malloc(sizeof(float) * (size_t)n * m->hidden);
     s.qkv = malloc(sizeof(float) * (size_t)n * width);
@@ -180,29 +200,51 @@ int tw_forward(const tw_model *m, const tw_batch *b) {
     s.gate_up = malloc(sizeof(float) * (size_t)n * 2 * m->intermediate);
     s.activated = malloc(sizeof(float) * (size_t)n * m->intermediate);
     s.scores = malloc(sizeof(float) * (size_t)threads * s.scores_per_thread * 4);
+    s.quantized.levels = malloc((size_t)n * widest);
+    s.quantized.scales = malloc(sizeof(float) * (size_t)n * (widest / GROUP + 1));
+    s.quantized.offsets = malloc(sizeof(float) * (size_t)n * (widest / GROUP + 1));
     int status = 3;
-    if (s.hidden && s.normed && s.qkv && s.attended && s.gate_up && s.activated && s.scores)
+    if (s.hidden && s.normed && s.qkv && s.attended && s.gate_up && s.activated && s.scores && s.quantized.levels &&
+        s.quantized.scales && s.quantized.offsets)
         status = pool_run(threads, forward_all, &s) ? 0 : 3;
     free(s.hidden); free(s.normed); free(s.qkv); free(s.attended); free(s.gate_up); free(s.activated); free(s.scores);
+    free(s.quantized.levels); free(s.quantized.scales); free(s.quantized.offsets);
     return status;
 }
 
 typedef struct {
     const tw_matrix *w;
     const float *x;
-    int m;
+    int m, arithmetic;
     float *y;
+    quantized_rows quantized;
 } matmul_job;
 
 static void matmul_all(tw_ctx *ctx, void *arg) {
-    const matmul_job *job = arg;
-    matmul(ctx, job->w, job->x, job->w->k, job->m, job->y, job->w->n, 0);
+    matmul_job *job = arg;
+    if (job->arithmetic == TW_INT8_ACTIVATIONS) {
+        quantize_rows(ctx, job->x, job->w->k, job->m, &job->quantized);
+        qmatmul(ctx, job->w, &job->quantized, job->m, job->y, job->w->n, 0);
+    } else {
+        matmul(ctx, job->w, job->x, job->w->k, job->m, job->y, job->w->n, 0);
+    }
 }
 
-/* y[m][n] = x[m][:] . W[n][:] (+ bias): one matrix alone, for tests and checks. */
-int tw_matmul(const tw_matrix *w, const float *x, int m, float *y, int threads) {
-    matmul_job job = {w, x, m, y};
-    return pool_run(threads, matmul_all, &job) ? 0 : 3;
+/* y[m][n] = x[m][:] . W[n][:] (+ bias): one matrix alone, for tests and checks; `arithmetic` as a
+ * model's (8-bit activations for Q4/Q8 only). 0 on success. */
+int tw_matmul(const tw_matrix *w, const float *x, int m, float *y, int threads, int arithmetic) {
+    const int quantize = arithmetic == TW_INT8_ACTIVATIONS && w->format >= TW_Q4 && w->k % GROUP == 0;
+    matmul_job job = {w, x, m, quantize ? TW_INT8_ACTIVATIONS : TW_FLOAT_ARITHMETIC, y,
+                      {NULL, NULL, NULL, w->k, w->k / GROUP}};
+    if (quantize) {
+        job.quantized.levels = malloc((size_t)m * w->k);
+        job.quantized.scales = malloc(sizeof(float) * (size_t)m * job.quantized.groups);
+        job.quantized.offsets = malloc(sizeof(float) * (size_t)m * job.quantized.groups);
+    }
+    const int ok = (!quantize || (job.quantized.levels && job.quantized.scales && job.quantized.offsets)) &&
+                   pool_run(threads, matmul_all, &job);
+    free(job.quantized.levels); free(job.quantized.scales); free(job.quantized.offsets);
+    return ok ? 0 : 3;
 }
 
 /* Row n of a matrix as floats (embedding lookups; tests). */

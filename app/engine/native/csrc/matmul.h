@@ -16,12 +16,20 @@ typedef struct {
     const float *bias; /* [n] or NULL */
 } tw_matrix;
 
+/* The low-bit groups (weights.py): 16 fp16 scales; for Q4, 16 fp16 minimums and 16 int16 level
+ * sums (for qmatmul.h's offset activations); then the levels in 4-input quads, a quad as 16 lanes of
+ * 4 bytes (Q8: int8), two quads per 64 bytes as low and high nibbles (Q4). */
+#define Q4_MINIMUMS (TILE * 2)
+#define Q4_SUMS (TILE * 4)
+#define Q4_LEVELS (TILE * 6)
+#define Q8_LEVELS (TILE * 2)
+
 static inline int64_t group_bytes(int format) {
     switch (format) {
     case TW_F32: return GROUP * TILE * 4;
     case TW_BF16: return GROUP * TILE * 2;
-    case TW_Q4: return TILE * 2 * 2 + GROUP * TILE / 2; /* scales, minimums (fp16), nibbles */
-    default: return TILE * 2 + GROUP * TILE;             /* TW_Q8: scales (fp16), int8 levels */
+    case TW_Q4: return Q4_LEVELS + GROUP * TILE / 2;
+    default: return Q8_LEVELS + GROUP * TILE; /* TW_Q8 */
     }
 }
 
@@ -32,7 +40,23 @@ static inline v16 group_scale(const int format, const uint8_t *group) {
 }
 
 static inline v16 group_minimum(const int format, const uint8_t *group) {
-    return format == TW_Q4 ? v_load_f16((const uint16_t *)group + TILE) : v_zero();
+    return format == TW_Q4 ? v_load_f16((const uint16_t *)(group + Q4_MINIMUMS)) : v_zero();
+}
+
+/* Inputs k and k + 1 (k even) of a Q4 group's quads, as int32 lanes. */
+static inline void q4_levels(const uint8_t *group, int k, v16i *l0, v16i *l1) {
+    v16i raw = vi_load(group + Q4_LEVELS + 64 * (k / 8));
+    if (k & 4) raw = vi_srl(raw, 4); /* the second quad of the pair: high nibbles */
+    const v16i four_bits = vi_set1(0x0F);
+    *l0 = vi_and(vi_srl(raw, 8 * (k & 3)), four_bits);
+    *l1 = vi_and(vi_srl(raw, 8 * ((k & 3) + 1)), four_bits);
+}
+
+/* Inputs k and k + 1 (k even) of a Q8 group's quads, as int32 lanes (sign-extended bytes). */
+static inline void q8_levels(const uint8_t *group, int k, v16i *l0, v16i *l1) {
+    const v16i raw = vi_load(group + Q8_LEVELS + 64 * (k / 4));
+    *l0 = vi_sra(vi_sll(raw, 24 - 8 * (k & 3)), 24);
+    *l1 = vi_sra(vi_sll(raw, 16 - 8 * (k & 3)), 24);
 }
 
 /* Inputs k and k + 1 (k even) of a group: the tile's 16 weights at each, exactly as the checkpoint
@@ -49,16 +73,19 @@ static inline __attribute__((always_inline)) void load_pair(const int format, co
         *w1 = v_load_bf16((const uint16_t *)group + (k + 1) * TILE);
         break;
     case TW_Q4: {
-        v16 q0, q1;
-        v_load_u4_pair(group + 4 * TILE + (k / 2) * TILE, &q0, &q1);
-        *w0 = v_fma(q0, scale, minimum);
-        *w1 = v_fma(q1, scale, minimum);
+        v16i l0, l1;
+        q4_levels(group, k, &l0, &l1);
+        *w0 = v_fma(vi_float(l0), scale, minimum);
+        *w1 = v_fma(vi_float(l1), scale, minimum);
         break;
     }
-    default:
-        *w0 = v_mul(v_load_i8((const int8_t *)(group + 2 * TILE) + k * TILE), scale);
-        *w1 = v_mul(v_load_i8((const int8_t *)(group + 2 * TILE) + (k + 1) * TILE), scale);
+    default: {
+        v16i l0, l1;
+        q8_levels(group, k, &l0, &l1);
+        *w0 = v_mul(vi_float(l0), scale);
+        *w1 = v_mul(vi_float(l1), scale);
         break;
+    }
     }
 }
 

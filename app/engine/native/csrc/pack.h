@@ -66,13 +66,21 @@ static void pack_tiles(tw_ctx *ctx, void *arg) {
             }
             memcpy(group, scales, sizeof scales);
             if (format == TW_Q4) {
-                memcpy(group + 2 * TILE, minimums, sizeof minimums);
-                for (int pair = 0; pair < GROUP / 2; pair++)
+                int16_t sums[TILE] = {0};
+                for (int lane = 0; lane < TILE; lane++)
+                    for (int i = 0; i < GROUP; i++) sums[lane] += levels[lane][i];
+                memcpy(group + Q4_MINIMUMS, minimums, sizeof minimums);
+                memcpy(group + Q4_SUMS, sums, sizeof sums);
+                for (int block = 0; block < GROUP / 8; block++)
                     for (int lane = 0; lane < TILE; lane++)
-                        group[4 * TILE + pair * TILE + lane] = (uint8_t)(levels[lane][2 * pair] | (levels[lane][2 * pair + 1] << 4));
+                        for (int e = 0; e < 4; e++)
+                            group[Q4_LEVELS + 64 * block + 4 * lane + e] =
+                                (uint8_t)(levels[lane][8 * block + e] | (levels[lane][8 * block + 4 + e] << 4));
             } else {
-                for (int i = 0; i < GROUP; i++)
-                    for (int lane = 0; lane < TILE; lane++) group[2 * TILE + i * TILE + lane] = (uint8_t)levels[lane][i];
+                for (int quad = 0; quad < GROUP / 4; quad++)
+                    for (int lane = 0; lane < TILE; lane++)
+                        for (int e = 0; e < 4; e++)
+                            group[Q8_LEVELS + 64 * quad + 4 * lane + e] = (uint8_t)levels[lane][4 * quad + e];
             }
         }
       }

@@ -33,15 +33,6 @@ static inline v16 v_load_bf16(const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
 }
 static inline v16 v_load_f16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
-static inline v16 v_load_i8(const int8_t *p) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
-}
-/* 16 bytes, one per lane: the low nibbles are input k's levels, the high nibbles input k + 1's. */
-static inline void v_load_u4_pair(const uint8_t *p, v16 *low, v16 *high) {
-    const __m128i bytes = _mm_loadu_si128((const __m128i *)p), low4 = _mm_set1_epi8(0x0F);
-    *low = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(bytes, low4)));
-    *high = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(bytes, 4), low4)));
-}
 /* The fixed reduction tree: halves of 8, 4, 2, 1 lanes. */
 static inline float v_hsum(v16 a) {
     const __m256 eight = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
@@ -81,18 +72,6 @@ static inline v16 v_load_bf16(const uint16_t *p) {
 }
 static inline v16 v_load_f16(const uint16_t *p) {
     return v_make(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 8))));
-}
-static inline v16 v_load_i8(const int8_t *p) {
-    const __m128i b = _mm_loadu_si128((const __m128i *)p);
-    return v_make(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8))));
-}
-static inline v16 u8x16_to_v16(__m128i b) {
-    return v_make(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(b, 8))));
-}
-static inline void v_load_u4_pair(const uint8_t *p, v16 *low, v16 *high) {
-    const __m128i bytes = _mm_loadu_si128((const __m128i *)p), low4 = _mm_set1_epi8(0x0F);
-    *low = u8x16_to_v16(_mm_and_si128(bytes, low4));
-    *high = u8x16_to_v16(_mm_and_si128(_mm_srli_epi16(bytes, 4), low4));
 }
 static inline float v_hsum(v16 a) {
     const __m256 eight = _mm256_add_ps(a.lo, a.hi);
@@ -147,10 +126,6 @@ static inline float f16_to_f32(uint16_t h) {
 }
 static inline v16 v_load_bf16(const uint16_t *p) { v16 r; V_LANES(r.v[i_] = bf16_to_f32(p[i_])); return r; }
 static inline v16 v_load_f16(const uint16_t *p) { v16 r; V_LANES(r.v[i_] = f16_to_f32(p[i_])); return r; }
-static inline v16 v_load_i8(const int8_t *p) { v16 r; V_LANES(r.v[i_] = (float)p[i_]); return r; }
-static inline void v_load_u4_pair(const uint8_t *p, v16 *low, v16 *high) {
-    for (int i = 0; i < 16; i++) { low->v[i] = (float)(p[i] & 0x0F); high->v[i] = (float)(p[i] >> 4); }
-}
 static inline float v_hsum(v16 a) {
     float eight[8], four[4], two[2];
     for (int i = 0; i < 8; i++) eight[i] = a.v[i] + a.v[i + 8];
