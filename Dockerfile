@@ -57,8 +57,11 @@ RUN pip install --no-deps . && rm -rf build ./*.egg-info \
 
 USER 10001:10001
 
-# 4. The default model, prepared as the user that serves it; the extracted GGUF is not kept.
-RUN python -m app.prepare_model --out models/SmolLM2-135M-Instruct --no-keep-gguf
+# 4. The default model, prepared as the user that serves it (the extracted GGUF is not kept), and its
+#    weights packed for the native kernels as the first start would (auto dtype and quantization; the
+#    pack is the same for every build), so every container maps them instead of packing again.
+RUN python -m app.prepare_model --out models/SmolLM2-135M-Instruct --no-keep-gguf \
+    && python -m app.engine.native.packed_cache models/SmolLM2-135M-Instruct
 
 # DL3064 reads "TOKEN" in TOKENWIRE_HOST as a secret; it is only the listen address.
 # hadolint ignore=DL3064

@@ -70,9 +70,11 @@ $(NATIVE_STAMP): $(NATIVE_SOURCES) | $(VENV_STAMP)
 model: $(MODEL_STAMP)
 
 # Order-only on the venv: reinstalling packages does not redo the model. The marker is written by
-# prepare_model itself, last, inside the folder that is renamed into place.
-$(MODEL_STAMP): | $(VENV_STAMP)
+# prepare_model itself, last, inside the folder that is renamed into place. Then the weights are packed
+# for the native kernels (auto dtype and quantization), as the first start would: every start maps them.
+$(MODEL_STAMP): | $(VENV_STAMP) $(NATIVE_STAMP)
 	$(PY) -m app.prepare_model --out $(MODEL_DIR)
+	$(PY) -m app.engine.native.packed_cache $(MODEL_DIR)
 
 # Bytecode first: with PYTHONDONTWRITEBYTECODE set, Python would otherwise compile app/ at every start.
 serve: venv native model

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
                                       "prefixes may hold; they are evicted first when requests need memory")
     prefix_cache_min_tokens: int = Field(64, ge=1, description="shortest shared prefix worth reusing (a hit "
                                          "prefills alone instead of in a group of short prompts)")
+    speculation: bool = Field(True, description="prompt-lookup drafts for a lone stream, verified in one "
+                              "forward (native kernels; the same tokens either way); false: one token per step")
     trust_remote_code: bool = Field(False, description="allow model folders that ship Python code")
     fused_forward: bool = Field(True, description="tokenwire's fused forward for Llama/Mistral/Qwen2 models "
                                 "(false: transformers' own forward for every model)")
@@ -121,4 +123,5 @@ class Settings(BaseSettings):
                 max_bytes=int(self.prefix_cache_share * (self.kv_cache_memory_mb << 20)),
                 min_tokens=self.prefix_cache_min_tokens,
             ) if self.prefix_cache else None,
+            speculation=self.speculation,
         )

@@ -145,8 +145,8 @@ def logit_parity(model_a: PreTrainedModel, tokenizer_a: PreTrainedTokenizerBase,
     worst, same_argmax, tokens = 0.0, True, 0
     with torch.inference_mode():
         for prompt in prompts:
-            ids_a = tokenizer_a(prompt, return_tensors="pt").input_ids
-            ids_b = tokenizer_b(prompt, return_tensors="pt").input_ids
+            ids_a = torch.tensor([tokenizer_a.encode(prompt)])
+            ids_b = torch.tensor([tokenizer_b.encode(prompt)])
             if not torch.equal(ids_a, ids_b):
                 raise RuntimeError(f"the tokenizers disagree on {prompt!r}: {ids_a.tolist()} vs {ids_b.tolist()}")
             logits_a = model_a(ids_a.to(model_a.device)).logits.float().cpu()

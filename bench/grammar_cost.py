@@ -78,7 +78,7 @@ def time_round(loaded: LoadedModel, settings: Settings, prompt_ids: list[int], r
 
 
 def measure(loaded: LoadedModel, settings: Settings, row_counts: list[int], steps: int, rounds: int) -> list[dict]:
-    compiler = GrammarCompiler(loaded.tokenizer, int(loaded.model.config.get_text_config().vocab_size),
+    compiler = GrammarCompiler(loaded.tokenizer, loaded.dims.vocab_size,
                                loaded.eos_token_ids)
     started = clock()
     compiler.compile(Constraint("json_schema", json.dumps(SCHEMA)))  # the first also indexes the vocabulary

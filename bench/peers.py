@@ -27,6 +27,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from bench import compile_app
 from bench.client import LoadConfig
 from bench.loadgen import run_all
 from bench.run import RESULTS, ROOT, free_port, git_revision, wait_settled
@@ -162,6 +163,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    compile_app()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     RESULTS.mkdir(exist_ok=True)
     cfg = LoadConfig(max_tokens=args.max_tokens, requests_per_stream=args.requests_per_stream,

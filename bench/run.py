@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 
+from bench import compile_app
 from bench.client import LoadConfig
 from bench.inprocess import summary_line
 from bench.loadgen import markdown_table, run_all
@@ -269,6 +270,7 @@ def git_revision() -> str:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `make bench`."""
     args = parse_args(argv)
+    compile_app()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     RESULTS.mkdir(exist_ok=True)
     env = {"cpus": os.cpu_count(), "loadavg_before": os.getloadavg(), "git": git_revision()}

@@ -19,6 +19,7 @@ import sys
 import time
 from datetime import datetime, timezone
 
+from bench import compile_app
 from bench.peers import first_answer, launch, stop
 from bench.run import RESULTS, free_port, git_revision
 from bench.stats import fmt
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="NAME=COMMAND serving on 127.0.0.1:{port} (repeatable; default: tokenwire's python -m app)")
     args = p.parse_args(argv)
     commands = parse_commands(args.cmd or [TOKENWIRE])
+    compile_app()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     RESULTS.mkdir(exist_ok=True)
     for name, command in commands.items():

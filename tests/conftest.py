@@ -100,7 +100,7 @@ def tiny_loaded(tiny_model_dir: Path):
 @pytest.fixture(scope="session")
 def tiny_loaded_fp32(tiny_model_dir: Path):
     """The tiny model in fp32 whatever TOKENWIRE_DTYPE says, for tests that compare tokens exactly
-    across batch shapes or code paths (exact only in fp32)."""
+    across code paths where only fp32 is exact (torch's forward in bf16 is not)."""
     return _load_tiny(tiny_model_dir, "float32")
 
 
@@ -125,3 +125,4 @@ def tiny_reference(tiny_model_dir: Path):
 @pytest.fixture(scope="session")
 def tiny_reference_fp32(tiny_model_dir: Path):
     return _reference_tiny(tiny_model_dir, "float32")
+

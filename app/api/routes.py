@@ -21,7 +21,8 @@ router = APIRouter()
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def get_engine(request: Request) -> ServingEngine:
+async def get_engine(request: Request) -> ServingEngine:
+    # async: FastAPI would run a plain function in a worker thread, a hop for every request.
     return request.app.state.engine
 
 

@@ -48,8 +48,8 @@ MinP = Annotated[float, Field(ge=0.0, le=1.0, description="drop tokens below min
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0, description="OpenAI additive penalty")]
 RepetitionPenalty = Annotated[float, Field(gt=0.0, le=10.0, description="HF multiplicative penalty; 1 = off")]
 MaxTokens = Annotated[int, Field(ge=1, description="tokens to generate; default: the rest of the context")]
-MinTokens = Annotated[int, Field(ge=0, description="extension (vLLM): tokens before EOS, stop_token_ids or a "
-                                 "stop string may end the output")]
+MinTokens = Annotated[int, Field(ge=0, description="extension (vLLM): tokens before EOS or a stop string may "
+                                 "end the output")]
 Seed = Annotated[int, Field(ge=-(2**63), lt=2**64, description="same seed, same text")]
 StopString = Annotated[Text, Field(min_length=1, max_length=MAX_STOP_LENGTH)]
 Stop = StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None

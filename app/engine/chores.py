@@ -1,9 +1,8 @@
 """Chores: start-up work the model thread does after the engine is ready, a slice between steps.
 
-Making the low-bit weight copies and warming every batch size's kernels take longer than loading the
-default model; done before the first request they would triple the time to a first answer. They are
-optimisations (a request served meanwhile runs on the full-precision weights, just slower), so the
-model thread runs them in slices of a few to a hundred milliseconds, one slice per loop turn,
+Building the token byte table and (on torch's forward) warming every batch size's kernels would
+delay the first answer; neither changes a number a request gets (logprobs wait for the table), so
+the model thread runs them in slices of a few to a hundred milliseconds, one slice per loop turn,
 whether or not requests are running. A chore that fails is logged and dropped: the engine serves on.
 """
 

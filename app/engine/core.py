@@ -16,18 +16,18 @@ import time
 from dataclasses import replace
 
 import torch
-from transformers import DynamicCache
 
 from app.engine import sampler
 from app.engine.grammar import apply_grammars
 from app.engine.kv_store import KVStore, check_plain_cache, layer_bytes, select_rows
+from app.engine.slab_cache import LayerCache
 from app.engine.loader import LoadedModel
 from app.engine.prefix_cache import PrefixCache, PrefixCacheConfig, PrefixCacheStats
 from app.engine.runner import ModelRunner
 from app.engine.sampler import PenaltyState, SamplingTensors
 from app.engine.scheduler import PrefillChunk, Scheduler, SchedulerConfig, group_by_length
 from app.engine.sequence import Sequence, SequenceStatus
-from app.engine.speculation import MAX_DRAFT, DraftHistory, propose
+from app.engine.speculation import Drafter
 from app.engine.types import TokenLogprob
 
 # Finished normally: its KV row is whole and may be stored (aborted ones never are).
@@ -90,9 +90,9 @@ class EngineCore:
         self.scheduler = Scheduler(scheduler, on_admit=self._admit, reclaimable=prefix_cache)
         self.vocab_size = vocab_size
         self.store = KVStore(runner.device)
-        self._prefill_caches: dict[Sequence, DynamicCache] = {}
+        self._prefill_caches: dict[Sequence, LayerCache] = {}
         self.speculation = speculation
-        self._drafts: dict[Sequence, DraftHistory] = {}  # per sequence, while it runs
+        self._drafters: dict[Sequence, Drafter] = {}  # per sequence, while it runs
         self.drafted_tokens = self.accepted_drafts = 0  # totals, for tests and benchmarks
 
     @property
@@ -153,14 +153,15 @@ class EngineCore:
 
     def _draft(self, sequence: Sequence) -> list[int]:
         """Prompt-lookup drafts for a lone row, where they apply (no grammar: it would need a mask per
-        draft position) and the sequence has not been missing lately."""
+        draft position), as many as the sequence's recent luck with drafts pays for."""
         if not self.speculation or sequence.matcher is not None:
             return []
-        history = self._drafts.setdefault(sequence, DraftHistory())
-        if not history.wants_draft():
+        drafter = self._drafters.setdefault(sequence, Drafter())
+        wanted = drafter.wanted(sequence.max_tokens - sequence.num_output_tokens - 1)  # the last needs none
+        if not wanted:
             return []
-        room = sequence.max_tokens - sequence.num_output_tokens - 1  # the last token needs no draft
-        return propose(sequence.prompt_ids + sequence.output_ids, min(MAX_DRAFT, room)) if room > 0 else []
+        drafter.extend(sequence.prompt_ids, sequence.output_ids)
+        return drafter.propose(wanted)
 
     def _decode_with_drafts(self, sequence: Sequence, drafts: list[int]) -> None:
         """One pass over the last token and the drafts; each position's token is drawn as a one-token
@@ -175,7 +176,7 @@ class EngineCore:
                     or sequence.output_ids[-1] != drafts[position]):
                 break
         self.runner.keep(self.store, emitted)
-        self._drafts[sequence].record(len(drafts), emitted - 1)
+        self._drafters[sequence].record(len(drafts), emitted - 1)
         self.drafted_tokens += len(drafts)
         self.accepted_drafts += emitted - 1
         self._release([sequence] if sequence.status.is_finished else [])
@@ -228,7 +229,7 @@ class EngineCore:
             sequence.prompt_logprobs.extend(
                 _token_logprobs(logprobs, chosen, sequence.params.prompt_logprobs or 0))
 
-    def _start_rows(self, group: list[Sequence], cache: DynamicCache, mask: torch.Tensor,
+    def _start_rows(self, group: list[Sequence], cache: LayerCache, mask: torch.Tensor,
                     logits: torch.Tensor) -> None:
         """Store the prompts' KV, fork rows for n > 1, sample each first token; those not finished
         join the decode batch."""
@@ -246,7 +247,7 @@ class EngineCore:
         for row in keep:
             self.scheduler.start_running(group[row])
 
-    def _fork(self, group: list[Sequence], cache: DynamicCache, mask: torch.Tensor,
+    def _fork(self, group: list[Sequence], cache: LayerCache, mask: torch.Tensor,
               logits: torch.Tensor) -> tuple[list[Sequence], torch.Tensor, torch.Tensor]:
         """Copy each prefilled row once per waiting fork: the prompt is computed once for all n."""
         rows = [row for row, s in enumerate(group) for _ in range(s.num_rows)]
@@ -260,7 +261,7 @@ class EngineCore:
         index = select_rows(cache, rows)
         return expanded, mask.index_select(0, index), logits.index_select(0, index)
 
-    def _store_prompts(self, group: list[Sequence], cache: DynamicCache, columns: int) -> None:
+    def _store_prompts(self, group: list[Sequence], cache: LayerCache, columns: int) -> None:
         """Copy each whole prompt's KV (the right-aligned columns of its row) into the prefix cache."""
         if self.prefix_cache is None:
             return
@@ -325,5 +326,5 @@ class EngineCore:
         self.store.remove(leaving)
         for sequence in finished:
             self._prefill_caches.pop(sequence, None)
-            self._drafts.pop(sequence, None)
+            self._drafters.pop(sequence, None)
             self.scheduler.remove(sequence)

@@ -19,8 +19,11 @@ Method: prefix/read offsets as in TGI `decode_token` and vLLM `detokenize_increm
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from transformers import PreTrainedTokenizerBase
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 
 # How many prompt tokens to keep as left context (vLLM uses the same number).
 _PROMPT_CONTEXT_TOKENS = 5

@@ -33,6 +33,7 @@ from app.engine.scheduler import SchedulerConfig
 from app.engine.sequence import Sequence
 from app.engine.stream import RequestStream
 from app.engine.token_bytes import token_byte_slices
+from app.engine.tokenizer import FastTokenizer
 from app.engine.types import EngineState, ModelInfo, SamplingParams, TokenEvent
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class EngineConfig:
     request_timeout_s: float = 0.0  # server-wide generation deadline; 0: none. Requests may only shorten it.
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     prefix_cache: PrefixCacheConfig | None = field(default_factory=PrefixCacheConfig)  # None: off
+    speculation: bool = True  # prompt-lookup drafts for a lone stream (speculation.py)
 
 
 class Engine:
@@ -99,8 +101,9 @@ class Engine:
     def _attach(self, loaded: LoadedModel) -> None:
         self._loaded = loaded
         # The model thread detokenizes with its own copy; the original serves prompt encoding.
-        self._detokenizer_tokenizer = copy.deepcopy(loaded.tokenizer)
-        self._core = build_core(loaded, self.config.scheduler, self.config.prefix_cache)
+        self._detokenizer_tokenizer = (loaded.tokenizer.copy() if isinstance(loaded.tokenizer, FastTokenizer)
+                                       else copy.deepcopy(loaded.tokenizer))
+        self._core = build_core(loaded, self.config.scheduler, self.config.prefix_cache, self.config.speculation)
         vocab = self._core.vocab_size
         max_len = min(self.config.max_model_len or loaded.max_position_embeddings, loaded.max_position_embeddings)
         self.encoder = PromptEncoder(loaded.tokenizer, vocab)

@@ -11,18 +11,21 @@ until max_tokens runs out.
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import llguidance
-import llguidance.hf
 import numpy as np
 import torch
-from transformers import PreTrainedTokenizerBase
 
 from app.engine.errors import InvalidRequest
 from app.engine.types import Constraint
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 _COMPACT_JSON = {"whitespace_flexible": False}
 _ANY_JSON_OBJECT = {"type": "object"}
@@ -66,6 +69,16 @@ class GrammarMatcher:
         return self._matcher.is_stopped()
 
 
+def _ll_tokenizer(tokenizer, vocab_size: int, eos: list[int]) -> llguidance.LLTokenizer:
+    """llguidance's tokenizer from a fast tokenizer's backend (what llguidance.hf does, without
+    importing transformers): the backend serialized with padding and truncation off."""
+    backend = copy.copy(tokenizer.backend_tokenizer)
+    backend.no_padding()
+    backend.no_truncation()
+    return llguidance.LLTokenizer(backend.to_str(), n_vocab=vocab_size,
+                                  eos_token=eos or tokenizer.eos_token_id)
+
+
 class GrammarCompiler:
     """Compiles constraints for one tokenizer; its vocabulary is indexed on first use (~0.4 s here),
     not at start-up."""
@@ -92,8 +105,7 @@ class GrammarCompiler:
     def _indexed_tokenizer(self) -> llguidance.LLTokenizer:
         with self._lock:
             if self._tokenizer is None:
-                self._tokenizer = llguidance.hf.from_tokenizer(self._hf_tokenizer, n_vocab=self.vocab_size,
-                                                               eos_token=self._eos or None)
+                self._tokenizer = _ll_tokenizer(self._hf_tokenizer, self.vocab_size, self._eos)
             return self._tokenizer
 
     @staticmethod

@@ -1,7 +1,7 @@
 """KVStore: the decode batch's KV rows, and which sequence owns each row.
 
-Rows are left-padded to a common width, with one attention-mask row and one position per row (TGI's
-CausalLMBatch is the model). The store is the one place that knows row i belongs to sequence s:
+Rows are left-padded to a common width, with each row's length (its real columns end there) and
+position (TGI's CausalLMBatch is the model). The store is the one place that knows row i belongs to sequence s:
 rows join with their own prefilled cache, leave by sequence, and hand out a row's KV for the prefix
 cache. Every layer is a SlabLayer with spare columns, and the moves keep that spare room: a join
 copies each layer once into a buffer with room to grow, a leave index-selects whole buffers, and
@@ -14,18 +14,23 @@ could later sit behind.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence as Seq
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
-from app.engine.slab_cache import SlabLayer, spare_buffer
+from app.engine.slab_cache import LayerCache, SlabLayer, slab_class_of, spare_buffer
+
+if TYPE_CHECKING:
+    from transformers import DynamicCache
+
+# Full-attention layers (transformers' plain one, and ours): what left padding is sound for.
+_PLAIN_LAYERS = frozenset({"DynamicLayer", "SlabLayer", "HFSlabLayer"})
 
 
-def check_plain_cache(cache: DynamicCache) -> None:
+def check_plain_cache(cache: DynamicCache | LayerCache) -> None:
     """Left padding is only sound for full-attention layers; sliding or linear layers keep other state."""
     for layer in cache.layers:
-        if type(layer) not in (DynamicLayer, SlabLayer):
+        if type(layer).__name__ not in _PLAIN_LAYERS:
             raise NotImplementedError(
                 f"batched decoding supports full-attention KV caches only, not {type(layer).__name__}"
             )
@@ -62,7 +67,7 @@ class KVStore:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.cache: DynamicCache | None = None
+        self.cache: DynamicCache | LayerCache | None = None
         self.lengths: list[int] = []  # real tokens per row, in row order
         self.num_columns = 0
         self._owners: list = []  # the sequence at each row, in row order
@@ -96,7 +101,7 @@ class KVStore:
     def __contains__(self, owner) -> bool:
         return owner in self._owners
 
-    def join(self, owners: Seq, cache: DynamicCache, mask: torch.Tensor) -> None:
+    def join(self, owners: Seq, cache: DynamicCache | LayerCache, mask: torch.Tensor) -> None:
         """Append prefilled rows, owned by `owners` in order: their left-padded cache and mask [rows, columns]."""
         check_plain_cache(cache)
         assert len(owners) == mask.shape[0], "one owner per joining row"
@@ -112,7 +117,7 @@ class KVStore:
                 _place(values, 0, ours.values, columns)
             _place(keys, mine, theirs.keys, columns)
             _place(values, mine, theirs.values, columns)
-            layers.append(SlabLayer.holding(keys, values, columns))
+            layers.append(slab_class_of(theirs).holding(keys, values, columns))
         if self.cache is None:
             self.cache = cache
         self.cache.layers = layers
@@ -135,8 +140,8 @@ class KVStore:
         for position, layer in enumerate(self.cache.layers):
             keys, values = layer.buffers  # whole buffers: the spare columns survive the move
             filled = layer.get_seq_length()
-            self.cache.layers[position] = SlabLayer.holding(keys.index_select(0, index),
-                                                            values.index_select(0, index), filled)
+            self.cache.layers[position] = type(layer).holding(keys.index_select(0, index),
+                                                              values.index_select(0, index), filled)
         self.lengths = [self.lengths[row] for row in keep]
         self._owners = [self._owners[row] for row in keep]
         self._trim()
@@ -179,5 +184,5 @@ class KVStore:
         for index, layer in enumerate(self.cache.layers):
             keys, values = layer.buffers
             filled = layer.get_seq_length()
-            self.cache.layers[index] = SlabLayer.holding(keys[:, :, padding:], values[:, :, padding:], filled - padding)
+            self.cache.layers[index] = type(layer).holding(keys[:, :, padding:], values[:, :, padding:], filled - padding)
         self.num_columns -= padding

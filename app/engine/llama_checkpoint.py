@@ -54,7 +54,7 @@ class LlamaCheckpoint:
         return self.dtypes == {"F32"}
 
 
-def _rope_theta(config: dict) -> tuple[float | None, str | None]:
+def rope_theta(config: dict) -> tuple[float | None, str | None]:
     """The default RoPE's theta, or why the config asks for another RoPE. Read as transformers does:
     `rope_scaling`, when set, replaces `rope_parameters`; a value inside them beats one beside them."""
     params = config.get("rope_scaling") or config.get("rope_parameters") or {}
@@ -129,7 +129,7 @@ def _config_refusal(config: dict) -> str | None:
     if model_type == "mistral" and "sliding_window" not in config:
         return "Mistral's default sliding window"
     defaults = {"use_sliding_window": False} if model_type == "qwen2" else {}
-    return config_reason(lambda key, default: config.get(key, defaults.get(key, default))) or _rope_theta(config)[1]
+    return config_reason(lambda key, default: config.get(key, defaults.get(key, default))) or rope_theta(config)[1]
 
 
 def open_checkpoint(reference: str) -> LlamaCheckpoint | str:
@@ -209,6 +209,6 @@ def fused_from_checkpoint(checkpoint: LlamaCheckpoint, dtype: torch.dtype, devic
         ))
     embed = read("model.embed_tokens.weight")
     lm_head = PackedLinear(embed) if checkpoint.get("tie_word_embeddings", False) else read.linear("lm_head")
-    theta, _ = _rope_theta(checkpoint.config)
+    theta, _ = rope_theta(checkpoint.config)
     return FusedLlama(dims, embed, DefaultRotary(theta, dims.head_dim, device), layers,
                       read.norm("model.norm.weight"), lm_head)

@@ -2,9 +2,10 @@
 
 A model reference is a local folder, a Hugging Face hub id, or a path to a `.gguf` file. A local
 Llama-family safetensors folder (the default model's kind) is read straight into FusedLlama
-(app/engine/llama_checkpoint.py), and a Llama folder's generic fast tokenizer is built without
-AutoTokenizer: transformers' model and config classes import its modeling code (and torch.distributed),
-seconds of start-up on a small CPU. Everything else goes through `from_pretrained` / AutoTokenizer.
+(app/engine/llama_checkpoint.py), or mapped as packed by an earlier start (native/packed_cache.py),
+and a Llama folder's plain fast tokenizer is FastTokenizer (app/engine/tokenizer.py): transformers'
+model and config classes import its modeling code (and torch.distributed), and transformers itself
+takes half a second to import. Everything else goes through `from_pretrained` / AutoTokenizer.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from app.engine.fused_llama import FusedLlama, LlamaDims, build_fused
 from app.engine.hardware import CpuFeatures, RuntimeInfo, detect_cpu_features
 from app.engine.llama_checkpoint import LlamaCheckpoint, fused_from_checkpoint, open_checkpoint
 from app.engine.memory import keep_one_copy_of_cpu_kernels
+from app.engine.native import packed_cache
 from app.engine.native.backend import attach, describe_weights, open_library
 from app.engine.native.library import NativeLibrary
 from app.engine.native.model import NativeLlama, unsupported_reason
+from app.engine import tokenizer as fast_tokenizer
+from app.engine.tokenizer import FastTokenizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -90,8 +94,9 @@ def resolve_dtype(name: str, device: torch.device, cpu: CpuFeatures | None = Non
             raise ValueError(f"unknown dtype {name!r}; use auto, bfloat16, float16 or float32")
         return _DTYPES[name], "asked for"
     if native:
-        # The kernels compute in fp32 on every CPU; bf16 only stores dense weights and the KV cache.
-        return torch.bfloat16, "auto: native kernels (fp32 arithmetic, bf16 storage)"
+        # The same arithmetic on every CPU (no emulated bf16 math): bf16 stores dense weights and the KV
+        # cache, and 4/8-bit matrices meet 8-bit activations; float32 keeps everything in fp32.
+        return torch.bfloat16, "auto: native kernels (bf16 storage, 8-bit activations for 4/8-bit weights)"
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():
             return torch.bfloat16, "auto: the GPU supports bf16"
@@ -112,10 +117,9 @@ def split_gguf_reference(model: str) -> tuple[str, str | None]:
     return model, None
 
 
-# Tokenizer classes AutoTokenizer resolves to the generic fast tokenizer for these model types
-# (transformers 5's tokenization_auto); for them the generic class is built directly. Not qwen2:
-# AutoTokenizer swaps in Qwen2Tokenizer there, with a pipeline of its own.
-_GENERIC_TOKENIZER_CLASSES = {"TokenizersBackend", "PreTrainedTokenizerFast"}
+# Model types for which AutoTokenizer builds a folder's generic fast tokenizer as it is (transformers 5's
+# tokenization_auto); for those FastTokenizer stands in. Not qwen2: AutoTokenizer swaps in
+# Qwen2Tokenizer there, with a pipeline of its own.
 _GENERIC_TOKENIZER_MODEL_TYPES = {"llama"}
 
 
@@ -123,23 +127,18 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _generic_tokenizer_folder(source: str) -> bool:
-    """True for a local folder whose tokenizer AutoTokenizer would build as the generic fast class."""
+def _plain_fast_tokenizer_folder(source: str) -> bool:
+    """True for a local folder whose tokenizer FastTokenizer reproduces (no transformers import needed)."""
     folder = Path(source)
-    if not (folder / "tokenizer.json").is_file():
-        return False
-    tokenizer_config = _read_json(folder / "tokenizer_config.json")
-    return (tokenizer_config.get("tokenizer_class") in _GENERIC_TOKENIZER_CLASSES
-            and "auto_map" not in tokenizer_config
+    return (fast_tokenizer.applies_to(folder) is None
             and _read_json(folder / "config.json").get("model_type") in _GENERIC_TOKENIZER_MODEL_TYPES)
 
 
-def load_tokenizer(model: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+def load_tokenizer(model: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase | FastTokenizer:
     source, gguf_file = split_gguf_reference(model)
-    if gguf_file is None and _generic_tokenizer_folder(source):
-        # AutoTokenizer would build the model's config class first, which imports the modeling code.
-        from transformers import PreTrainedTokenizerFast
-        return PreTrainedTokenizerFast.from_pretrained(source)
+    if gguf_file is None and _plain_fast_tokenizer_folder(source):
+        # AutoTokenizer would import transformers (half a second) and build the config class first.
+        return FastTokenizer.from_folder(source)
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
 
@@ -181,36 +180,42 @@ def load(config: LoadConfig) -> LoadedModel:
     cpu = detect_cpu_features()
     library = open_library(config.native_kernels and config.fused_forward, config.native_isa, cpu, device)
     native = isinstance(library, NativeLibrary)
-    dtype, reason = resolve_dtype(config.dtype, device, cpu, native)
+    checkpoint = _checkpoint(config)
+    dtype, reason = resolve_dtype(config.dtype, device, cpu, native and _native_checkpoint(checkpoint))
     runtime = RuntimeInfo(str(device), str(dtype).removeprefix("torch."), reason, torch.get_num_threads(),
                           cpu.names, cpu.isa_cap, torch.__version__)
     log.info("loading %s on %s as %s", config.model, device, runtime.dtype)
     keep_one_copy_of_cpu_kernels()
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
-    loaded = _read_checkpoint(config, tokenizer, device, dtype, runtime, native)
+    loaded = _read_packed(checkpoint, config, tokenizer, dtype, runtime, library) if native else None
+    if loaded is None and checkpoint is not None:
+        loaded = _read_checkpoint(checkpoint, tokenizer, device, dtype, runtime, native)
     if loaded is None:
         hf_model = load_weights(config.model, dtype, device, config.trust_remote_code)
         fused, forward = build_fused(hf_model, config.fused_forward)
         max_pos = int(getattr(hf_model.config, "max_position_embeddings", 0) or 2048)
         loaded = LoadedModel(hf_model, tokenizer, eos_token_ids(hf_model, tokenizer), max_pos, device, dtype,
                              replace(runtime, forward=forward), fused)
-    _go_native(loaded, library, config.quantization)
+    if loaded.native is None and _go_native(loaded, library, config.quantization) and checkpoint is not None:
+        if packed_cache.worth_saving(loaded.native):
+            packed_cache.save(loaded.native, packed_cache.cache_file(checkpoint, dtype, config.quantization))
     log.info("loaded %s: %s", config.model, loaded.runtime.summary())
     return loaded
 
 
-def _go_native(loaded: LoadedModel, library: NativeLibrary | str, quantization: str) -> None:
+def _go_native(loaded: LoadedModel, library: NativeLibrary | str, quantization: str) -> bool:
     """Move a fused model onto the native kernels (the torch weights are dropped), or note why not."""
     if loaded.fused is None:
-        return
+        return False
     result = library if isinstance(library, str) else attach(
         loaded.fused, library, loaded.fused.dims, loaded.dtype, loaded.max_position_embeddings, quantization)
     if isinstance(result, str):
         loaded.runtime = replace(loaded.runtime, forward=f"fused ({result})", quantization="none (torch forward)")
-        return
+        return False
     loaded.native, loaded.fused, loaded.model = result, None, None
     loaded.runtime = replace(loaded.runtime, forward=f"native ({library.isa} build)",
                              quantization=describe_weights(result, quantization))
+    return True
 
 
 def _read_dtype(checkpoint: LlamaCheckpoint, dtype: torch.dtype, native: bool) -> torch.dtype:
@@ -222,22 +227,53 @@ def _read_dtype(checkpoint: LlamaCheckpoint, dtype: torch.dtype, native: bool) -
     return dtype
 
 
-def _read_checkpoint(config: LoadConfig, tokenizer: PreTrainedTokenizerBase, device: torch.device,
-                     dtype: torch.dtype, runtime: RuntimeInfo, native: bool = False) -> LoadedModel | None:
-    """The model read straight from its checkpoint, or None where transformers must load it."""
+def _checkpoint(config: LoadConfig) -> LlamaCheckpoint | None:
+    """The checkpoint to read directly, or None where transformers must load the model."""
     if not (config.read_checkpoints and config.fused_forward) or config.trust_remote_code:
         return None
     checkpoint = open_checkpoint(config.model)
     if isinstance(checkpoint, str):
         log.info("loading through transformers: %s", checkpoint)
         return None
+    return checkpoint
+
+
+def _native_checkpoint(checkpoint: LlamaCheckpoint | None) -> bool:
+    """Whether the kernels will run this checkpoint (then auto is bf16 on any CPU). A model that only
+    transformers reads gets the CPU's own auto dtype, as it may end on torch's forward."""
+    return checkpoint is not None and not unsupported_reason(LlamaDims.of(checkpoint.get), torch.bfloat16,
+                                                             torch.device("cpu"))
+
+
+def _loaded_from(checkpoint: LlamaCheckpoint, tokenizer: PreTrainedTokenizerBase, device: torch.device,
+                 dtype: torch.dtype, runtime: RuntimeInfo, **forward) -> LoadedModel:
+    max_pos = int(checkpoint.get("max_position_embeddings", 0) or 2048)
+    eos = _checkpoint_eos_ids(checkpoint.folder, checkpoint.config, tokenizer)
+    return LoadedModel(None, tokenizer, eos, max_pos, device, dtype, runtime, **forward)
+
+
+def _read_packed(checkpoint: LlamaCheckpoint | None, config: LoadConfig, tokenizer: PreTrainedTokenizerBase,
+                 dtype: torch.dtype, runtime: RuntimeInfo, library: NativeLibrary) -> LoadedModel | None:
+    """The native model from the weights a previous start packed (app/engine/native/packed_cache.py)."""
+    if checkpoint is None or unsupported_reason(LlamaDims.of(checkpoint.get), dtype, torch.device("cpu")):
+        return None
+    path = packed_cache.cache_file(checkpoint, dtype, config.quantization)
+    native = packed_cache.load(path, library, LlamaDims.of(checkpoint.get), dtype, checkpoint)
+    if native is None:
+        return None
+    log.info("mapped the weights packed by an earlier start: %s", path)
+    runtime = replace(runtime, forward=f"native ({library.isa} build)",
+                      quantization=describe_weights(native, config.quantization))
+    return _loaded_from(checkpoint, tokenizer, torch.device("cpu"), dtype, runtime, native=native)
+
+
+def _read_checkpoint(checkpoint: LlamaCheckpoint, tokenizer: PreTrainedTokenizerBase, device: torch.device,
+                     dtype: torch.dtype, runtime: RuntimeInfo, native: bool = False) -> LoadedModel | None:
+    """The model read straight from its checkpoint, or None where transformers must load it."""
     try:
         fused = fused_from_checkpoint(checkpoint, _read_dtype(checkpoint, dtype, native), device)
     except Exception:  # noqa: BLE001 - a file it cannot read (truncated, a stale index): transformers' turn
         log.warning("reading %s directly failed; loading through transformers", checkpoint.folder, exc_info=True)
         return None
     log.info("read %s without transformers' modeling code", checkpoint.folder)
-    max_pos = int(checkpoint.get("max_position_embeddings", 0) or 2048)
-    eos = _checkpoint_eos_ids(checkpoint.folder, checkpoint.config, tokenizer)
-    return LoadedModel(None, tokenizer, eos, max_pos, device, dtype,
-                       replace(runtime, forward="fused"), fused)
+    return _loaded_from(checkpoint, tokenizer, device, dtype, replace(runtime, forward="fused"), fused=fused)

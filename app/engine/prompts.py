@@ -1,18 +1,22 @@
 """Prompt encoding: text, token ids and chat messages -> validated prompt token ids.
 
-Chat templates come from the model's own tokenizer files; transformers renders them in a
-sandboxed Jinja environment, so template syntax inside a message is plain text.
+Chat templates come from the model's own tokenizer files; they render in a sandboxed Jinja
+environment (app/engine/chat_template.py, or transformers' for tokenizers it loads), so template
+syntax inside a message is plain text.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from jinja2.exceptions import SecurityError, TemplateError
-from transformers import PreTrainedTokenizerBase
 
 from app.engine.errors import InvalidRequest
 from app.engine.tool_prompt import PROBE_TOOL, probe_tools, tools_in_text
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 # Reasoning delimiters a tokenizer may define as tokens (DeepSeek-R1, Qwen3, SmolLM3 and others).
 _REASONING_MARKERS = ("<think>", "</think>")

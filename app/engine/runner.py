@@ -17,16 +17,15 @@ import itertools
 from typing import TYPE_CHECKING
 
 import torch
-from transformers import DynamicCache
 
 from app.engine.chores import Slices, run_to_end
 from app.engine.fused_llama import FusedLlama
 from app.engine.kv_store import KVStore
 from app.engine.packed_linear import PackedLinear
-from app.engine.slab_cache import SlabLayer, slab_cache, slab_cache_of, spare_buffer
+from app.engine.slab_cache import LayerCache, slab_cache, slab_cache_of, slab_class_of, spare_buffer
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel
+    from transformers import DynamicCache, PreTrainedModel
 
     from app.engine.native.model import NativeLlama
 
@@ -50,7 +49,7 @@ class ModelRunner:
         self.native = native  # when set, every forward pass runs through the native kernels
         self._cache_kwarg = None if model is None else _cache_kwarg(model)
 
-    def new_cache(self) -> DynamicCache:
+    def new_cache(self) -> DynamicCache | LayerCache:
         if self.native is not None or self.fused is not None:
             return slab_cache_of((self.native or self.fused).dims.num_layers)
         return slab_cache(self.model.config)
@@ -60,13 +59,14 @@ class ModelRunner:
         """A new one-row cache holding a copy of the first `tokens` columns of `layers`, with room
         for `room` more columns before it grows."""
         cache = self.new_cache()
+        kind = slab_class_of(cache.layers[0])
         held = []
         for keys, values in layers:
             key_buffer = spare_buffer(keys, 1, tokens + room)
             value_buffer = spare_buffer(values, 1, tokens + room)
             key_buffer[:, :, :tokens] = keys[:, :, :tokens]
             value_buffer[:, :, :tokens] = values[:, :, :tokens]
-            held.append(SlabLayer.holding(key_buffer, value_buffer, tokens))
+            held.append(kind.holding(key_buffer, value_buffer, tokens))
         cache.layers = held
         return cache
 

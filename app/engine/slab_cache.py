@@ -2,15 +2,21 @@
 
 transformers' DynamicLayer concatenates on every update, copying the whole cache once per token;
 with long contexts that copy costs as much as reading the weights. SlabLayer keeps keys and values
-in a buffer with room to grow and exposes views of the filled part, so it stays a drop-in
-DynamicLayer for the model; KVStore moves whole buffers (spare columns included) between layers.
+in a buffer with room to grow and exposes views of the filled part; KVStore moves whole buffers
+(spare columns included) between layers. It has the DynamicLayer methods our own forwards use and
+needs no transformers (importing it costs half a second of start-up); for transformers' models
+`slab_cache` builds their DynamicCache with `hf_slab_layer()`, the same class mixed into theirs.
 """
 
 from __future__ import annotations
 
+import functools
+from typing import TYPE_CHECKING
+
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+
+if TYPE_CHECKING:
+    from transformers import DynamicCache
 
 # Columns added when a buffer is full: one copy every GROW_COLUMNS decode steps.
 GROW_COLUMNS = 128
@@ -28,12 +34,14 @@ def _grow(buffer: torch.Tensor | None, filled: int, new: torch.Tensor) -> torch.
     return grown
 
 
-class SlabLayer(DynamicLayer):
+class SlabLayer:
     def __init__(self, **kwargs) -> None:
         self._keys: torch.Tensor | None = None
         self._values: torch.Tensor | None = None
         self._num_keys = self._num_values = 0
-        super().__init__(**kwargs)
+        self.is_initialized = False
+        self.device: torch.device | None = None
+        super().__init__(**kwargs)  # transformers' DynamicLayer, in hf_slab_layer()'s class
 
     @property
     def keys(self) -> torch.Tensor | None:  # type: ignore[override]
@@ -80,6 +88,9 @@ class SlabLayer(DynamicLayer):
         self.keys = self.values = None
         self.is_initialized = True
 
+    def get_seq_length(self) -> int:
+        return self._num_keys if self.is_initialized else 0
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
@@ -103,7 +114,7 @@ class SlabLayer(DynamicLayer):
     def room_for(self, columns: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Key and value buffers shaped like `like` [rows, heads, *, dim] with room for `columns`
         columns (filled ones kept, spare ones zero): for writers that fill columns themselves (the
-        native kernels), who then call `holding` with the new count."""
+        native kernels), who then call `fill_to` with the new count."""
         if self._keys is None or self._keys.dim() < 4:
             return spare_buffer(like, like.shape[0], columns), spare_buffer(like, like.shape[0], columns)
         if columns <= self._keys.shape[-2]:
@@ -129,15 +140,35 @@ def spare_buffer(like: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
     return like.new_zeros((rows, like.shape[1], columns + GROW_COLUMNS, like.shape[-1]))
 
 
+class LayerCache:
+    """A KV cache as our forwards see it: a list of layers (transformers' DynamicCache, minus all else)."""
+
+    def __init__(self, layers: list) -> None:
+        self.layers = layers
+
+
+@functools.cache
+def hf_slab_layer() -> type[SlabLayer]:
+    """SlabLayer mixed into transformers' DynamicLayer, for the caches of transformers' own models."""
+    from transformers.cache_utils import DynamicLayer
+    return type("HFSlabLayer", (SlabLayer, DynamicLayer), {})
+
+
+def slab_class_of(layer) -> type[SlabLayer]:
+    """The SlabLayer class to hold buffers in place of `layer` (a cache's layers are all one kind)."""
+    return type(layer) if isinstance(layer, SlabLayer) else hf_slab_layer()
+
+
 def slab_cache(config) -> DynamicCache:
     """A DynamicCache for `config` whose full-attention layers are SlabLayers (others are kept)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
     cache = DynamicCache(config=config)
-    cache.layers = [SlabLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    cache.layers = [hf_slab_layer()() if type(layer) is DynamicLayer else layer for layer in cache.layers]
     return cache
 
 
-def slab_cache_of(num_layers: int) -> DynamicCache:
-    """A DynamicCache of `num_layers` SlabLayers (FusedLlama's layers are all full attention)."""
-    cache = DynamicCache()
-    cache.layers = [SlabLayer() for _ in range(num_layers)]
-    return cache
+def slab_cache_of(num_layers: int) -> LayerCache:
+    """A cache of `num_layers` SlabLayers (FusedLlama's and NativeLlama's layers are all full attention)."""
+    return LayerCache([SlabLayer() for _ in range(num_layers)])

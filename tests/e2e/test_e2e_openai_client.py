@@ -5,11 +5,9 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.e2e.default_model import NO_EOS
+from tests.e2e.default_model import FRANCE, NO_EOS
 
 pytestmark = pytest.mark.e2e
-
-FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 def test_completion(openai_client, server):
@@ -80,8 +78,8 @@ def test_max_completion_tokens(openai_client, server):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_stop_string_is_not_in_the_output(openai_client, server, stream):
-    """The answer is cut right before the stop string. That the greedy answer names Paris is a fact any
-    sane run of the model gives; the rest compares with this run's own answer."""
+    """The answer is cut right before the stop string. That the greedy answer names Paris holds in every
+    dtype (default_model.FRANCE); the rest compares with this run's own answer."""
     kwargs = dict(model=server.model, messages=FRANCE, temperature=0, max_tokens=24)
     whole = openai_client.chat.completions.create(**kwargs).choices[0].message.content
     assert "Paris" in whole

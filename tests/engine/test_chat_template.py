@@ -1,4 +1,5 @@
-"""Chat templates come from the model's files and render in transformers' ImmutableSandboxedEnvironment:
+"""Chat templates come from the model's files and render in an ImmutableSandboxedEnvironment (transformers'
+own, or app/engine/chat_template.py's copy of it):
 message text is data, never template code, and a template cannot reach Python internals."""
 
 from __future__ import annotations

@@ -20,6 +20,27 @@ def either_forward(request, tiny_loaded, tiny_fused):
     return tiny_loaded if request.param == "native" else tiny_fused
 
 
+@pytest.fixture
+def matches(either_forward, tiny_reference, tiny_reference_fp32):
+    """A check of a forward's last logits against transformers' uncached forward over the same ids.
+    torch's FusedLlama runs the dtype's own arithmetic: within a few of its last places of transformers
+    in that dtype. The native kernels compute in fp32 over weights and KV stored in the dtype: in fp32
+    to fp32 rounding; in bf16 about as close to the fp32 function as transformers' bf16 forward is (mean
+    distance within 1.5x of its: rounding the weights to bf16 costs most of it, either way)."""
+    dtype = either_forward.dtype
+
+    def check(actual: torch.Tensor, ids: list[int]) -> None:
+        if either_forward.native is None or dtype == torch.float32:
+            torch.testing.assert_close(actual, reference_logits(tiny_reference, ids)[-1], **logit_tolerance(dtype))
+            return
+        exact = reference_logits(tiny_reference_fp32, ids)[-1]
+        ours = (actual.float() - exact).abs().mean().item()
+        theirs = (reference_logits(tiny_reference, ids)[-1] - exact).abs().mean().item()
+        assert ours <= 1.5 * theirs, f"mean distance from fp32: ours {ours:.4f}, transformers' {dtype} {theirs:.4f}"
+
+    return check
+
+
 def test_the_tiny_model_runs_on_the_native_kernels_or_fused(tiny_loaded, tiny_fused):
     assert tiny_loaded.native is not None and tiny_loaded.runtime.forward.startswith("native (")
     assert tiny_loaded.fused is None and tiny_loaded.model is None  # the torch weights are dropped
@@ -36,30 +57,28 @@ def test_fused_weights_are_views_of_the_models_own(tiny_model_dir):
     assert layer.mlp.up_proj.weight.data_ptr() > fused.gate_up.weight.data_ptr()
 
 
-def test_decode_and_prefill_logits_match_the_uncached_forward(either_forward, tiny_reference):
+def test_decode_and_prefill_logits_match_the_uncached_forward(either_forward, matches):
     tiny_loaded = either_forward
     core = make_core(tiny_loaded)
-    runner, tol = core.runner, logit_tolerance(tiny_loaded.dtype)
+    runner = core.runner
     prompts = [tiny_loaded.tokenizer.encode(p) for p in PROMPTS]
     cache, mask, logits = runner.prefill_batch([p[:-2] for p in prompts])  # left-padded group
     for row, prompt in enumerate(prompts):
-        torch.testing.assert_close(logits[row], reference_logits(tiny_reference, prompt[:-2])[-1], **tol)
+        matches(logits[row], prompt[:-2])
     core.store.join(PROMPTS, cache, mask)
     for back in (2, 1):  # two padded decode steps, each row fed its own next prompt token
         step = runner.decode(core.store, [p[-back] for p in prompts])
         for row, prompt in enumerate(prompts):
-            torch.testing.assert_close(step[row], reference_logits(tiny_reference, prompt[: len(prompt) - back + 1])[-1], **tol)
+            matches(step[row], prompt[: len(prompt) - back + 1])
 
 
-def test_chunked_prefill_matches_the_uncached_forward(either_forward, tiny_reference):
+def test_chunked_prefill_matches_the_uncached_forward(either_forward, matches):
     tiny_loaded = either_forward
     runner = make_core(tiny_loaded).runner
     ids = tiny_loaded.tokenizer.encode(" ".join(PROMPTS) * 2)
     cache = runner.new_cache()
     for start in range(0, len(ids) - 7, 7):
-        last = runner.prefill(cache, ids[start:start + 7], start)
-        torch.testing.assert_close(last, reference_logits(tiny_reference, ids[: start + 7])[-1],
-                                   **logit_tolerance(tiny_loaded.dtype))
+        matches(runner.prefill(cache, ids[start:start + 7], start), ids[: start + 7])
 
 
 @pytest.mark.parametrize("change, reason", [

@@ -18,6 +18,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from app.engine.fused_llama import DefaultRotary
 from app.engine.llama_checkpoint import open_checkpoint
 from app.engine.loader import load, load_tokenizer
+from app.engine.tokenizer import FastTokenizer
 from tests.conftest import build_tiny_model
 from tests.engine.helpers import reference_logits, tiny_load_config
 
@@ -183,9 +184,9 @@ def test_a_qwen2_folder_gets_the_tokenizer_auto_tokenizer_builds(tmp_path, tiny_
     assert [direct.tokenizer.encode(t) for t in texts] == [auto.encode(t) for t in texts]
 
 
-def test_the_generic_tokenizer_is_the_one_auto_tokenizer_builds(tiny_model_dir):
+def test_the_generic_tokenizer_works_as_the_one_auto_tokenizer_builds(tiny_model_dir):
     direct, auto = load_tokenizer(str(tiny_model_dir)), AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    assert type(direct) is type(auto)
+    assert isinstance(direct, FastTokenizer)  # without importing transformers (test_fast_tokenizer.py)
     texts = [PROMPT, "東京は日本の首都です 👋🏽", "<|im_start|>user\nhi<|im_end|>\n", "  spaces\tand\ttabs  "]
     assert [direct.encode(t) for t in texts] == [auto.encode(t) for t in texts]
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
@@ -212,3 +213,14 @@ def test_loading_the_tiny_model_imports_no_transformers_model_code(tiny_model_di
                             cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_auto_dtype_is_the_kernels_choice_only_for_a_checkpoint_they_run(tiny_model_dir):
+    """A model only transformers reads may end on torch's forward, where bf16 is emulated on an AVX2
+    CPU: it gets the CPU's own auto dtype, not the kernels' (bf16 on every CPU)."""
+    direct = load(tiny_load_config(tiny_model_dir, dtype="auto"))
+    through = load(tiny_load_config(tiny_model_dir, dtype="auto", read_checkpoints=False))
+    if direct.native is None:
+        pytest.skip(f"the native kernels are not in use here: {direct.runtime.forward}")
+    assert direct.runtime.dtype == "bfloat16" and "native kernels" in direct.runtime.dtype_reason
+    assert "native kernels" not in through.runtime.dtype_reason

@@ -8,28 +8,57 @@ from dataclasses import replace
 
 import pytest
 
-from app.engine import core as core_module
-from app.engine.speculation import BACKOFF_STEPS, MISSES_BEFORE_BACKOFF, DraftHistory, propose
+from app.engine.speculation import MAX_DRAFT, PROBE_EVERY, Drafter, draft_length
 from app.engine.types import SamplingParams
 from tests.engine.helpers import make_core, make_sequence, output_of, run_to_end
 
 
+def propose(tokens: list[int], max_draft: int = 3) -> list[int]:
+    drafter = Drafter()
+    drafter.extend(tokens, [])
+    return drafter.propose(max_draft)
+
+
 def test_drafts_follow_the_latest_earlier_occurrence_of_the_last_ngram():
     assert propose([1, 2, 3, 9, 9, 1, 2, 3, 7, 8, 5, 1, 2, 3]) == [7, 8, 5]  # the later "1 2 3" wins
-    assert propose([4, 5, 6, 7, 4, 5], max_draft=2) == [6, 7]  # a bigram when no trigram repeats
+    assert propose([4, 5, 6, 7, 4, 5, 6], max_draft=2) == [7, 4]
+    assert propose([4, 5, 6, 7, 9, 5, 6]) == []  # a repeated bigram alone drafts nothing
     assert propose([1, 2, 3, 4]) == [] and propose([]) == []
-    assert propose([1, 2, 1, 2]) == [1, 2]  # runs into the tail itself: still only earlier tokens
+    assert propose([1, 2, 1, 2, 1]) == [2, 1]  # runs into the tail itself: still only earlier tokens
 
 
-def test_a_sequence_that_keeps_missing_stops_drafting_for_a_while():
-    history = DraftHistory()
-    for _ in range(MISSES_BEFORE_BACKOFF):
-        assert history.wants_draft()
-        history.record(3, 0)
-    assert [history.wants_draft() for _ in range(BACKOFF_STEPS)] == [False] * BACKOFF_STEPS
-    assert history.wants_draft()
-    history.record(3, 2)
-    assert history.misses == 0 and history.accepted == 2
+def test_an_index_kept_up_as_tokens_arrive_proposes_what_a_fresh_one_does():
+    prompt = [7, 1, 2, 3, 4, 1, 2, 5, 6, 2, 3]
+    output = [4, 9, 1, 2, 3, 8, 1, 2, 3, 4, 4, 2, 3, 9, 1, 2]
+    every_step, some_steps = Drafter(), Drafter()
+    for produced in range(len(output) + 1):
+        expected = propose(prompt + output[:produced])
+        every_step.extend(prompt, output[:produced])
+        assert every_step.propose() == expected, produced
+        if produced % 3 == 0:  # steps without a draft (backing off) index nothing; a later one catches up
+            some_steps.extend(prompt, output[:produced])
+            assert some_steps.propose() == expected, produced
+
+
+def test_drafts_are_as_long_as_they_pay_for():
+    lengths = [draft_length(p / 10) for p in range(11)]
+    assert lengths[0] == 0 and lengths[-1] == MAX_DRAFT and lengths == sorted(lengths)
+    assert draft_length(0.95, most=2) == 2
+
+
+def test_a_sequence_drafts_more_as_drafts_are_kept_and_only_probes_once_they_keep_missing():
+    drafter = Drafter()
+    assert drafter.wanted(10) == 1  # even odds at first: one draft pays, more do not
+    for _ in range(5):
+        drafter.record(3, 3)
+    assert drafter.wanted(10) == MAX_DRAFT and drafter.wanted(2) == 2 and drafter.wanted(0) == 0
+    misses = 0
+    while drafter.wanted(10):
+        drafter.record(1, 0)
+        misses += 1
+        assert misses < 20, "drafting should stop once drafts keep missing"
+    assert [drafter.wanted(10) for _ in range(PROBE_EVERY)] == [0] * (PROBE_EVERY - 1) + [1]  # then a probe
+    assert drafter.accepted == 15 and drafter.drafted == 15 + misses
 
 
 PROMPT = "def add(a, b):\n    return a + b\n\n" * 3
@@ -56,11 +85,11 @@ def _run(loaded, prompt: list[int], params: SamplingParams, speculation: bool):
 def _drafting(monkeypatch, answer: list[int], prompt_length: int, corrupt) -> None:
     """Drafts from a known answer (the tiny random model never repeats itself, so lookup would find
     none): the next three tokens it gave, each passed through `corrupt(position, token)`."""
-    def propose_from_answer(tokens, max_draft=3):
-        done = len(tokens) - prompt_length
+    def propose_from_answer(drafter, max_draft=3):
+        done = len(drafter.tokens) - prompt_length
         return [corrupt(done + i, t) for i, t in enumerate(answer[done:done + max_draft])]
 
-    monkeypatch.setattr(core_module, "propose", propose_from_answer)
+    monkeypatch.setattr(Drafter, "propose", propose_from_answer)
 
 
 @pytest.mark.parametrize("corrupt", [lambda i, t: t, lambda i, t: t + 1, lambda i, t: t if i % 3 else t + 1],

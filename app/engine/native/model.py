@@ -94,6 +94,7 @@ class NativeLlama:
                  layers: list[NativeLayer], final_norm: torch.Tensor, lm_head: PackedMatrix, rope: RopeTable) -> None:
         self.library, self.dims, self.kv_dtype = library, dims, kv_dtype
         self.embed, self.layers, self.final_norm, self.lm_head, self.rope = embed, layers, final_norm, lm_head, rope
+        self.keep_alive: object = None  # what the weights' memory belongs to, when not to them (a mapped file)
         self._layer_structs = (Layer * len(layers))(*[layer.struct() for layer in layers])
         self._model = Model(
             dims.num_layers, int(embed.k), dims.num_heads,

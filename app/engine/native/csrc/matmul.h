@@ -252,7 +252,7 @@ static const buffered_fn BUFFERED[2][8] = {BUFFERED_ROW(1), BUFFERED_ROW(2)};
 
 #define PANEL 64 /* rows that share one unpacking of a tile block */
 
-/* Each OpenMP thread's unpacking buffer, kept between calls (grown, never shrunk). */
+/* Each pool thread's unpacking buffer, kept between calls (grown, never shrunk). */
 static float *thread_buffer(size_t floats) {
     static __thread float *buffer = NULL;
     static __thread size_t capacity = 0;

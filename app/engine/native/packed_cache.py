@@ -1,0 +1,158 @@
+"""A checkpoint's weights as the native kernels hold them, saved beside it for the next start.
+
+Packing an fp32 checkpoint that lies on Q4/Q8 grids means reading four times its packed size and
+finding the grids: half of the default model's start-up. The first start saves the packed matrices
+(safetensors, in `.tokenwire/` inside the model folder); later starts map that file instead, without
+a copy (the first forward pass pulls its pages from the file cache). A file is used only if it was
+made from exactly these checkpoint files (names, sizes, modification times, headers) with the same
+dtype, quantization and layout; anything else is ignored, and the next save of that dtype and
+quantization replaces it. Only packs holding low-bit grids are saved (a dense copy of a 16-bit
+checkpoint would double its disk for little), and a folder that cannot be written just starts
+without one. The bytes are the packer's own, so answers are the same either way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import mmap
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from app.engine.fused_llama import DefaultRotary, LlamaDims
+from app.engine.llama_checkpoint import LlamaCheckpoint, rope_theta
+from app.engine.native.library import ABI_VERSION, Q4, Q8, NativeLibrary
+from app.engine.native.model import NativeLayer, NativeLlama, RopeTable
+from app.engine.native.weights import PackedMatrix
+
+log = logging.getLogger(__name__)
+
+FOLDER = ".tokenwire"
+LAYOUT = f"native-weights-v1-abi{ABI_VERSION}"
+MATRICES = ("qkv", "o", "gate_up", "down")
+_DTYPES = {"U8": torch.uint8, "F32": torch.float32}
+
+
+def cache_file(checkpoint: LlamaCheckpoint, dtype: torch.dtype, quantization: str) -> Path:
+    """Where the pack of these checkpoint files for this dtype and quantization lives."""
+    digest = hashlib.sha256(f"{LAYOUT} {dtype} {quantization}".encode())
+    for path in sorted(set(checkpoint.files.values())):
+        stat = path.stat()
+        digest.update(f"{path.name} {stat.st_size} {stat.st_mtime_ns}".encode())
+        with open(path, "rb") as handle:
+            length = struct.unpack("<Q", handle.read(8))[0]
+            digest.update(handle.read(length))
+    kind = f"{str(dtype).removeprefix('torch.')}-{quantization}"
+    return checkpoint.folder / FOLDER / f"native-{kind}-{digest.hexdigest()[:24]}.safetensors"
+
+
+def worth_saving(native: NativeLlama) -> bool:
+    return any(m.format in (Q4, Q8) for m in native.matrices())
+
+
+def save(native: NativeLlama, path: Path) -> None:
+    """Write the pack atomically (beside its final name, then renamed); a failure is logged and dropped."""
+    tensors: dict[str, torch.Tensor] = {"final_norm": native.final_norm}
+    shapes: dict[str, list[int]] = {}
+
+    def put(name: str, matrix: PackedMatrix) -> None:
+        tensors[name] = matrix.data
+        shapes[name] = [matrix.format, matrix.n, matrix.k]
+        if matrix.bias is not None:
+            tensors[f"{name}.bias"] = matrix.bias
+
+    for index, layer in enumerate(native.layers):
+        tensors[f"layers.{index}.input_norm"] = layer.input_norm
+        tensors[f"layers.{index}.post_norm"] = layer.post_norm
+        for name in MATRICES:
+            put(f"layers.{index}.{name}", getattr(layer, name))
+    put("embed", native.embed)
+    if native.lm_head is not native.embed:
+        put("lm_head", native.lm_head)
+    metadata = {"layout": LAYOUT, "matrices": json.dumps(shapes), "positions": str(native.max_positions)}
+    try:
+        path.parent.mkdir(exist_ok=True)
+        kind = path.name.rsplit("-", 1)[0]  # a pack of another dtype or quantization stays
+        for stale in path.parent.glob(f"{kind}-*.safetensors"):
+            stale.unlink(missing_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+            partial = Path(tmp.name)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial), metadata=metadata)
+        partial.chmod(0o644)
+        os.replace(partial, path)
+        log.info("saved the packed weights for the next start: %s", path)
+    except OSError as exc:
+        log.info("not saving the packed weights (%s): each start packs them again", exc)
+
+
+def _mapped(path: Path) -> tuple[mmap.mmap, dict, dict[str, torch.Tensor]]:
+    """The file mapped copy-on-write, its metadata, and a tensor view of each entry (no copy)."""
+    with open(path, "rb") as handle:
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+    length = struct.unpack("<Q", mapped[:8])[0]
+    header = json.loads(mapped[8:8 + length])
+    metadata = header.pop("__metadata__", {})
+    tensors = {}
+    for name, entry in header.items():
+        begin, end = entry["data_offsets"]
+        dtype = _DTYPES[entry["dtype"]]
+        count = (end - begin) // dtype.itemsize
+        view = torch.frombuffer(mapped, dtype=dtype, count=count, offset=8 + length + begin) if count else \
+            torch.empty(0, dtype=dtype)
+        tensors[name] = view.view(entry["shape"])
+    return mapped, metadata, tensors
+
+
+def load(path: Path, library: NativeLibrary, dims: LlamaDims, dtype: torch.dtype,
+         checkpoint: LlamaCheckpoint) -> NativeLlama | None:
+    """The NativeLlama in `path`, or None when there is none (or it is not one this code wrote)."""
+    if not path.is_file():
+        return None
+    try:
+        mapped, metadata, tensors = _mapped(path)
+        if metadata.get("layout") != LAYOUT:
+            return None
+        shapes = json.loads(metadata["matrices"])
+    except (OSError, ValueError, KeyError) as exc:
+        log.info("ignoring the packed weights in %s (%s)", path, exc)
+        return None
+
+    def matrix(name: str) -> PackedMatrix:
+        fmt, n, k = shapes[name]
+        return PackedMatrix(fmt, n, k, tensors[name], tensors.get(f"{name}.bias"))
+
+    layers = [NativeLayer(tensors[f"layers.{i}.input_norm"], tensors[f"layers.{i}.post_norm"],
+                          *[matrix(f"layers.{i}.{name}") for name in MATRICES]) for i in range(dims.num_layers)]
+    embed = matrix("embed")
+    lm_head = matrix("lm_head") if "lm_head" in shapes else embed
+    rotary = DefaultRotary(rope_theta(checkpoint.config)[0], dims.head_dim, torch.device("cpu"))
+    rope = RopeTable.of(rotary, dims.head_dim, int(metadata["positions"]))
+    native = NativeLlama(library, dims, dtype, embed, layers, tensors["final_norm"], lm_head, rope)
+    native.keep_alive = mapped  # the views point into the mapping
+    return native
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m app.engine.native.packed_cache MODEL`: pack a model folder now, as its first start
+    would (the image build and `make model` do it for the default model), so that start maps it."""
+    import argparse
+
+    from app.engine.loader import LoadConfig, load
+
+    parser = argparse.ArgumentParser(prog="python -m app.engine.native.packed_cache", description=main.__doc__)
+    parser.add_argument("model", help="a local model folder")
+    parser.add_argument("--dtype", default="auto", help="as TOKENWIRE_DTYPE (default auto)")
+    parser.add_argument("--quantization", default="auto", help="as TOKENWIRE_QUANTIZATION (default auto)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the loader's lines say what happened
+    load(LoadConfig(args.model, device="cpu", dtype=args.dtype, quantization=args.quantization))
+
+
+if __name__ == "__main__":
+    main()
