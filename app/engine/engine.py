@@ -314,7 +314,7 @@ class Engine:
 
     def _new_sequence(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
                       events: asyncio.Queue, index: int, grammar: CompiledGrammar | None) -> Sequence:
-        assert self._loaded is not None
+        assert self._loaded is not None and self._model_thread is not None
         loop = asyncio.get_running_loop()
         seed = choice_seed(params.seed, index)
         generator = None if params.is_greedy else make_generator(seed, self._loaded.device)
@@ -325,7 +325,7 @@ class Engine:
             eos_token_ids=frozenset(self._loaded.eos_token_ids),
             detokenizer=IncrementalDetokenizer(self._detokenizer_tokenizer, prompt_ids),
             generator=generator,
-            sink=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+            sink=self._model_thread.outbox.sink(loop, events),
             index=index,
             matcher=None if grammar is None else grammar.matcher(),
         )

@@ -3,9 +3,11 @@
 Rows are left-padded to a common width, with each row's length (its real columns end there) and
 position (TGI's CausalLMBatch is the model). The store is the one place that knows row i belongs to sequence s:
 rows join with their own prefilled cache, leave by sequence, and hand out a row's KV for the prefix
-cache. Every layer is a SlabLayer with spare columns, and the moves keep that spare room: a join
-copies each layer once into a buffer with room to grow, a leave index-selects whole buffers, and
-trimming shared padding is a view. It never runs the model.
+cache. Every layer is a SlabLayer with spare columns, and the moves keep that spare room. Under load
+rows come and go one at a time, so a move must not cost the whole batch: a leaver's slot is filled by
+a row from the end (one row copied per layer) and the buffers keep the freed rows; a joiner that fits
+in them is written there, otherwise each layer is copied once into a buffer with room for all rows.
+Trimming shared padding is a view. It never runs the model.
 
 The interface (join, remove, decode_inputs / advance, row_kv, num_bytes) is the seam a paged store
 could later sit behind.
@@ -13,7 +15,7 @@ could later sit behind.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence as Seq
+from collections.abc import Callable, Iterable, Sequence as Seq
 from typing import TYPE_CHECKING
 
 import torch
@@ -49,6 +51,21 @@ def select_rows(cache: DynamicCache, rows: list[int]) -> torch.Tensor:
     for layer in cache.layers:
         layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
     return index
+
+
+def row_capacity(buffer: torch.Tensor) -> int:
+    """Rows a [rows, ...] view could span in its storage: the rows it shows plus those left behind it
+    by row moves (a view of the first rows of a bigger buffer)."""
+    element = buffer.element_size()
+    last_row_extent = sum((size - 1) * stride for size, stride in zip(buffer.shape[1:], buffer.stride()[1:])) + 1
+    available = buffer.untyped_storage().nbytes() // element - buffer.storage_offset()
+    return (available - last_row_extent) // buffer.stride(0) + 1
+
+
+def with_rows(buffer: torch.Tensor, rows: int) -> torch.Tensor:
+    """The same storage seen with `rows` rows (within row_capacity): rows past the view come back."""
+    assert rows <= row_capacity(buffer)
+    return buffer.as_strided((rows, *buffer.shape[1:]), buffer.stride(), buffer.storage_offset())
 
 
 def _place(buffer: torch.Tensor, start_row: int, kv: torch.Tensor, columns: int) -> None:
@@ -106,11 +123,40 @@ class KVStore:
         check_plain_cache(cache)
         assert len(owners) == mask.shape[0], "one owner per joining row"
         columns = max(self.num_columns, int(mask.shape[1]))
+        if self._has_room(len(owners), columns):
+            self._join_in_place(cache, columns)
+        else:
+            self._join_by_copy(cache, columns)
+        self.lengths.extend(int(n) for n in mask.sum(dim=1).tolist())
+        self.num_columns = columns
+        self._owners.extend(owners)
+        self._trim()
+
+    def _has_room(self, rows: int, columns: int) -> bool:
+        """Whether `rows` more rows fit in the rows our buffers left behind, with no column added."""
+        if self.cache is None or columns != self.num_columns:
+            return False
+        keys, _ = self.cache.layers[0].buffers
+        return keys is not None and row_capacity(keys) >= self.num_rows + rows
+
+    def _join_in_place(self, cache: DynamicCache | LayerCache, columns: int) -> None:
+        """Write the newcomers into the rows earlier leavers freed: no existing row moves."""
+        mine = self.num_rows
+        for index, theirs in enumerate(cache.layers):
+            ours = self.cache.layers[index]
+            keys, values = (with_rows(buffer, mine + theirs.keys.shape[0]) for buffer in ours.buffers)
+            for buffer, kv in ((keys, theirs.keys), (values, theirs.values)):
+                buffer[mine:, :, :columns - kv.shape[-2]] = 0  # stale KV of a leaver; padding is zero
+                _place(buffer, mine, kv, columns)
+            self.cache.layers[index] = type(ours).holding(keys, values, ours.get_seq_length())
+
+    def _join_by_copy(self, cache: DynamicCache | LayerCache, columns: int) -> None:
+        """New buffers with room for every row: ours copied, theirs placed after them."""
         mine = self.num_rows
         layers = []
         for index, theirs in enumerate(cache.layers):
-            keys = spare_buffer(theirs.keys, mine + len(owners), columns)
-            values = spare_buffer(theirs.values, mine + len(owners), columns)
+            keys = spare_buffer(theirs.keys, mine + theirs.keys.shape[0], columns)
+            values = spare_buffer(theirs.values, mine + theirs.values.shape[0], columns)
             if mine:
                 ours = self.cache.layers[index]
                 _place(keys, 0, ours.keys, columns)
@@ -121,13 +167,12 @@ class KVStore:
         if self.cache is None:
             self.cache = cache
         self.cache.layers = layers
-        self.lengths.extend(int(n) for n in mask.sum(dim=1).tolist())
-        self.num_columns = columns
-        self._owners.extend(owners)
-        self._trim()
 
     def remove(self, owners: Iterable) -> None:
-        """Drop the rows of `owners` (those not here are ignored); the others keep their order."""
+        """Drop the rows of `owners` (those not here are ignored). Rows after the last kept slot move
+        into the holes (the order changes; the owners and lengths move with them), so a leaver costs
+        one row copy per layer, not the whole batch; the buffers keep the freed rows for later
+        joiners until fewer than half of them are in use, then shrink to fit."""
         gone = set(owners)
         keep = [row for row, owner in enumerate(self._owners) if owner not in gone]
         if len(keep) == self.num_rows:
@@ -136,14 +181,33 @@ class KVStore:
             self.clear()
             return
         assert self.cache is not None
-        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        if 2 * len(keep) < row_capacity(self.cache.layers[0].buffers[0]):
+            self._move_rows(keep, lambda buffer, index: buffer.index_select(0, index))
+            return
+        holes = [row for row in range(len(keep)) if self._owners[row] in gone]
+        movers = [row for row in range(len(keep), self.num_rows) if self._owners[row] not in gone]
+        order = list(range(len(keep)))
+        for hole, mover in zip(holes, movers):
+            order[hole] = mover
+
+        def fill_holes(buffer: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+            if holes:
+                into, out_of = (torch.tensor(rows, device=buffer.device) for rows in (holes, movers))
+                buffer.index_copy_(0, into, buffer.index_select(0, out_of))
+            return buffer[:len(keep)]
+        self._move_rows(order, fill_holes)
+
+    def _move_rows(self, order: list[int], move: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        """Rebuild every layer from `move(buffer, index)` of its whole buffers (spare columns survive);
+        afterwards row i holds what row order[i] held."""
+        assert self.cache is not None
+        index = torch.tensor(order, dtype=torch.long, device=self.device)
         for position, layer in enumerate(self.cache.layers):
-            keys, values = layer.buffers  # whole buffers: the spare columns survive the move
-            filled = layer.get_seq_length()
-            self.cache.layers[position] = type(layer).holding(keys.index_select(0, index),
-                                                              values.index_select(0, index), filled)
-        self.lengths = [self.lengths[row] for row in keep]
-        self._owners = [self._owners[row] for row in keep]
+            keys, values = layer.buffers
+            self.cache.layers[position] = type(layer).holding(move(keys, index), move(values, index),
+                                                              layer.get_seq_length())
+        self.lengths = [self.lengths[row] for row in order]
+        self._owners = [self._owners[row] for row in order]
         self._trim()
 
     def clear(self) -> None:

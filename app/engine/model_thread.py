@@ -1,7 +1,8 @@
 """The model thread: the one thread that steps the EngineCore (so the one that runs torch).
 
 Everything reaches it as a command on a queue, applied between steps: add a sequence, abort one, fail
-every request in flight, stop. Events go back through each sequence's sink; after each step the load
+every request in flight, stop. Events go back through each sequence's sink into the outbox, flushed to
+the event loop once per step (app/engine/outbox.py); after each step the load
 (running, waiting, KV bytes) is published as one tuple that probes read without waiting on the thread.
 Between steps it also works through its chores (app/engine/chores.py), one slice per loop turn.
 """
@@ -18,6 +19,7 @@ from app.engine.chores import Chore
 from app.engine.core import EngineCore
 from app.engine.errors import EngineDead, EngineError
 from app.engine.memory import release_free_memory
+from app.engine.outbox import Outbox
 from app.engine.sequence import Sequence
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ class ModelThread:
         self.load = (0, 0, 0)  # (running, waiting, KV bytes), replaced whole after each step
         self.prefix_cache_stats = core.prefix_cache_stats  # a frozen snapshot, replaced after each step
         self._inbox: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
+        self.outbox = Outbox()  # where the sinks of the engine's sequences post their events
         self._thread = threading.Thread(target=self._run, name="tokenwire-model", daemon=True)
 
     def start(self) -> None:
@@ -51,6 +54,7 @@ class ModelThread:
         self._inbox.put(("add", sequence))
         if self.dead is not None:  # it died since the caller checked: nobody will read the inbox
             self._reject_queued(EngineDead("the model thread died"))
+            self.outbox.flush()
 
     def abort(self, request_id: str) -> None:
         self._inbox.put(("abort", request_id))
@@ -79,6 +83,7 @@ class ModelThread:
                 while self._handle_commands(block=not (core.has_work or self._chores)):
                     if core.has_work:
                         self._step()
+                        self.outbox.flush()  # the step's events go out before any chore runs
                         if not core.has_work:
                             release_free_memory()  # idle now: return freed pages before blocking
                     if self._chores and self._chores[0].run_slice():
@@ -86,12 +91,15 @@ class ModelThread:
                         self._chores_over += 1
                         release_free_memory()
                     self._publish_load()
+                    self.outbox.flush()  # events of commands (a refused add) and chores
+            self.outbox.flush()  # a stop fails what was in flight
         except BaseException as exc:  # noqa: BLE001 - the thread must report any death
             log.exception("model thread died")
             self.dead = exc
             self.load = (0, 0, 0)  # before the requests learn of it: nothing runs any more
             self._fail_everything(EngineDead("the model thread died"))
             self._reject_queued(EngineDead("the model thread died"))
+            self.outbox.flush()
 
     def _handle_commands(self, block: bool) -> bool:
         """Apply queued commands; False once asked to stop."""

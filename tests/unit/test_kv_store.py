@@ -46,14 +46,12 @@ def test_decode_inputs_extend_mask_and_positions():
     assert mask.tolist() == [[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]]  # 3 real + the new token
 
 
-def test_leaving_rows_frees_memory_and_trims_shared_padding():
+def test_leaving_rows_trims_shared_padding_and_the_last_leaver_frees_everything():
     store = _store(("a", 2, 1.0), ("b", 6, 2.0), ("c", 3, 3.0))
-    full = store.num_bytes
     store.remove(["b", "not-here"])
     assert store.rows == ["a", "c"]
     assert store.num_columns == 3 and store.mask.tolist() == [[0, 1, 1], [1, 1, 1]]
     assert (store.cache.layers[1].keys[1] == 3.0).all() and (store.cache.layers[1].values[1] == -3.0).all()
-    assert store.num_bytes < full
     store.remove(["a", "c"])
     assert store.num_rows == 0 and store.num_bytes == 0 and store.rows == []
 
@@ -85,3 +83,29 @@ def test_row_kv_gives_one_rows_real_columns():
     keys, values = store.row_kv("a")[1]
     assert keys.shape == (1, 2, 2, 4) and (keys == 1.0).all() and (values == -1.0).all()
     assert store.row_kv("b")[0][0].shape == (1, 2, 5, 4)
+
+
+def test_a_leaver_is_replaced_by_the_last_row_and_a_joiner_reuses_the_freed_row():
+    store = _store(("a", 4, 1.0), ("b", 4, 2.0), ("c", 4, 3.0), ("d", 4, 4.0))
+    buffer = store.cache.layers[0].buffers[0]
+    store.remove(["b"])
+    assert store.rows == ["a", "d", "c"] and store.positions.tolist() == [4, 4, 4]
+    keys = store.cache.layers[1].keys
+    assert [keys[row, 0, 0, 0].item() for row in range(3)] == [1.0, 4.0, 3.0]
+    assert store.cache.layers[0].buffers[0].data_ptr() == buffer.data_ptr()  # no new buffer
+    store.join(["e"], _cache(2, 5.0), _ones(2))  # fits the freed row, padded to the 4 columns
+    assert store.cache.layers[0].buffers[0].data_ptr() == buffer.data_ptr()
+    assert store.rows == ["a", "d", "c", "e"] and store.positions.tolist() == [4, 4, 4, 2]
+    keys = store.cache.layers[1].keys
+    assert keys[3, :, :2].abs().sum() == 0 and (keys[3, :, 2:] == 5.0).all()  # b's KV is gone
+    assert (store.cache.layers[1].values[:3] == torch.tensor([-1.0, -4.0, -3.0])[:, None, None, None]).all()
+
+
+def test_buffers_shrink_once_most_rows_left():
+    store = _store(*[(name, 3, float(i + 1)) for i, name in enumerate("abcdef")])
+    full = store.num_bytes
+    store.remove(["a"])
+    assert store.num_bytes == full  # the freed row waits for a joiner
+    store.remove(["b", "c", "d"])
+    assert store.rows == ["f", "e"] and store.num_bytes < full / 2
+    assert [store.cache.layers[0].keys[row, 0, 0, 0].item() for row in range(2)] == [6.0, 5.0]
