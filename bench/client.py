@@ -1,24 +1,26 @@
-"""The HTTP side of the load generator: one streamed /v1/completions request, timed per chunk."""
+"""The HTTP side of the load generator: one streamed request, timed per chunk."""
 
 from __future__ import annotations
 
-import itertools
+import asyncio
 import ipaddress
 import json
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+import httptools
 import httpx
 
 clock = time.perf_counter
-_request_numbers = itertools.count(1)
 
 
-def numbered(prompt: str) -> str:
-    """The prompt led by this run's next request number: no two requests share a prefix, so a server's
-    prompt cache (ours, llama.cpp's, vLLM's) cannot answer the load scenarios from memory."""
-    return f"({next(_request_numbers)}) {prompt}"
+def numbered(prompt: str, label: str) -> str:
+    """The prompt led by its request's label (scenario and number, e.g. "16.3"): no two requests of a
+    run share a prefix, so a server's prompt cache (ours, llama.cpp's, vLLM's) cannot answer the load
+    scenarios from memory, and every server (and bench.inprocess) is asked the very same texts, so
+    answers, and with them what prompt-lookup speculation can draft, are the same on each side."""
+    return f"({label}) {prompt}"
 
 
 @dataclass
@@ -116,32 +118,84 @@ def payload(cfg: LoadConfig, prompt: str, max_tokens: int) -> dict:
 
 
 async def stream_one(client: httpx.AsyncClient, cfg: LoadConfig, prompt: str, max_tokens: int,
-                     results: list[RequestResult]) -> RequestResult:
-    """Send one streaming completion of the numbered prompt; the result is appended first so it is
-    visible while live."""
-    return await stream_request(client, "/v1/completions", payload(cfg, numbered(prompt), max_tokens), results)
+                     results: list[RequestResult], label: str) -> RequestResult:
+    """Send one streaming completion of the prompt numbered by `label`; the result is appended first so
+    it is visible while live."""
+    return await stream_request(client, "/v1/completions", payload(cfg, numbered(prompt, label), max_tokens),
+                                results)
 
 
 async def stream_request(client: httpx.AsyncClient, path: str, body: dict,
                          results: list[RequestResult]) -> RequestResult:
-    """POST one streaming request to `path` and time its chunks (appended to `results` first)."""
+    """POST one streaming request to `path` and time its chunks (appended to `results` first).
+
+    The stream is read over a plain connection with httptools' C parser, not through httpx: on a
+    2-core machine the load generator shares the cores with the server it measures, and httpx's
+    pure-Python HTTP/1.1 stack cost about twice the server's own event-loop time per token.
+    `client` supplies the base URL, headers and read timeout."""
     result = RequestResult(t_start=clock())
     results.append(result)
     try:
-        async with client.stream("POST", path, json=body) as resp:
-            if resp.status_code != 200:
-                body = (await resp.aread())[:200].decode(errors="replace")
-                result.error = f"HTTP {resp.status_code}: {body}"
-            else:
-                async for line in resp.aiter_lines():
-                    if line.startswith("data:"):
-                        handle_data(result, line[5:].strip(), clock())
+        await _stream_sse(client, path, json.dumps(body).encode(), result)
         if result.error is None and not (result.done or result.finish_reason):
             result.error = "stream ended without finish_reason or [DONE]"
-    except (httpx.HTTPError, OSError, ValueError) as exc:
+    except (OSError, ValueError, TimeoutError, httptools.HttpParserError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"[:200]
     result.t_end = clock()
     return result
+
+
+class _SSEReader:
+    """httptools callbacks: the status, then the body's `data:` lines applied to the result as they come."""
+
+    def __init__(self, result: RequestResult) -> None:
+        self.result = result
+        self.parser = httptools.HttpResponseParser(self)
+        self.pending = b""  # an incomplete line
+        self.error_body = b""
+        self.complete = False
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+
+    def on_body(self, chunk: bytes) -> None:
+        if self.status != 200:
+            self.error_body += chunk
+            return
+        now = clock()
+        *lines, self.pending = (self.pending + chunk).split(b"\n")
+        for line in lines:
+            if line.startswith(b"data:"):
+                handle_data(self.result, line[5:].strip().decode(), now)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        if self.status != 200:
+            self.result.error = f"HTTP {self.status}: {self.error_body[:200].decode(errors='replace')}"
+
+
+async def _stream_sse(client: httpx.AsyncClient, path: str, payload: bytes, result: RequestResult) -> None:
+    """One request on its own connection (Connection: close), read until the response is complete."""
+    url = client.base_url
+    port = url.port or (443 if url.scheme == "https" else 80)
+    head = [f"POST {url.raw_path.decode().rstrip('/')}{path} HTTP/1.1", f"Host: {url.host}:{port}",
+            "Content-Type: application/json", "Accept: text/event-stream", f"Content-Length: {len(payload)}",
+            "Connection: close", *(f"{k}: {v}" for k, v in client.headers.items() if k.lower() == "authorization")]
+    read_timeout = client.timeout.read or None
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(client.timeout.connect) as deadline:
+        reader, writer = await asyncio.open_connection(url.host, port, ssl=url.scheme == "https" or None)
+        try:
+            writer.write("\r\n".join(head).encode() + b"\r\n\r\n" + payload)
+            sse = _SSEReader(result)
+            while not sse.complete:
+                deadline.reschedule(None if read_timeout is None else loop.time() + read_timeout)
+                data = await reader.read(65536)
+                if not data:
+                    raise ConnectionError("the server closed the connection mid-response")
+                sse.parser.feed_data(data)
+        finally:
+            writer.close()
 
 
 def make_client(cfg: LoadConfig, connections: int) -> httpx.AsyncClient:

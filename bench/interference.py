@@ -66,13 +66,14 @@ def analyse(streams: list[RequestResult], probe: RequestResult, probed: bool) ->
 async def run_interference(client: httpx.AsyncClient, cfg: LoadConfig) -> dict:
     """Start the 8 streams, send the long probe once they stream, wait for all, analyse."""
     streams: list[RequestResult] = []
-    tasks = [asyncio.create_task(stream_one(client, cfg, PROMPTS["short"], cfg.interference_max_tokens, streams))
-             for _ in range(NUM_STREAMS)]
+    tasks = [asyncio.create_task(stream_one(client, cfg, PROMPTS["short"], cfg.interference_max_tokens, streams,
+                                            f"i.{number}"))
+             for number in range(1, NUM_STREAMS + 1)]
     deadline = clock() + cfg.scenario_timeout_s
     probed = await wait_until_streaming(streams, deadline)
     probe_results: list[RequestResult] = []
     if probed:
-        await stream_one(client, cfg, PROMPTS["long"], 1, probe_results)
+        await stream_one(client, cfg, PROMPTS["long"], 1, probe_results, "probe.1")
     _, pending = await asyncio.wait(tasks, timeout=max(deadline - clock(), 1.0))
     for task in pending:
         task.cancel()

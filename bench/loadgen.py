@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import sys
 
@@ -28,9 +29,11 @@ from bench.stats import decode_rate, fmt, ms, percentile
 async def run_clients(client: httpx.AsyncClient, cfg: LoadConfig, prompt: str, concurrency: int,
                       results: list[RequestResult]) -> float:
     """C clients x requests_per_stream requests, hard-capped at scenario_timeout_s; returns wall time."""
+    numbers = itertools.count(1)
+
     async def one_client() -> None:
         for _ in range(cfg.requests_per_stream):
-            await stream_one(client, cfg, prompt, cfg.max_tokens, results)
+            await stream_one(client, cfg, prompt, cfg.max_tokens, results, f"{concurrency}.{next(numbers)}")
 
     start = clock()
     tasks = [asyncio.create_task(one_client()) for _ in range(concurrency)]
@@ -87,8 +90,8 @@ async def run_all(cfg: LoadConfig) -> dict:
     """Warm up, then every scenario in order (prompt kind outer, concurrency inner), then interference."""
     async with make_client(cfg, max([*cfg.concurrency, 9])) as client:
         cfg.model = cfg.model or await resolve_model(client)
-        for _ in range(cfg.warmup):
-            await stream_one(client, cfg, PROMPTS["short"], cfg.max_tokens, [])
+        for number in range(1, cfg.warmup + 1):
+            await stream_one(client, cfg, PROMPTS["short"], cfg.max_tokens, [], f"w.{number}")
         scenarios = [await run_scenario(client, cfg, kind, c) for kind in cfg.prompts for c in cfg.concurrency]
         interference = await run_interference(client, cfg) if cfg.interference else None
     return {"url": cfg.url, "model": cfg.model, "max_tokens": cfg.max_tokens,

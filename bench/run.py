@@ -63,8 +63,11 @@ def run_grammar_cost(out: Path) -> list[dict]:
 def run_inprocess(args: argparse.Namespace, out: Path) -> dict:
     """bench.inprocess in a child process (its model is freed before the server loads one)."""
     cmd = [sys.executable, "-m", "bench.inprocess", "--max-tokens", str(args.max_tokens),
-           "--repeats", str(args.inprocess_repeats), "--json", str(out),
-           "--batch-sizes", *map(str, args.inprocess_batches)]
+           # As many single streams as the HTTP 1-stream scenario sends: the same numbered texts.
+           "--repeats", str(args.requests_per_stream), "--json", str(out),
+           "--batch-sizes", *map(str, args.inprocess_batches),
+           "--clients", *(["16"] if 16 in args.concurrency else []),
+           "--requests-per-client", str(args.requests_per_stream)]
     subprocess.run(cmd, cwd=ROOT, check=True, timeout=args.inprocess_timeout)
     return json.loads(out.read_text())
 
@@ -180,11 +183,14 @@ def find(scenarios: list[dict], prompt: str, concurrency: int) -> dict | None:
 
 
 def ratios(inproc: dict | None, http: dict) -> dict:
-    """HTTP 1-stream decode tok/s ÷ in-process, and aggregate tok/s at 16 streams ÷ 1 stream."""
+    """HTTP ÷ in-process: 1-stream decode tok/s, and aggregate tok/s of 16 clients (the same closed loop
+    of numbered requests in process); then aggregate tok/s at 16 streams ÷ 1 stream."""
     scenarios = http["scenarios"]
-    one = find(scenarios, "short", 1)
+    one, sixteen = find(scenarios, "short", 1), find(scenarios, "short", 16)
+    loop16 = next((c for c in (inproc or {}).get("clients", []) if c["clients"] == 16), None)
     out = {"http_1stream_over_inprocess": ratio(one and one["stream_tok_s_p50"],
-                                                inproc and inproc["stream_tok_s_p50"])}
+                                                inproc and inproc["stream_tok_s_p50"]),
+           "http_16streams_over_inprocess": ratio(sixteen and sixteen["agg_tok_s"], loop16 and loop16["agg_tok_s"])}
     for kind in dict.fromkeys(s["prompt"] for s in scenarios):
         c1, c16 = find(scenarios, kind, 1), find(scenarios, kind, 16)
         out[f"agg_16_over_1_{kind}"] = ratio(c16 and c16["agg_tok_s"], c1 and c1["agg_tok_s"])
@@ -213,17 +219,19 @@ def report_text(result: dict) -> str:
     if result.get("grammar"):
         lines += ["constrained decoding (bench.grammar_cost), median decode step in-process:", "",
                   grammar_table(result["grammar"]), ""]
-    lines += [f"ratio HTTP 1-stream decode tok/s ÷ in-process: {fmt(r['http_1stream_over_inprocess'], 2)}"]
+    lines += [f"ratio HTTP 1-stream decode tok/s ÷ in-process: {fmt(r['http_1stream_over_inprocess'], 2)}",
+              f"ratio HTTP 16 streams' aggregate tok/s ÷ in-process 16 clients: "
+              f"{fmt(r.get('http_16streams_over_inprocess'), 2)}"]
     lines += [f"ratio aggregate tok/s 16 streams ÷ 1 stream ({key.rsplit('_', 1)[1]} prompt): {fmt(v, 2)}"
               for key, v in r.items() if key.startswith("agg_16_over_1_")]
     return "\n".join(lines)
 
 
 FULL = {"concurrency": [1, 4, 16, 64], "requests_per_stream": 4, "scenario_timeout": 300.0,
-        "inprocess_batches": [1, 4, 16], "inprocess_repeats": 3, "interference_max_tokens": 256,
+        "inprocess_batches": [1, 4, 16], "interference_max_tokens": 256,
         "multiturn_users": [1, 8], "multiturn_turns": 6, "reuse_repeats": 3}
 QUICK = {"concurrency": [1, 4, 16], "requests_per_stream": 2, "scenario_timeout": 90.0,
-         "inprocess_batches": [1, 4], "inprocess_repeats": 2, "interference_max_tokens": 128,
+         "inprocess_batches": [1, 4], "interference_max_tokens": 128,
          "multiturn_users": [1, 4], "multiturn_turns": 5, "reuse_repeats": 2}
 
 
@@ -237,7 +245,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--requests-per-stream", type=int)
     p.add_argument("--scenario-timeout", type=float, help="hard wall-time cap per scenario, seconds")
     p.add_argument("--inprocess-batches", type=int, nargs="+")
-    p.add_argument("--inprocess-repeats", type=int)
     p.add_argument("--inprocess-timeout", type=float, default=600.0)
     p.add_argument("--skip-inprocess", action="store_true")
     p.add_argument("--skip-perplexity", action="store_true")
