@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from app.engine.kv_store import KVStore
 from app.engine.types import SamplingParams
 from tests.engine.helpers import make_core, make_sequence, output_of, run_alone, run_to_end
 
@@ -50,6 +51,21 @@ def test_greedy_rows_joining_and_leaving_match_running_alone(tiny_loaded):
     alone = [run_alone(tiny_loaded, ids, params) for ids, params in requests]
     batched = _run_batched(tiny_loaded, requests, join_steps=[0, 0, 3, 7, 12])
     assert batched == alone
+
+
+def test_joiners_written_into_rows_that_leavers_freed_match_running_alone(tiny_loaded, monkeypatch):
+    # Leavers' slots are refilled from the end and the next narrow joiner is written into the freed
+    # row (KVStore.remove / _join_in_place): stale KV must never reach anyone's answer.
+    in_place = []
+    join_in_place = KVStore._join_in_place
+    monkeypatch.setattr(KVStore, "_join_in_place", lambda self, *a: (in_place.append(1), join_in_place(self, *a)))
+    lengths = [30, 3, 5, 12, 9, 6]
+    requests = [(_ids(tiny_loaded, PROMPTS[i % len(PROMPTS)]), SamplingParams(temperature=0, max_tokens=n,
+                                                                              ignore_eos=True))
+                for i, n in enumerate(lengths)]
+    alone = [run_alone(tiny_loaded, ids, params) for ids, params in requests]
+    assert _run_batched(tiny_loaded, requests, join_steps=[0, 0, 0, 2, 9, 14]) == alone
+    assert in_place, "no joiner reused a freed row: the test no longer covers that path"
 
 
 def test_seeded_sampling_is_identical_alone_and_batched(tiny_loaded):
