@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
 
 from app.engine import sampler
 from app.engine.grammar import apply_grammars
+from app.engine.held_memory import HeldMemory
 from app.engine.kv_store import KVStore, check_plain_cache, layer_bytes, select_rows
 from app.engine.slab_cache import LayerCache
 from app.engine.loader import LoadedModel
@@ -87,13 +89,17 @@ class EngineCore:
                  prefix_cache: PrefixCache | None = None, speculation: bool = False) -> None:
         self.runner = runner
         self.prefix_cache = prefix_cache
-        self.scheduler = Scheduler(scheduler, on_admit=self._admit, reclaimable=prefix_cache)
-        self.vocab_size = vocab_size
         self.store = KVStore(runner.device)
+        self.scheduler = Scheduler(scheduler, on_admit=self._admit,
+                                   reclaimable=HeldMemory(self.store, prefix_cache))
+        self.vocab_size = vocab_size
         self._prefill_caches: dict[Sequence, LayerCache] = {}
         self.speculation = speculation
         self._drafters: dict[Sequence, Drafter] = {}  # per sequence, while it runs
         self.drafted_tokens = self.accepted_drafts = 0  # totals, for tests and benchmarks
+        # Called once a forward's tokens are in the sinks (the model thread flushes its outbox), so a
+        # step's decode tokens do not wait for the prompts prefilled after them.
+        self.on_emitted: Callable[[], None] = lambda: None
 
     @property
     def has_work(self) -> bool:
@@ -111,6 +117,7 @@ class EngineCore:
     def add(self, sequence: Sequence) -> None:
         self.scheduler.add(sequence)
 
+    @torch.inference_mode()
     def abort(self, request_id: str) -> bool:
         """Drop a request's sequences wherever they are and free their KV memory; False if none is here."""
         sequences = self.scheduler.find(request_id)
@@ -119,19 +126,23 @@ class EngineCore:
         self._release(sequences)
         return bool(sequences)
 
+    @torch.inference_mode()  # KV buffers are inference tensors, written in place by later steps
     def step(self) -> None:
         self.expire(time.monotonic())
         plan = self.scheduler.schedule()
         if plan.decode:
             self._decode()
+            self.on_emitted()
         # Prompt logprobs need every position's logits: those prompts take the one-sequence path.
         whole = [c.sequence for c in plan.prefill if c.start == 0 and c.is_last
                  and c.sequence.params.prompt_logprobs is None]
         for chunk in plan.prefill:
             if chunk.sequence not in whole:
                 self._prefill_chunk(chunk)
+                self.on_emitted()
         for group in group_by_length(whole):
             self._prefill_whole(group)
+            self.on_emitted()
 
     def expire(self, now: float) -> None:
         """End sequences past their deadline (finish_reason timeout) and free them like finished ones."""
@@ -269,7 +280,7 @@ class EngineCore:
             start = columns - sequence.num_prompt_tokens
             layers = [(layer.keys[row:row + 1, :, start:], layer.values[row:row + 1, :, start:])
                       for layer in cache.layers]
-            self.prefix_cache.insert(sequence.prompt_ids, layers, self.scheduler.free_bytes())
+            self.prefix_cache.insert(sequence.prompt_ids, layers, self._room_for_prefixes())
 
     def _store_conversation(self, sequence: Sequence) -> None:
         """A finished row's prompt + output (all but the last token, which was never fed) for the next turn."""
@@ -278,7 +289,11 @@ class EngineCore:
         token_ids = sequence.prompt_ids + sequence.output_ids[:-1]
         layers = self.store.row_kv(sequence)
         assert layers[0][0].shape[-2] == len(token_ids), "a row's KV covers its prompt and fed outputs"
-        self.prefix_cache.insert(token_ids, layers, self.scheduler.free_bytes())
+        self.prefix_cache.insert(token_ids, layers, self._room_for_prefixes())
+
+    def _room_for_prefixes(self) -> int:
+        """KV budget neither reserved by admitted sequences nor held by rows kept for joiners."""
+        return max(self.scheduler.free_bytes() - self.store.parked_bytes, 0)
 
     def _sample_and_emit(self, rows: list[Sequence], logits: torch.Tensor) -> None:
         logits = _ban_early_ends(rows, logits)

@@ -115,6 +115,21 @@ class KVStore:
         # Every layer's buffers are made, moved and grown together: one layer's bytes times their count.
         return layer_bytes(self.cache.layers[0]) * len(self.cache.layers)
 
+    @property
+    def parked_bytes(self) -> int:
+        """Bytes of the rows the buffers keep, past the rows in use, for later joiners."""
+        if self.cache is None:
+            return 0
+        capacity = row_capacity(self.cache.layers[0].buffers[0])
+        return self.num_bytes * (capacity - self.num_rows) // capacity
+
+    def release_parked(self) -> int:
+        """Shrink the buffers to the rows in use (memory is wanted elsewhere); returns the bytes freed."""
+        freed = self.parked_bytes
+        if freed:
+            self._move_rows(list(range(self.num_rows)), lambda buffer, index: buffer.index_select(0, index))
+        return freed
+
     def __contains__(self, owner) -> bool:
         return owner in self._owners
 
@@ -189,10 +204,10 @@ class KVStore:
         order = list(range(len(keep)))
         for hole, mover in zip(holes, movers):
             order[hole] = mover
+        into, out_of = (torch.tensor(rows, dtype=torch.long, device=self.device) for rows in (holes, movers))
 
         def fill_holes(buffer: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
             if holes:
-                into, out_of = (torch.tensor(rows, device=buffer.device) for rows in (holes, movers))
                 buffer.index_copy_(0, into, buffer.index_select(0, out_of))
             return buffer[:len(keep)]
         self._move_rows(order, fill_holes)

@@ -36,6 +36,7 @@ class ModelThread:
         self.prefix_cache_stats = core.prefix_cache_stats  # a frozen snapshot, replaced after each step
         self._inbox: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
         self.outbox = Outbox()  # where the sinks of the engine's sequences post their events
+        core.on_emitted = self.outbox.flush  # each forward's tokens go out as soon as they are sampled
         self._thread = threading.Thread(target=self._run, name="tokenwire-model", daemon=True)
 
     def start(self) -> None:
@@ -83,7 +84,7 @@ class ModelThread:
                 while self._handle_commands(block=not (core.has_work or self._chores)):
                     if core.has_work:
                         self._step()
-                        self.outbox.flush()  # the step's events go out before any chore runs
+                        self.outbox.flush()  # expiries and releases, before any chore runs
                         if not core.has_work:
                             release_free_memory()  # idle now: return freed pages before blocking
                     if self._chores and self._chores[0].run_slice():

@@ -1,8 +1,9 @@
-"""Outbox: the events a model-thread turn produced, handed to each event loop in one wake-up.
+"""Outbox: the events a forward produced, handed to each event loop in one wake-up.
 
-`loop.call_soon_threadsafe` wakes the loop through its self-pipe every time: with 16 rows decoding
-that was 16 syscalls on the model thread and 16 loop turns per step. Sinks post here instead and the
-model thread flushes once per turn, so each loop gets a single callback carrying every event, in order.
+`loop.call_soon_threadsafe` writes to the loop's self-pipe every time: with 16 rows decoding that was
+16 syscalls on the model thread per step. Sinks post here instead and the model thread flushes after
+each forward (EngineCore.on_emitted) and each loop turn, so each loop gets a single callback carrying
+every event, in order.
 """
 
 from __future__ import annotations

@@ -77,7 +77,8 @@ def num_rows(sequences: list[Sequence]) -> int:
 
 
 class ReclaimableMemory(Protocol):
-    """Memory inside the KV budget that can be given back on demand (the prefix cache)."""
+    """Memory inside the KV budget that can be given back on demand (app/engine/held_memory.py: rows
+    kept for joiners, the prefix cache)."""
 
     @property
     def num_bytes(self) -> int: ...

@@ -109,3 +109,15 @@ def test_buffers_shrink_once_most_rows_left():
     store.remove(["b", "c", "d"])
     assert store.rows == ["f", "e"] and store.num_bytes < full / 2
     assert [store.cache.layers[0].keys[row, 0, 0, 0].item() for row in range(2)] == [6.0, 5.0]
+
+
+def test_rows_kept_for_joiners_are_counted_and_given_back_on_demand():
+    store = _store(*[(name, 3, float(i + 1)) for i, name in enumerate("abcd")])
+    assert store.parked_bytes == 0
+    full = store.num_bytes
+    store.remove(["a"])
+    assert store.parked_bytes == full // 4 and store.num_bytes == full
+    assert store.release_parked() == full // 4
+    assert store.parked_bytes == 0 and store.num_bytes == full * 3 // 4
+    assert store.rows == ["d", "b", "c"]
+    assert [store.cache.layers[1].values[row, 0, 0, 0].item() for row in range(3)] == [-4.0, -2.0, -3.0]
