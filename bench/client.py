@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import time
@@ -178,7 +179,7 @@ async def _stream_sse(client: httpx.AsyncClient, path: str, payload: bytes, resu
     """One request on its own connection (Connection: close), read until the response is complete."""
     url = client.base_url
     port = url.port or (443 if url.scheme == "https" else 80)
-    head = [f"POST {url.raw_path.decode().rstrip('/')}{path} HTTP/1.1", f"Host: {url.host}:{port}",
+    head = [f"POST {url.raw_path.decode().rstrip('/')}{path} HTTP/1.1", f"Host: {url.netloc.decode()}",
             "Content-Type: application/json", "Accept: text/event-stream", f"Content-Length: {len(payload)}",
             "Connection: close", *(f"{k}: {v}" for k, v in client.headers.items() if k.lower() == "authorization")]
     read_timeout = client.timeout.read or None
@@ -191,11 +192,15 @@ async def _stream_sse(client: httpx.AsyncClient, path: str, payload: bytes, resu
             while not sse.complete:
                 deadline.reschedule(None if read_timeout is None else loop.time() + read_timeout)
                 data = await reader.read(65536)
-                if not data:
+                if not data:  # a body without length or chunks ends with the connection
+                    if result.done or result.finish_reason:
+                        break
                     raise ConnectionError("the server closed the connection mid-response")
                 sse.parser.feed_data(data)
         finally:
             writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
 
 
 def make_client(cfg: LoadConfig, connections: int) -> httpx.AsyncClient:

@@ -28,6 +28,7 @@ from app.engine.prompts import PromptEncoder
 from app.engine.sampler import make_generator
 from app.engine.sequence import Sequence
 from app.engine.types import SamplingParams
+from bench.client import numbered
 from bench.ppl_text import TEXT
 from bench.prompts import PROMPTS
 from bench.stats import percentile
@@ -67,7 +68,7 @@ class Workload:
     chat: str | None = None
     prompt: str | None = None
     temperature: float = 0.0
-    ignore_eos: bool = False
+    ban_eos: bool = False  # as bench.peers bans it: logit_bias -100 on the model's EOS tokens
 
 
 WORKLOADS = (
@@ -78,7 +79,8 @@ WORKLOADS = (
     Workload("open question (chat)", False, chat="Write a short story about a dragon who learns to cook."),
     Workload("open question, sampled (chat)", False, temperature=0.8,
              chat="Write a short story about a dragon who learns to cook."),
-    Workload("completion, EOS banned (bench.peers)", False, prompt=f"(1) {PROMPTS['short']}", ignore_eos=True),
+    # bench.peers' first 1-stream request, word for word.
+    Workload("completion, EOS banned (bench.peers)", False, prompt=numbered(PROMPTS["short"], "1.1"), ban_eos=True),
 )
 
 
@@ -93,8 +95,8 @@ def run_once(loaded: LoadedModel, settings: Settings, workload: Workload, ids: l
              speculation: bool) -> dict:
     """One request on a fresh core: its token ids, decode tokens/s and the drafts kept."""
     core = build_core(loaded, settings.engine_config().scheduler, None, speculation)
-    params = SamplingParams(temperature=workload.temperature, seed=7, max_tokens=max_tokens,
-                            ignore_eos=workload.ignore_eos)
+    banned = tuple((eos, -100.0) for eos in loaded.eos_token_ids) if workload.ban_eos else ()
+    params = SamplingParams(temperature=workload.temperature, seed=7, max_tokens=max_tokens, logit_bias=banned)
     times: list[float] = []
     tokens: list[int] = []
 
