@@ -2,7 +2,7 @@
 
 Everything reaches it as a command on a queue, applied between steps: add a sequence, abort one, fail
 every request in flight, stop. Events go back through each sequence's sink into the outbox, flushed to
-the event loop once per step (app/engine/outbox.py); after each step the load
+the event loop after each forward and each turn (app/engine/outbox.py); after each step the load
 (running, waiting, KV bytes) is published as one tuple that probes read without waiting on the thread.
 Between steps it also works through its chores (app/engine/chores.py), one slice per loop turn.
 """
