@@ -12,7 +12,7 @@ from app.api.drain import DrainGate, DrainState
 from app.api.errors import install_error_handlers
 from app.api.metrics import Metrics
 from app.api.openapi import install_openapi
-from app.api.path_slashes import CollapseSlashes
+from app.api.canonical_path import CanonicalPath
 from app.api.playground import install_playground
 from app.api.probes import router as probes_router
 from app.api.request_context import RequestContext
@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     add_lifecycle(app, settings)
     add_http_guards(app, settings)
     add_request_context(app, settings, engine)
-    app.add_middleware(CollapseSlashes)  # outermost: every layer sees the canonical path
+    app.add_middleware(CanonicalPath, routes=app.router.routes)  # outermost: every layer sees the canonical path
     return app
 
 

@@ -143,3 +143,16 @@ def test_tokenize_counts_what_the_endpoints_bill(openai_client, server, http):
     tokens = http.post("/tokenize", json={"model": server.model, "prompt": "Hello there"}).json()["tokens"]
     assert len(tokens) == text.usage.prompt_tokens
     assert http.post("/detokenize", json={"model": server.model, "tokens": tokens}).json() == {"prompt": "Hello there"}
+
+
+def test_a_base_url_without_v1_works_as_with_it(openai_client, server):
+    with openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=60) as bare:
+        assert [m.id for m in bare.models.list().data] == [server.model]
+        messages = FRANCE
+        answer = bare.chat.completions.create(model=server.model, messages=messages, temperature=0, max_tokens=16)
+        streamed = bare.chat.completions.create(model=server.model, messages=messages, temperature=0, max_tokens=16,
+                                                stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    with_v1 = openai_client.chat.completions.create(model=server.model, messages=messages, temperature=0,
+                                                    max_tokens=16)
+    assert answer.choices[0].message.content == text == with_v1.choices[0].message.content
