@@ -138,7 +138,9 @@ def load_tokenizer(model: str, trust_remote_code: bool = False) -> PreTrainedTok
     source, gguf_file = split_gguf_reference(model)
     if gguf_file is None and _plain_fast_tokenizer_folder(source):
         # AutoTokenizer would import transformers (half a second) and build the config class first.
-        return FastTokenizer.from_folder(source)
+        fast = FastTokenizer.from_folder(source)
+        if not fast.unknown_special_tokens:
+            return fast
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
 

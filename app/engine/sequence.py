@@ -139,6 +139,11 @@ class Sequence:
         return 0 if self.matcher is not None else self.params.min_tokens
 
     @property
+    def _ignores_eos(self) -> bool:
+        # Likewise for ignore_eos: a finished grammar allows only EOS, which must then end the output.
+        return self.params.ignore_eos and self.matcher is None
+
+    @property
     def must_not_end(self) -> bool:
         """The next token is within min_tokens: EOS and stop ids must not be drawn (the core masks them)."""
         return self.num_output_tokens < self._min_tokens
@@ -146,7 +151,7 @@ class Sequence:
     @property
     def end_token_ids(self) -> frozenset[int]:
         """The tokens that would end this sequence if drawn."""
-        eos = frozenset() if self.params.ignore_eos else self.eos_token_ids
+        eos = frozenset() if self._ignores_eos else self.eos_token_ids
         return eos | frozenset(self.params.stop_token_ids)
 
     def _unstoppable(self, token_id: int) -> TokenEvent:
@@ -176,7 +181,7 @@ class Sequence:
 
     def _is_stop_token(self, token_id: int) -> bool:
         p = self.params
-        return check_token_stop(token_id, self.eos_token_ids, p.stop_token_ids, p.ignore_eos)
+        return check_token_stop(token_id, self.eos_token_ids, p.stop_token_ids, self._ignores_eos)
 
     def _finish(self, status: SequenceStatus, text: str, token_id: int) -> TokenEvent:
         self.status = status

@@ -42,7 +42,12 @@ def applies_to(folder: Path) -> str | None:
         return "clean_up_tokenization_spaces"  # transformers rewrites decoded text then
     if config.get("added_tokens_decoder") or config.get("additional_special_tokens"):
         return "tokens added in tokenizer_config.json"
-    return None
+    # Files transformers also reads (legacy special tokens, which override the config's; named extra
+    # chat templates, chosen by use): read by transformers itself rather than half-read here.
+    for extra in ("special_tokens_map.json", "added_tokens.json", "additional_chat_templates"):
+        if (folder / extra).exists():
+            return extra
+    return None  # and every named special token in the vocabulary: FastTokenizer.unknown_special_tokens
 
 
 class FastTokenizer:
@@ -71,6 +76,11 @@ class FastTokenizer:
         template_file = folder / "chat_template.jinja"
         template = template_file.read_text(encoding="utf-8") if template_file.is_file() else config.get("chat_template")
         return cls(Tokenizer.from_file(str(folder / "tokenizer.json")), config, template)
+
+    @property
+    def unknown_special_tokens(self) -> list[str]:
+        """Named special tokens the vocabulary lacks (transformers would add them as new tokens)."""
+        return [text for text in self.special_tokens_map.values() if self.backend_tokenizer.token_to_id(text) is None]
 
     def copy(self) -> FastTokenizer:
         """An independent tokenizer (a backend must not serve two threads at once)."""

@@ -113,12 +113,23 @@ def test_named_templates_choose_tool_use_when_tools_are_offered():
     assert chat_template.render(named, user, {}, tools=TOOLS) == "T1"
 
 
-def test_folders_it_cannot_reproduce_go_to_transformers(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("change", ["clean_up_tokenization_spaces", "special_tokens_map.json", "added_tokens.json",
+                                    "additional_chat_templates", "unknown pad token"])
+def test_folders_it_cannot_reproduce_go_to_transformers(tmp_path, tiny_model_dir, change):
     for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
         (tmp_path / name).write_bytes((tiny_model_dir / name).read_bytes())
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, "clean_up_tokenization_spaces": True}))
-    assert applies_to(tmp_path) == "clean_up_tokenization_spaces"
+    if change == "clean_up_tokenization_spaces":
+        config["clean_up_tokenization_spaces"] = True
+    elif change == "unknown pad token":  # transformers adds it to the vocabulary as a new token
+        config["pad_token"] = "<not-in-the-vocabulary>"
+    elif change == "additional_chat_templates":
+        (tmp_path / change).mkdir()
+        (tmp_path / change / "tool_use.jinja").write_text("T{{ tools | length }}")
+    else:
+        (tmp_path / change).write_text("{}")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    assert applies_to(tmp_path) == (None if change == "unknown pad token" else change)
     assert not isinstance(load_tokenizer(str(tmp_path)), FastTokenizer)
 
 

@@ -104,8 +104,11 @@ def test_a_grammar_that_cannot_compile_is_an_invalid_request(compiler, constrain
     assert caught.value.param == "constraint" and str(caught.value)
 
 
-def test_greedy_constrained_output_ends_with_eos_as_stop(tiny_loaded, compiler):
+@pytest.mark.parametrize("ignore_eos", [False, True])
+def test_greedy_constrained_output_ends_with_eos_as_stop(tiny_loaded, compiler, ignore_eos):
+    # A finished grammar allows only EOS: it ends the output even when the request ignores EOS
+    # (benchmark tools send ignore_eos with every request, response_format included).
     grammar = compiler.compile(Constraint("regex", "(yes|no)"))
-    events = _generate(tiny_loaded, grammar, SamplingParams(temperature=0, max_tokens=10))
+    events = _generate(tiny_loaded, grammar, SamplingParams(temperature=0, max_tokens=10, ignore_eos=ignore_eos))
     ids, text, reason = output_of(events)
     assert text in ("yes", "no") and reason == "stop" and ids[-1] in tiny_loaded.eos_token_ids

@@ -96,3 +96,21 @@ def test_a_folder_that_cannot_hold_a_pack_still_loads(folder):
 def test_dense_weights_are_not_saved(folder):
     _load(folder, quantization="none")
     assert _packs(folder) == []
+
+
+def test_a_changed_config_makes_a_new_pack(folder):
+    _load(folder)
+    stale = _packs(folder)
+    config = folder / "config.json"
+    config.write_text(config.read_text().replace('"max_position_embeddings": ', '"max_position_embeddings": 1'))
+    assert not _mapped(_load(folder)) and _packs(folder) != stale
+
+
+def test_a_write_that_fails_midway_leaves_no_file_and_the_model_loads(folder, monkeypatch):
+    def failing_save(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a pack")
+        raise RuntimeError("disk full")  # safetensors' own error types are not OSErrors
+    monkeypatch.setattr(packed_cache, "save_file", failing_save)
+    loaded = _load(folder)
+    assert loaded.native is not None and not _mapped(loaded)
+    assert list((folder / packed_cache.FOLDER).iterdir()) == []

@@ -46,8 +46,8 @@ def unsupported_reason(dims: LlamaDims, dtype: torch.dtype, device: torch.device
         return f"native kernels are for CPUs (device {device})"
     if dtype not in KV_FORMATS:
         return f"dtype {dtype} (native kernels take float32 or bfloat16)"
-    if dims.head_dim % 16 or dims.head_dim > 256:
-        return f"head_dim {dims.head_dim} (native kernels take multiples of 16 up to 256)"
+    if dims.head_dim % 16 or not (dims.head_dim <= 128 or dims.head_dim == 256):
+        return f"head_dim {dims.head_dim} (native kernels take 16, 32, ... 128 and 256)"
     if dims.num_heads % dims.num_kv_heads:
         return "query heads not a multiple of KV heads"
     return None
@@ -135,6 +135,10 @@ class NativeLlama:
         # Every layer's buffers are made and moved together (KVStore, SlabLayer.room_for): one layout.
         assert keys0.dtype == self.kv_dtype and keys0.stride(-1) == 1 and keys0.stride(-2) == self.dims.head_dim
         assert kv[0][1].stride() == keys0.stride() == kv[-1][0].stride() == kv[-1][1].stride()
+        # The kernels write each token's KV at (row, first column + position): both inside the buffers.
+        assert max(rows) < min(keys0.shape[0], len(first_columns)) and keys0.shape[1] == self.dims.num_kv_heads
+        assert max(map(int.__add__, map(first_columns.__getitem__, rows), positions)) < keys0.shape[2], \
+            "KV buffers too narrow for these positions"
         key_pointers = (ctypes.c_void_p * len(kv))(*[k.data_ptr() for k, _ in kv])
         value_pointers = (ctypes.c_void_p * len(kv))(*[v.data_ptr() for _, v in kv])
         ints = [array("q", values) for values in (token_ids, positions, rows, first_columns, wanted)]

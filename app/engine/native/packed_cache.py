@@ -37,11 +37,19 @@ FOLDER = ".tokenwire"
 LAYOUT = f"native-weights-v1-abi{ABI_VERSION}"
 MATRICES = ("qkv", "o", "gate_up", "down")
 _DTYPES = {"U8": torch.uint8, "F32": torch.float32}
+# The code that decides what a pack holds (grids, tile layout): a change to it makes new packs.
+_PACKER_SOURCES = (Path(__file__).with_name("weights.py"), Path(__file__).with_name("csrc") / "pack.h")
+
+
+def _packer_digest() -> str:
+    return hashlib.sha256(b"".join(path.read_bytes() for path in _PACKER_SOURCES)).hexdigest()[:16]
 
 
 def cache_file(checkpoint: LlamaCheckpoint, dtype: torch.dtype, quantization: str) -> Path:
     """Where the pack of these checkpoint files for this dtype and quantization lives."""
-    digest = hashlib.sha256(f"{LAYOUT} {dtype} {quantization}".encode())
+    digest = hashlib.sha256(f"{LAYOUT} {_packer_digest()} {dtype} {quantization}".encode())
+    config = checkpoint.folder / "config.json"  # sizes, RoPE, tied head: what the pack was built for
+    digest.update(config.read_bytes() if config.is_file() else b"")
     for path in sorted(set(checkpoint.files.values())):
         stat = path.stat()
         digest.update(f"{path.name} {stat.st_size} {stat.st_mtime_ns}".encode())
@@ -76,6 +84,7 @@ def save(native: NativeLlama, path: Path) -> None:
     if native.lm_head is not native.embed:
         put("lm_head", native.lm_head)
     metadata = {"layout": LAYOUT, "matrices": json.dumps(shapes), "positions": str(native.max_positions)}
+    partial: Path | None = None
     try:
         path.parent.mkdir(exist_ok=True)
         kind = path.name.rsplit("-", 1)[0]  # a pack of another dtype or quantization stays
@@ -87,8 +96,11 @@ def save(native: NativeLlama, path: Path) -> None:
         partial.chmod(0o644)
         os.replace(partial, path)
         log.info("saved the packed weights for the next start: %s", path)
-    except OSError as exc:
+    except Exception as exc:  # noqa: BLE001 - disk full, read-only, safetensors' own errors: serve anyway
         log.info("not saving the packed weights (%s): each start packs them again", exc)
+    finally:
+        if partial is not None:
+            partial.unlink(missing_ok=True)  # renamed away on success; a failed write's leftover otherwise
 
 
 def _mapped(path: Path) -> tuple[mmap.mmap, dict, dict[str, torch.Tensor]]:

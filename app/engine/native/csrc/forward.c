@@ -180,7 +180,9 @@ int tw_abi_version(void) { return TW_ABI_VERSION; }
  * 0 on success; 1 a malformed batch, 2 a token or position out of range, 3 out of memory. */
 int tw_forward(const tw_model *m, const tw_batch *b) {
     const int n = b->n_tokens, width = (m->n_heads + 2 * m->n_kv_heads) * m->head_dim;
-    if (n <= 0 || b->n_logits <= 0 || b->n_logits > n || m->n_layers > TW_MAX_STAGES) return 1;
+    /* A layer takes at most 16 shared loops (13 with 8-bit activations), the head a few more. */
+    if (n <= 0 || b->n_logits <= 0 || b->n_logits > n || m->n_layers > (TW_MAX_STAGES - 8) / 16) return 1;
+    if (m->head_dim % 16 || !(m->head_dim <= 128 || m->head_dim == 256)) return 1; /* attend()'s sizes */
     int64_t longest = 1;
     for (int i = 0; i < n; i++) {
         if (b->positions[i] < 0 || b->positions[i] >= m->rope_positions || b->token_ids[i] < 0 || b->token_ids[i] >= m->embed.n)

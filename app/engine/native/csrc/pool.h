@@ -17,6 +17,9 @@
 #endif
 
 #include <time.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
 
 #define TW_MAX_THREADS 256
 #define TW_MAX_STAGES 4096 /* shared loops per job (about eight per layer in a forward pass) */
@@ -127,6 +130,29 @@ static inline int next_run(tw_ctx *ctx, int64_t total, int runs_per_thread, int6
     return 1;
 }
 
+/* Every thread computes in one floating-point mode (round to nearest, denormals kept, exceptions
+ * masked), whatever its creator or caller set: a flush-to-zero flag inherited by some threads only
+ * (torch.set_flush_denormal, a fast-math library) would make a value depend on who computed it. */
+#if defined(__x86_64__) || defined(__i386__)
+typedef unsigned int fp_mode;
+static inline fp_mode fp_mode_enter(void) {
+    const fp_mode saved = _mm_getcsr();
+    _mm_setcsr(0x1F80);
+    return saved;
+}
+static inline void fp_mode_leave(fp_mode saved) { _mm_setcsr(saved); }
+#else
+typedef int fp_mode; /* other CPUs: their default mode is assumed (no build for them sets another) */
+static inline fp_mode fp_mode_enter(void) { return 0; }
+static inline void fp_mode_leave(fp_mode saved) { (void)saved; }
+#endif
+
+static void run_job(tw_ctx *ctx, tw_job job, void *arg) {
+    const fp_mode saved = fp_mode_enter();
+    job(ctx, arg);
+    fp_mode_leave(saved);
+}
+
 static void *worker_main(void *arg) {
     tw_ctx ctx = *(tw_ctx *)arg;
     free(arg);
@@ -137,7 +163,7 @@ static void *worker_main(void *arg) {
         seen = atomic_load_explicit(&p->generation, memory_order_acquire);
         if (p->stop) return NULL;
         ctx.stage = 0;
-        p->job(&ctx, p->arg);
+        run_job(&ctx, p->job, p->arg);
         atomic_fetch_add(&p->finished, 1);
         wake_sleepers(p, &p->finished);
     }
@@ -192,7 +218,7 @@ static int pool_run(int threads, tw_job job, void *arg) {
     atomic_fetch_add(&p->generation, 1);
     wake_sleepers(p, &p->generation);
     tw_ctx ctx = {p, 0, p->count, 0};
-    job(&ctx, arg);
+    run_job(&ctx, job, arg);
     for (uint32_t done; (done = atomic_load_explicit(&p->finished, memory_order_acquire)) != (uint32_t)p->count - 1;)
         wait_for_change(p, &p->finished, done, TW_BARRIER_SPIN_NS);
     pthread_mutex_unlock(&pool_lock);
