@@ -274,15 +274,19 @@ def test_full_replicas_make_requests_wait_at_the_balancer_not_fail(start_replica
 
 
 def test_tokens_arrive_one_by_one_through_the_proxy(server, tmp_path_factory):
-    """The default model behind HAProxy: a stream's events spread over its generation, not one burst."""
+    """The default model behind HAProxy: a stream's events spread over its generation, not one burst.
+    (Relative bounds: a forward may emit several tokens at once when prompt-lookup drafts are kept,
+    and a fast machine decodes 40 tokens in a fifth of a second; a buffering proxy would deliver all
+    200 in one burst at the end.)"""
     balancer = start_balancer([server.url], tmp_path_factory.mktemp("haproxy-sse"))
     try:
-        result = stream(balancer.url, {"model": server.model, "prompt": "Once upon a time", "max_tokens": 40,
+        result = stream(balancer.url, {"model": server.model, "prompt": "Once upon a time", "max_tokens": 200,
                                        "temperature": 0, "logit_bias": NO_EOS})
-        assert result.done and len(result.events) == 40
+        assert result.done and len(result.events) == 200
         spread = result.events[-1] - result.events[0]
         gaps = [b - a for a, b in zip(result.events, result.events[1:])]
-        assert spread > 0.2 and sum(gap > 0.005 for gap in gaps) >= 30, (spread, gaps)
+        bursts = sum(gap > 0.001 for gap in gaps)  # separate arrivals
+        assert spread > 0.1 and bursts >= 40, (spread, bursts, gaps)
     finally:
         balancer.stop()
 
