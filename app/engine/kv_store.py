@@ -127,7 +127,7 @@ class KVStore:
         """Shrink the buffers to the rows in use (memory is wanted elsewhere); returns the bytes freed."""
         freed = self.parked_bytes
         if freed:
-            self._move_rows(list(range(self.num_rows)), lambda buffer, index: buffer.index_select(0, index))
+            self._select_rows(list(range(self.num_rows)))
         return freed
 
     def __contains__(self, owner) -> bool:
@@ -197,7 +197,7 @@ class KVStore:
             return
         assert self.cache is not None
         if 2 * len(keep) < row_capacity(self.cache.layers[0].buffers[0]):
-            self._move_rows(keep, lambda buffer, index: buffer.index_select(0, index))
+            self._select_rows(keep)
             return
         holes = [row for row in range(len(keep)) if self._owners[row] in gone]
         movers = [row for row in range(len(keep), self.num_rows) if self._owners[row] not in gone]
@@ -206,21 +206,24 @@ class KVStore:
             order[hole] = mover
         into, out_of = (torch.tensor(rows, dtype=torch.long, device=self.device) for rows in (holes, movers))
 
-        def fill_holes(buffer: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+        def fill_holes(buffer: torch.Tensor) -> torch.Tensor:
             if holes:
                 buffer.index_copy_(0, into, buffer.index_select(0, out_of))
             return buffer[:len(keep)]
         self._move_rows(order, fill_holes)
 
-    def _move_rows(self, order: list[int], move: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
-        """Rebuild every layer from `move(buffer, index)` of its whole buffers (spare columns survive);
-        afterwards row i holds what row order[i] held."""
+    def _select_rows(self, rows: list[int]) -> None:
+        """New buffers holding just `rows`, in that order (the freed ones are given back)."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.device)
+        self._move_rows(rows, lambda buffer: buffer.index_select(0, index))
+
+    def _move_rows(self, order: list[int], move: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Rebuild every layer from `move` of its whole buffers (spare columns survive); afterwards row
+        i holds what row order[i] held."""
         assert self.cache is not None
-        index = torch.tensor(order, dtype=torch.long, device=self.device)
         for position, layer in enumerate(self.cache.layers):
             keys, values = layer.buffers
-            self.cache.layers[position] = type(layer).holding(move(keys, index), move(values, index),
-                                                              layer.get_seq_length())
+            self.cache.layers[position] = type(layer).holding(move(keys), move(values), layer.get_seq_length())
         self.lengths = [self.lengths[row] for row in order]
         self._owners = [self._owners[row] for row in order]
         self._trim()
