@@ -21,9 +21,14 @@ from app.main import create_app  # noqa: E402
 
 
 def main() -> None:
-    settings = Settings()
-    configure_logging(settings.log_level, settings.log_format)
-    sys.exit(serve(create_app(settings), settings))
+    try:
+        settings = Settings()
+        configure_logging(settings.log_level, settings.log_format)
+        app = create_app(settings)
+    except (ValueError, OSError) as exc:  # a bad setting or key file (pydantic errors are ValueErrors): no traceback
+        print(f"tokenwire: invalid settings: {exc}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(serve(app, settings))
 
 
 if __name__ == "__main__":

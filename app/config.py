@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path, PurePath
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.engine.engine import EngineConfig
@@ -67,8 +67,12 @@ class Settings(BaseSettings):
     request_read_timeout_s: float = Field(10.0, gt=0, description="time to receive a whole body; slower gets 408")
     keep_alive_timeout_s: int = Field(5, ge=1, description="idle keep-alive connections are closed after this")
     request_timeout_s: float = Field(600.0, ge=0, description="generation deadline per request; 0 = none")
-    api_keys: SecretStr = Field(SecretStr(""), description="comma-separated bearer keys; empty = no auth")
-    api_key_file: str = Field("", description="a file with one API key per line (# comments allowed)")
+    api_keys: SecretStr = Field(SecretStr(""), description="comma-separated bearer keys, each optionally "
+                                "followed by name=, weight=, priority=, requests=N/min, tokens=N/hour "
+                                "(README \"Tenants\"); empty = no auth")
+    api_key_file: str = Field("", description="a file with one API key entry per line (# comments allowed)")
+    fair_share: bool = Field(True, description="share the engine between API keys by weight and priority "
+                             "(false: first in, first out, whoever sent it)")
     cors_origins: str = Field("", description="comma-separated allowed browser origins; empty = no CORS")
     playground: bool = Field(True, description="serve the chat playground page at / (false: / is a 404)")
 
@@ -77,6 +81,10 @@ class Settings(BaseSettings):
     sse_keepalive_s: float = Field(15.0, gt=0, description="seconds between `: ping` comments on a stream")
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line")
     log_prompts: bool = Field(False, description="put prompts in the request log (they may hold personal data)")
+    otel_exporter_otlp_endpoint: str = Field(
+        "", validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT", "TOKENWIRE_OTEL_EXPORTER_OTLP_ENDPOINT"),
+        description="OTLP/HTTP collector base URL (e.g. http://127.0.0.1:4318): a trace span per generation "
+        "request goes to its /v1/traces; empty = no tracing (the OpenTelemetry SDK is not even loaded)")
 
     @property
     def model_name(self) -> str:
@@ -84,8 +92,9 @@ class Settings(BaseSettings):
             return self.served_model_name
         return PurePath(self.model.rstrip("/")).name.removesuffix(".gguf") or self.model
 
-    def api_key_list(self) -> tuple[str, ...]:
-        """Keys from TOKENWIRE_API_KEYS and TOKENWIRE_API_KEY_FILE; none means the API is open."""
+    def api_key_entries(self) -> tuple[str, ...]:
+        """Key entries (`KEY [field=value ...]`) from TOKENWIRE_API_KEYS and TOKENWIRE_API_KEY_FILE;
+        none means the API is open."""
         keys = self.api_keys.get_secret_value().split(",")
         if self.api_key_file:
             lines = Path(self.api_key_file).read_text(encoding="utf-8").splitlines()
@@ -118,6 +127,7 @@ class Settings(BaseSettings):
                 max_batched_tokens=self.max_batched_tokens,
                 max_prefill_tokens_while_decoding=self.max_prefill_tokens_while_decoding,
                 kv_budget_bytes=self.kv_cache_memory_mb << 20,
+                fair_share=self.fair_share,
             ),
             prefix_cache=PrefixCacheConfig(
                 max_bytes=int(self.prefix_cache_share * (self.kv_cache_memory_mb << 20)),

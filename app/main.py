@@ -1,7 +1,8 @@
-"""The app factory: no import-time side effects; tests inject an engine (real or fake)."""
+"""The app factory: no import-time side effects; tests inject an engine (real or fake) and a tracer."""
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -17,13 +18,20 @@ from app.api.playground import install_playground
 from app.api.probes import router as probes_router
 from app.api.request_context import RequestContext
 from app.api.request_limits import RequestLimits
+from app.api.rate_limits import RateLimits
 from app.api.routes import router
+from app.api.tenants import KeyTable
+from app.api.tracing import RequestTracer
 from app.config import Settings
 from app.engine.engine import Engine
 
 
-def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
-    """Build the app; the lifespan starts the engine (loading the model) and stops it on shutdown."""
+def create_app(settings: Settings | None = None, engine: Engine | None = None,
+               tracer: RequestTracer | None = None) -> FastAPI:
+    """Build the app; the lifespan starts the engine (loading the model) and stops it on shutdown.
+
+    `tracer`: spans go to it; without one, to OTEL_EXPORTER_OTLP_ENDPOINT when that is set, else nowhere.
+    """
     settings = settings or Settings()
     if engine is None:
         engine = Engine(settings.engine_config())
@@ -34,7 +42,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         try:
             yield
         finally:
-            await engine.stop()
+            try:
+                await engine.stop()
+            finally:
+                if app.state.tracer is not None:  # export the spans still queued
+                    await asyncio.to_thread(app.state.tracer.shutdown)
 
     app = FastAPI(title="tokenwire", version="0.1.0", lifespan=lifespan)
     app.state.engine = engine
@@ -46,7 +58,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     install_openapi(app)
     add_lifecycle(app, settings)
     add_http_guards(app, settings)
-    add_request_context(app, settings, engine)
+    add_request_context(app, settings, engine, tracer)
     app.add_middleware(CanonicalPath, routes=app.router.routes)  # outermost: every layer sees the canonical path
     return app
 
@@ -58,19 +70,32 @@ def add_lifecycle(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(DrainGate, state=app.state.drain)
 
 
-def add_request_context(app: FastAPI, settings: Settings, engine: Engine) -> None:
-    """Outermost: every response (401s and 413s too) carries X-Request-Id and is counted and logged."""
+def add_request_context(app: FastAPI, settings: Settings, engine: Engine,
+                        tracer: RequestTracer | None = None) -> None:
+    """Outermost: every response (401s and 413s too) carries X-Request-Id and is counted and logged;
+    generation requests are traced when OTEL_EXPORTER_OTLP_ENDPOINT is set (the SDK is imported only then)."""
     app.state.metrics = Metrics(engine)
     app.state.log_prompts = settings.log_prompts
-    app.add_middleware(RequestContext, metrics=app.state.metrics)
+    if tracer is None and settings.otel_exporter_otlp_endpoint:
+        tracer = RequestTracer(settings.otel_exporter_otlp_endpoint)
+    app.state.tracer = tracer
+    app.state.rate_limits = RateLimits()
+    app.add_middleware(RequestContext, metrics=app.state.metrics, tracer=tracer,
+                       rate_limits=app.state.rate_limits)
+
+
+# Headers a browser page on another origin may read: when to retry, and its key's limits.
+EXPOSED_HEADERS = ["Retry-After", "X-Request-Id", *(f"x-ratelimit-{what}-{limit}" for what in ("limit", "remaining", "reset")
+                                                  for limit in ("requests", "tokens"))]
 
 
 def add_http_guards(app: FastAPI, settings: Settings) -> None:
     """Innermost first: size/time limits, API keys, CORS (outermost: preflights and 401s get CORS headers)."""
     app.add_middleware(RequestLimits, max_header_bytes=settings.max_header_bytes,
                        max_bytes=settings.max_body_bytes, read_timeout_s=settings.request_read_timeout_s)
-    keys = settings.api_key_list()
-    if keys:
+    entries = settings.api_key_entries()
+    if entries:
+        keys = KeyTable(entries)
         if settings.playground:
             app.add_middleware(ApiKeyAuth, keys=keys, open_paths=OPEN_PATHS | PLAYGROUND_PATHS,
                                open_prefixes=(PLAYGROUND_PREFIX,))
@@ -79,4 +104,4 @@ def add_http_guards(app: FastAPI, settings: Settings) -> None:
     origins = settings.cors_origin_list()
     if origins:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "OPTIONS"],
-                           allow_headers=["*"], expose_headers=["Retry-After"])
+                           allow_headers=["*"], expose_headers=EXPOSED_HEADERS)

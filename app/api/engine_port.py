@@ -11,7 +11,7 @@ from typing import Protocol
 
 from app.engine.hardware import RuntimeInfo
 from app.engine.prefix_cache import PrefixCacheStats
-from app.engine.types import EngineState, ModelInfo, SamplingParams, TokenEvent
+from app.engine.types import EngineState, ModelInfo, SamplingParams, Share, TokenEvent
 
 
 class ServingEngine(Protocol):
@@ -64,6 +64,6 @@ class ServingEngine(Protocol):
     def token_bytes(self, token_id: int) -> bytes: ...
 
     async def submit(self, prompt_ids: Sequence[int], params: SamplingParams,
-                     request_id: str | None = None) -> AsyncIterator[TokenEvent]: ...
+                     request_id: str | None = None, share: Share = Share()) -> AsyncIterator[TokenEvent]: ...
 
     def fail_all(self, error: Exception) -> None: ...

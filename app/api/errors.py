@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.api.rate_limits import RateLimited
 from app.engine.errors import ContextLengthExceeded, EngineDead, EngineError, InvalidRequest, Overloaded
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ ERROR_TABLE: list[tuple[type[BaseException], int, str, str | None]] = [
     (BodyTooLarge, 413, "invalid_request_error", "request_too_large"),
     (HeadTooLarge, 431, "invalid_request_error", "request_header_fields_too_large"),
     (ClientGone, 499, "client_closed_request", "client_disconnected"),  # nginx's code; nobody reads it
+    (RateLimited, 429, "rate_limit_error", "rate_limit_exceeded"),  # the tenant's own limit
     (Overloaded, 429, "rate_limit_error", "overloaded"),
     (Draining, 503, "service_unavailable", "draining"),
     (EngineDead, 503, "service_unavailable", "engine_unavailable"),
@@ -126,7 +128,8 @@ def _typed_response(request: Request, exc: Exception) -> JSONResponse:
     status, body = describe(exc, getattr(request.state, "engine_params", None))
     if status >= 500:
         log.error("request failed: %r", exc, exc_info=exc if status == 500 else None)
-    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Overloaded) else None
+    retry_after = getattr(exc, "retry_after_s", None) if isinstance(exc, (Overloaded, RateLimited)) else None
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     return _respond(request, status, body, headers)
 
 

@@ -13,7 +13,7 @@ from app.api.record import RequestRecord
 
 ENDPOINTS = ("completions", "chat_completions", "responses")
 OUTCOMES = ("stop", "length", "timeout", "cancelled", "error", "rejected_validation", "rejected_context_length",
-            "rejected_overloaded", "rejected_auth", "rejected_draining")
+            "rejected_overloaded", "rejected_rate_limited", "rejected_auth", "rejected_draining")
 # Seconds; CPU serving is slow, so the buckets reach minutes.
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
 TOKEN_GAP_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2.5, 5)
@@ -38,6 +38,7 @@ class Metrics:
                              "requests that finished", buckets=LATENCY_BUCKETS, registry=registry)
         self.queue = Histogram("tokenwire_queue_time_seconds", "Arrival in the engine to the first prefill "
                                "step", buckets=LATENCY_BUCKETS, registry=registry)
+        self.usage = UsageLedger(registry)
         self._engine_gauges(engine)
         for endpoint in ENDPOINTS:  # every series exists from the start, at 0
             for outcome in OUTCOMES:
@@ -66,9 +67,36 @@ class Metrics:
             self.queue.observe(record.queue_time_s)
         if record.finish_reason is not None:
             self.e2e.observe(record.e2e_s)
+        self.usage.observe(record)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class UsageLedger:
+    """Who used what: requests and prompt, cached and completion tokens per API key name and model.
+
+    `key` holds the key's tenant name (never the key); `anonymous` when the API is open. Every
+    generation request is counted, refusals too (with the model it named, or `unknown`).
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ["key", "model"]
+        self.requests = Counter("tokenwire_usage_requests", "Generation requests by API key and model",
+                                labels, registry=registry)
+        self.prompt_tokens = Counter("tokenwire_usage_prompt_tokens", "Prompt tokens by API key and model "
+                                     "(cached ones included)", labels, registry=registry)
+        self.cached_tokens = Counter("tokenwire_usage_cached_tokens", "Prompt tokens reused from the prefix "
+                                     "cache, by API key and model", labels, registry=registry)
+        self.completion_tokens = Counter("tokenwire_usage_completion_tokens", "Completion tokens by API key "
+                                         "and model", labels, registry=registry)
+
+    def observe(self, record: RequestRecord) -> None:
+        labels = (record.tenant or "anonymous", record.model or "unknown")
+        self.requests.labels(*labels).inc()
+        self.prompt_tokens.labels(*labels).inc(record.num_prompt_tokens or 0)
+        self.cached_tokens.labels(*labels).inc(record.num_cached_tokens or 0)
+        self.completion_tokens.labels(*labels).inc(record.num_completion_tokens)
 
 
 class RuntimeInfoCollector:

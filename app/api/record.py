@@ -11,11 +11,11 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from app.engine.types import TokenEvent
+from app.engine.types import RequestTimings, TokenEvent
 
 # Rejections (an error status before any generation): by error code first, then by status.
 _REJECTED_BY_CODE = {"context_length_exceeded": "context_length", "draining": "draining",
-                     "overloaded": "overloaded", "invalid_api_key": "auth"}
+                     "overloaded": "overloaded", "invalid_api_key": "auth", "rate_limit_exceeded": "rate_limited"}
 _REJECTED_BY_STATUS = {401: "auth", 403: "auth", 429: "overloaded"}
 CLIENT_CLOSED = 499  # nginx's status for "the client went away before the response started"
 
@@ -31,6 +31,7 @@ class RequestRecord:
     status: int | None = None
     error_code: str | None = None
     model: str | None = None
+    tenant: str | None = None  # the API key's name (never the key); None when the API is open
     prompt: object = None  # kept only when prompts may be logged
     num_prompt_tokens: int | None = None
     num_cached_tokens: int | None = None  # of the prompt, reused from the prefix cache
@@ -40,9 +41,12 @@ class RequestRecord:
     token_gaps: list[float] = field(default_factory=list)
     finish_reason: str | None = None
     queue_time_s: float | None = None
+    timings: RequestTimings | None = None  # the engine's, from the final event
     stream_error: bool = False  # generation failed after it began
     cancelled: bool = False  # the client left before the final event
     ended_at: float | None = None
+    trace_headers: dict[str, str] | None = None  # the client's traceparent/tracestate, kept when tracing is on
+    response_headers: dict[str, str] = field(default_factory=dict)  # added to the response (x-ratelimit-*)
     num_choices: int = 1  # n: the request is finished when each choice has its final event
     _choice_tokens: dict[int, int] = field(default_factory=dict)
     _finished_choices: int = 0
@@ -61,6 +65,7 @@ class RequestRecord:
             self._finished_choices += 1
         if event.finish_reason is not None and self._finished_choices >= self.num_choices:
             self.finish_reason = event.finish_reason.value
+            self.timings = event.timings
             self.queue_time_s = event.timings.queue_time_s if event.timings else None
 
     @property

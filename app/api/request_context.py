@@ -1,6 +1,7 @@
 """RequestContext: the outermost middleware. Every request gets an id (a client's `X-Request-Id` when it
 is safe to log and echo, else a new one), echoed on every response, and a RequestRecord; when the
-response ends, generation requests are counted in the metrics and every request gets one log line.
+response ends, generation requests are counted in the metrics (and traced, when a tracer is set) and
+every request gets one log line.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import REQUEST_ID_HEADER
 from app.api.metrics import Metrics
+from app.api.rate_limits import RateLimits
 from app.api.record import CLIENT_CLOSED, RequestRecord, TrackedStream
+from app.api.tracing import RequestTracer, trace_headers_of
 from app.engine.types import TokenEvent
 
 log = logging.getLogger("tokenwire.request")
@@ -63,9 +66,12 @@ def track(request: Request, events: AsyncIterator[TokenEvent], model: str, promp
 
 
 class RequestContext:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, tracer: RequestTracer | None = None,
+                 rate_limits: RateLimits | None = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.tracer = tracer
+        self.rate_limits = rate_limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -74,6 +80,8 @@ class RequestContext:
         request_id, generated = request_id_of(scope)
         record = RequestRecord(request_id, generated, scope["method"], scope["path"],
                                GENERATION_ENDPOINTS.get(scope["path"]))
+        if self.tracer is not None and record.endpoint is not None:
+            record.trace_headers = trace_headers_of(scope)
         state = scope.setdefault("state", {})
         state.update(record=record, request_id=request_id)
         header = (_HEADER_KEY, request_id.encode())
@@ -84,6 +92,7 @@ class RequestContext:
                 headers = list(message.get("headers", ()))
                 if not any(name.lower() == _HEADER_KEY for name, _ in headers):
                     headers.append(header)
+                headers += [(name.encode(), value.encode()) for name, value in record.response_headers.items()]
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -101,10 +110,15 @@ class RequestContext:
         try:
             if record.endpoint is not None:
                 self.metrics.observe(record)
+                if self.rate_limits is not None:  # a token quota learns what the answer cost as it ends
+                    self.rate_limits.charge(record.tenant, (record.num_prompt_tokens or 0)
+                                            + record.num_completion_tokens)
             # Probes and scrapes arrive every few seconds: their lines are for debugging only.
             level = logging.INFO if record.endpoint is not None else logging.DEBUG
             if log.isEnabledFor(level):
                 log.log(level, "request", extra={"fields": log_fields(record)})
+            if self.tracer is not None:
+                self.tracer.record(record)  # generation requests only; queued for a background export
         except Exception:  # noqa: BLE001 - telemetry must never fail a request
             log.exception("recording request %s failed", record.request_id)
 
@@ -115,7 +129,7 @@ def log_fields(record: RequestRecord) -> dict:
     fields = {
         "request_id": record.request_id, "method": record.method, "path": record.path,
         "status": record.status or CLIENT_CLOSED, "outcome": record.outcome if record.endpoint else None,
-        "model": record.model, "prompt_tokens": record.num_prompt_tokens, "cached_tokens": record.num_cached_tokens,
+        "model": record.model, "key": record.tenant, "prompt_tokens": record.num_prompt_tokens, "cached_tokens": record.num_cached_tokens,
         "completion_tokens": record.num_completion_tokens if record.endpoint else None,
         "ttft_s": _round(record.ttft_s), "queue_s": _round(record.queue_time_s), "e2e_s": _round(e2e),
         "tokens_per_s": _round(record.num_completion_tokens / e2e) if record.num_completion_tokens else None,

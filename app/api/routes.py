@@ -8,12 +8,13 @@ from sse_starlette import EventSourceResponse
 from app.api.errors import ModelNotFound
 from app.api.framers import chat_framer, completion_framer
 from app.api.openapi import GENERATION_RESPONSES, TOKENIZER_RESPONSES, UNAUTHORIZED
-from app.api.request_context import completion_id, track
+from app.api.request_context import completion_id, record_of, track
 from app.api.responses_framing import ResponsesFramer, stream_response_events
 from app.api.schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ResponsesRequest, TokenizeRequest
 from app.api.sse import collect, stream_events
 from app.api.engine_port import ServingEngine
 from app.engine.errors import EngineDead
+from app.engine.types import Share
 
 router = APIRouter()
 
@@ -37,7 +38,15 @@ def served_model(body_model: str, engine: ServingEngine) -> str:
 def accept(body, request: Request, engine: ServingEngine) -> str:
     """The served model's name, once the body names it; engine errors will name this body's fields."""
     request.state.engine_params = body.engine_params()
-    return served_model(body.model, engine)
+    record_of(request).model = model = served_model(body.model, engine)
+    return model
+
+
+def admit(request: Request) -> Share:
+    """Count a generation request against its tenant's limits; its share of the engine."""
+    tenant = getattr(request.state, "tenant", None)
+    record_of(request).response_headers.update(request.app.state.rate_limits.admit(tenant))
+    return Share() if tenant is None else tenant.share
 
 
 class TokenStreamResponse(EventSourceResponse):
@@ -60,12 +69,12 @@ def sse_response(request: Request, sse_events) -> EventSourceResponse:
 
 @router.post("/v1/completions", responses=GENERATION_RESPONSES)
 async def completions(body: CompletionRequest, request: Request, engine: ServingEngine = Depends(get_engine)):
-    model = accept(body, request, engine)
+    model, share = accept(body, request, engine), admit(request)
     text = body.prompt_text()
     prompt_ids = await engine.encode_text(text) if text is not None else engine.check_ids(body.prompt_ids())
     echo = (text if text is not None else await engine.decode(prompt_ids)) if body.echo else None
     framer = await completion_framer(body, completion_id(request, "cmpl-"), model, engine, echo, prompt_ids)
-    events = track(request, await engine.submit(prompt_ids, body.to_sampling_params(), framer.id), model,
+    events = track(request, await engine.submit(prompt_ids, body.to_sampling_params(), framer.id, share), model,
                    body.prompt, body.n)
     if body.stream:
         return sse_response(request, stream_events(events, framer))
@@ -74,11 +83,11 @@ async def completions(body: CompletionRequest, request: Request, engine: Serving
 
 @router.post("/v1/chat/completions", responses=GENERATION_RESPONSES)
 async def chat_completions(body: ChatCompletionRequest, request: Request, engine: ServingEngine = Depends(get_engine)):
-    model = accept(body, request, engine)
+    model, share = accept(body, request, engine), admit(request)
     prompt_ids = await engine.encode_chat(body.template_messages(), tools=body.template_tools())
     framer = await chat_framer(body, completion_id(request, "chatcmpl-"), model, engine,
                          await engine.opens_reasoning(prompt_ids))
-    events = track(request, await engine.submit(prompt_ids, body.to_sampling_params(), framer.id), model,
+    events = track(request, await engine.submit(prompt_ids, body.to_sampling_params(), framer.id, share), model,
                    body.messages, body.n)
     if body.stream:
         return sse_response(request, stream_events(events, framer))
@@ -87,10 +96,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, engine
 
 @router.post("/v1/responses", responses=GENERATION_RESPONSES)
 async def responses(body: ResponsesRequest, request: Request, engine: ServingEngine = Depends(get_engine)):
-    model = accept(body, request, engine)
+    model, share = accept(body, request, engine), admit(request)
     prompt_ids = await engine.encode_chat(body.template_messages())
     framer = ResponsesFramer(completion_id(request, "resp_"), model, body.echoed_fields())
-    events = track(request, await engine.submit(prompt_ids, body.to_sampling_params(), framer.id), model, body.input)
+    events = track(request, await engine.submit(prompt_ids, body.to_sampling_params(), framer.id, share), model, body.input)
     if body.stream:
         return sse_response(request, stream_response_events(events, framer))
     return framer.final_of(await collect(events, request.is_disconnected))

@@ -100,6 +100,9 @@ class EngineCore:
         # Called once a forward's tokens are in the sinks (the model thread flushes its outbox), so a
         # step's decode tokens do not wait for the prompts prefilled after them.
         self.on_emitted: Callable[[], None] = lambda: None
+        # Whether requests arrived since the step began (the model thread's inbox); see step().
+        self.arrivals_pending: Callable[[], bool] = lambda: False
+        self._cut_short = False
 
     @property
     def has_work(self) -> bool:
@@ -130,17 +133,26 @@ class EngineCore:
     def step(self) -> None:
         self.expire(time.monotonic())
         plan = self.scheduler.schedule()
-        if plan.decode:
-            self._decode()
-            self.on_emitted()
         # Prompt logprobs need every position's logits: those prompts take the one-sequence path.
         whole = [c.sequence for c in plan.prefill if c.start == 0 and c.is_last
                  and c.sequence.params.prompt_logprobs is None]
+        ahead = [s for s in whole if s in plan.ahead]
+        for group in group_by_length(ahead):  # they join the batch and decode in this step too
+            self._prefill_whole(group)
+            self.on_emitted()
+        if plan.decode:
+            self._decode()
+            self.on_emitted()
+            # Requests that came in during the decode forward are admitted sooner if the prompts
+            # planned after it wait one step (never two in a row: they cannot starve).
+            self._cut_short = not self._cut_short and bool(plan.prefill) and self.arrivals_pending()
+            if self._cut_short:
+                return
         for chunk in plan.prefill:
             if chunk.sequence not in whole:
                 self._prefill_chunk(chunk)
                 self.on_emitted()
-        for group in group_by_length(whole):
+        for group in group_by_length([s for s in whole if s not in ahead]):
             self._prefill_whole(group)
             self.on_emitted()
 

@@ -22,6 +22,7 @@ from app.engine.chores import Chore
 from app.engine.core import EngineCore, build_core
 from app.engine.detokenizer import IncrementalDetokenizer
 from app.engine.errors import ContextLengthExceeded, EngineDead, InvalidRequest, Overloaded
+from app.engine.fair_queue import may_exceed
 from app.engine.grammar import CompiledGrammar, GrammarCompiler
 from app.engine.hardware import RuntimeInfo
 from app.engine.loader import LoadConfig, LoadedModel, load
@@ -34,7 +35,7 @@ from app.engine.sequence import Sequence
 from app.engine.stream import RequestStream
 from app.engine.token_bytes import token_byte_slices
 from app.engine.tokenizer import FastTokenizer
-from app.engine.types import EngineState, ModelInfo, SamplingParams, TokenEvent
+from app.engine.types import EngineState, ModelInfo, SamplingParams, Share, TokenEvent
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class Engine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self._model_thread: ModelThread | None = None
-        self._active: dict[str, int] = {}  # request id -> its rows (n), until its stream closes
+        self._active: dict[str, tuple[int, Share]] = {}  # request id -> its rows (n) and owner, until its stream closes
         self._warm = False  # a warm-up generation ran: the engine is ready for traffic
         # One thread for prompt encoding: a fast tokenizer must not be used by two threads at once.
         self._tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix="tokenwire-tokenize")
@@ -122,7 +123,7 @@ class Engine:
         chores = [Chore("token byte table", token_byte_slices(self._detokenizer_tokenizer, self._core.vocab_size),
                         table.set_result, table.set_exception)]
         if loaded.native is None:
-            max_rows = self.config.scheduler.max_running
+            max_rows = self.config.scheduler.max_running + self.config.scheduler.headroom_rows
             chores.append(Chore("warming per-shape kernels", self._core.runner.warm_row_slices(max_rows)))
         return chores
 
@@ -273,15 +274,15 @@ class Engine:
         return min(limits) if limits else None
 
     async def submit(self, prompt_ids: Seq[int], params: SamplingParams,
-                     request_id: str | None = None) -> RequestStream:
+                     request_id: str | None = None, share: Share = Share()) -> RequestStream:
         """generate(), with the request's grammar compiled off the event loop first."""
         grammar = None
         if params.constraint is not None:
             grammar = await asyncio.to_thread(self._grammar_compiler().compile, params.constraint)
-        return self.generate(prompt_ids, params, request_id, grammar)
+        return self.generate(prompt_ids, params, request_id, grammar, share)
 
     def generate(self, prompt_ids: Seq[int], params: SamplingParams, request_id: str | None = None,
-                 grammar: CompiledGrammar | None = None) -> RequestStream:
+                 grammar: CompiledGrammar | None = None, share: Share = Share()) -> RequestStream:
         """Register a request and return its events; raises at once if it cannot be served.
         A constraint is compiled here unless `grammar` is its compiled form."""
         if not self.is_alive:
@@ -290,9 +291,7 @@ class Engine:
         if params.constraint is not None and grammar is None:
             grammar = self._grammar_compiler().compile(params.constraint)
         assert self._core is not None and self._loaded is not None
-        limits = self._core.scheduler.config
-        # Rows, as the scheduler counts them: n choices take n places.
-        if sum(self._active.values()) + params.n > limits.max_running + limits.max_waiting:
+        if not self._has_room(params.n, share):
             raise Overloaded("too many requests in flight; retry shortly")
         if request_id is None or request_id in self._active:  # ids key aborts: keep them unique
             request_id = f"{request_id}-{uuid.uuid4().hex[:8]}" if request_id else uuid.uuid4().hex
@@ -300,14 +299,27 @@ class Engine:
         sequence = self._new_sequence(request_id, list(prompt_ids), params, events, 0, grammar)
         sequence.forks = [self._new_sequence(request_id, list(prompt_ids), params, events, index, grammar)
                           for index in range(1, params.n)]
+        for member in (sequence, *sequence.forks):
+            member.share = share
         if not self._core.scheduler.fits_alone(sequence):
             raise ContextLengthExceeded(
                 f"{params.n} x (prompt + max_tokens) ({params.n * (sequence.num_tokens + sequence.max_tokens)} "
                 "tokens) exceeds the KV-cache memory budget", param="max_tokens")
-        self._active[request_id] = params.n
+        self._active[request_id] = (params.n, share)
         assert self._model_thread is not None
         self._model_thread.add(sequence)
         return RequestStream(request_id, events, self._abort, self._forget, params.n)
+
+    def _has_room(self, rows: int, share: Share) -> bool:
+        """Rows in flight, as the scheduler counts them (n choices take n places), within capacity or
+        a little past it for a tenant below its share."""
+        assert self._core is not None
+        limits = self._core.scheduler.config
+        held = sum(n for n, owner in self._active.values() if owner.tenant == share.tenant)
+        weights = {owner.tenant: owner.weight for _, owner in self._active.values()}
+        total = sum(n for n, _ in self._active.values())
+        return may_exceed(share, held, rows, weights, limits.max_running + limits.max_waiting, total,
+                          limits.headroom_rows)
 
     def _forget(self, request_id: str) -> None:
         self._active.pop(request_id, None)

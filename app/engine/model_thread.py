@@ -37,6 +37,7 @@ class ModelThread:
         self._inbox: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
         self.outbox = Outbox()  # where the sinks of the engine's sequences post their events
         core.on_emitted = self.outbox.flush  # each forward's tokens go out as soon as they are sampled
+        core.arrivals_pending = lambda: not self._inbox.empty()
         self._thread = threading.Thread(target=self._run, name="tokenwire-model", daemon=True)
 
     def start(self) -> None:

@@ -6,17 +6,23 @@ big prefill forward delays the next token of every running stream. Admission res
 a row's worst case (prompt + max_tokens, padded to the longest row), so a running batch never
 outgrows the budget. Cached prefixes count against the same budget; they are reclaimed before a
 request would wait for memory.
+
+Waiting sequences are admitted in FairQueue's order (priority, then the tenant that used the fewest
+tokens per weight lately); a tenant below its weighted share of the rows may be admitted past a full
+batch by a few rows (`headroom_rows`), so it never waits for someone else's streams to end. Running
+rows are never cut off for fairness.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from app.engine.errors import Overloaded
+from app.engine.fair_queue import FairQueue, may_exceed, share_of, weights_of
 from app.engine.sequence import Sequence, SequenceStatus
 
 
@@ -29,6 +35,12 @@ class SchedulerConfig:
     max_prefill_tokens_while_decoding: int = 48
     kv_budget_bytes: int = 8 << 30
     kv_bytes_per_token: int = 0  # all layers, keys and values; 0 disables the memory check
+    fair_share: bool = True  # False: first in, first out, whoever sent it
+
+    @property
+    def headroom_rows(self) -> int:
+        """Rows a tenant below its share may take past max_running (and places past max_waiting)."""
+        return max(self.max_running // 8, 1) if self.fair_share else 0
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,9 @@ class PrefillChunk:
 class StepPlan:
     prefill: list[PrefillChunk] = field(default_factory=list)
     decode: list[Sequence] = field(default_factory=list)
+    # Whole prompts of tenants below their share of a batch others hold: prefilled before the decode
+    # forward, so a newcomer's first token waits for one short forward, not for everyone's next token.
+    ahead: list[Sequence] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:
@@ -90,7 +105,7 @@ class Scheduler:
     def __init__(self, config: SchedulerConfig, on_admit: Callable[[Sequence], None] | None = None,
                  reclaimable: ReclaimableMemory | None = None) -> None:
         self.config = config
-        self.waiting: deque[Sequence] = deque()
+        self.waiting = FairQueue(config.fair_share)
         self.prefilling: list[Sequence] = []
         self.running: list[Sequence] = []  # decoding; the KVStore knows their rows
         # Called as a sequence is admitted, before its first chunk is planned: it may skip a cached prefix.
@@ -113,7 +128,10 @@ class Scheduler:
     def add(self, sequence: Sequence) -> None:
         # Requests arrive faster than steps admit them: count every unfinished row, as generate() does.
         capacity = self.config.max_running + self.config.max_waiting
-        if self.num_unfinished_rows + sequence.num_rows > capacity:
+        unfinished = [*self.waiting, *self.prefilling, *self.running]
+        held = num_rows([s for s in unfinished if s.share.tenant == sequence.share.tenant])
+        if not may_exceed(sequence.share, held, sequence.num_rows, weights_of(unfinished), capacity,
+                          num_rows(unfinished), self.config.headroom_rows):
             raise Overloaded(f"the engine is full ({capacity} rows running or waiting)")
         self.waiting.append(sequence)
 
@@ -131,7 +149,7 @@ class Scheduler:
         return sequence.num_rows <= self.config.max_running
 
     def can_admit(self, sequence: Sequence) -> bool:
-        if num_rows(self.admitted) + sequence.num_rows > self.config.max_running:
+        if not self._fits_rows_now(sequence):
             return False
         needed = self.reserved_bytes(self.admitted + [sequence])
         budget = self.config.kv_budget_bytes
@@ -142,6 +160,14 @@ class Scheduler:
             assert self._reclaimable is not None
             self._reclaimable.release(needed + held - budget, sparing=sequence.prompt_ids)
         return True
+
+    def _fits_rows_now(self, sequence: Sequence) -> bool:
+        """Within max_running, or a little past it for a tenant below its share of the rows."""
+        admitted = self.admitted
+        held = num_rows([s for s in admitted if s.share.tenant == sequence.share.tenant])
+        weights = {**weights_of(admitted), **self.waiting.weights()}
+        return may_exceed(sequence.share, held, sequence.num_rows, weights, self.config.max_running,
+                          num_rows(admitted), self.config.headroom_rows)
 
     def free_bytes(self) -> int:
         """Budget not reserved by admitted sequences (what cached prefixes may use)."""
@@ -165,13 +191,33 @@ class Scheduler:
             plan.prefill.append(PrefillChunk(sequence, sequence.num_prefilled, sequence.num_prefilled + size))
             budget -= size
             long_budget -= size if is_long else 0
+        self._charge(plan)
+        plan.ahead = [c.sequence for c in plan.prefill if c.start == 0 and c.is_last and self._jumps_decode(c.sequence)]
         return plan
+
+    def _jumps_decode(self, sequence: Sequence) -> bool:
+        """A newcomer's prompt goes before the decode forward when other tenants hold the batch and its
+        tenant holds less than its share of the rows."""
+        if not self.config.fair_share or not self.running:
+            return False
+        tenant = sequence.share.tenant
+        if all(s.share.tenant == tenant for s in self.running):
+            return False
+        held = num_rows([s for s in self.admitted if s.share.tenant == tenant]) - sequence.num_rows
+        return held < share_of(tenant, weights_of(self.admitted), self.config.max_running)
+
+    def _charge(self, plan: StepPlan) -> None:
+        """Each tenant's tokens in this step, for the queue's order (one token per decode row)."""
+        tokens = Counter(s.share.tenant for s in plan.decode)
+        for chunk in plan.prefill:
+            tokens[chunk.sequence.share.tenant] += chunk.end - chunk.start
+        self.waiting.usage.charge(tokens)
 
     def _prefill_candidates(self) -> Iterator[Sequence]:
         """Sequences already prefilling, then waiting ones admitted one at a time as they are taken."""
         yield from list(self.prefilling)
-        while self.waiting and self.can_admit(self.waiting[0]):
-            sequence = self.waiting.popleft()
+        while (sequence := self.waiting.peek()) is not None and self.can_admit(sequence):
+            self.waiting.pop(sequence)
             sequence.status = SequenceStatus.PREFILLING
             sequence.scheduled_at = time.monotonic()
             self.prefilling.append(sequence)
@@ -192,8 +238,7 @@ class Scheduler:
             if sequence in queue:
                 queue.remove(sequence)
                 return
-        if sequence in self.waiting:
-            self.waiting.remove(sequence)
+        self.waiting.remove(sequence)
 
     def expired(self, now: float) -> list[Sequence]:
         """Unfinished sequences whose deadline has passed, wherever they are."""

@@ -18,7 +18,7 @@ from app.engine.detokenizer import IncrementalDetokenizer
 from app.engine.grammar import GrammarMatcher
 from app.engine.sampler import PenaltyState
 from app.engine.stopping import StopMatcher, check_token_stop
-from app.engine.types import FinishReason, RequestTimings, SamplingParams, TokenEvent, TokenLogprob
+from app.engine.types import FinishReason, RequestTimings, SamplingParams, Share, TokenEvent, TokenLogprob
 
 
 class SequenceStatus(enum.Enum):
@@ -75,6 +75,7 @@ class Sequence:
     matcher: GrammarMatcher | None = None  # the output's grammar state, when the request has a constraint
     # Filled by prefill when params.prompt_logprobs is set; sent on the first event, then dropped.
     prompt_logprobs: list[TokenLogprob | None] | None = None
+    share: Share = field(default_factory=Share)  # whose request: how admission ranks it against others
 
     def __post_init__(self) -> None:
         self.stop_matcher = StopMatcher(self.params.stop)

@@ -72,6 +72,23 @@ class SamplingParams:
                 and self.frequency_penalty == 0.0 and self.repetition_penalty == 1.0 and self.logprobs is None)
 
 
+class Priority(enum.IntEnum):
+    """A request's class for admission: every waiting interactive request goes before any batch one."""
+
+    INTERACTIVE = 0
+    BATCH = 1
+
+
+@dataclass(frozen=True)
+class Share:
+    """Whose request this is, for sharing the engine between tenants (API keys): admission goes by
+    priority, then to the tenant that used the fewest tokens per unit of weight lately."""
+
+    tenant: str = ""
+    weight: float = 1.0
+    priority: Priority = Priority.INTERACTIVE
+
+
 @dataclass(frozen=True)
 class TokenEvent:
     """One step of a request's output as it leaves the engine.

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from app.engine.errors import EngineDead, InvalidRequest
 from app.engine.hardware import RuntimeInfo
 from app.engine.prefix_cache import PrefixCacheStats
-from app.engine.types import EngineState, FinishReason, ModelInfo, SamplingParams, TokenEvent
+from app.engine.types import EngineState, FinishReason, ModelInfo, SamplingParams, Share, TokenEvent
 
 MODEL_NAME = "fake-model"
 VOCAB_SIZE = 50_000
@@ -41,6 +41,7 @@ class GenerateCall:
     prompt_ids: list[int]
     params: SamplingParams
     request_id: str | None
+    share: Share = Share()  # the tenant the API passed in
     started: bool = False  # the iterator was iterated at least once
     finished: bool = False  # ran to its last scripted item (or raised its scripted error)
     closed_early: bool = False  # closed (aclose / cancellation) before it finished
@@ -162,15 +163,15 @@ class FakeEngine:
     # ---- generation ---------------------------------------------------------------------------
 
     async def submit(self, prompt_ids: Sequence[int], params: SamplingParams,
-                     request_id: str | None = None) -> AsyncIterator[TokenEvent]:
-        return self.generate(prompt_ids, params, request_id)
+                     request_id: str | None = None, share: Share = Share()) -> AsyncIterator[TokenEvent]:
+        return self.generate(prompt_ids, params, request_id, share)
 
     def generate(self, prompt_ids: Sequence[int], params: SamplingParams,
-                 request_id: str | None = None) -> AsyncIterator[TokenEvent]:
+                 request_id: str | None = None, share: Share = Share()) -> AsyncIterator[TokenEvent]:
         """Raise at once if scripted to; otherwise return an iterator over the script."""
         if not self.is_alive:
             raise EngineDead("the model thread is not running")
-        call = GenerateCall(list(prompt_ids), params, request_id)
+        call = GenerateCall(list(prompt_ids), params, request_id, share)
         self.calls.append(call)
         if self.generate_error is not None:
             raise self.generate_error

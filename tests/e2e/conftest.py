@@ -99,7 +99,7 @@ def _launch(log_dir: Path, env_overrides: dict[str, str]) -> tuple[Server, subpr
 
 def _auth_headers(env: dict[str, str]) -> dict[str, str]:
     """A server started with API keys is queried with its first key."""
-    keys = [k.strip() for k in env.get("TOKENWIRE_API_KEYS", "").split(",") if k.strip()]
+    keys = [entry.split()[0] for entry in env.get("TOKENWIRE_API_KEYS", "").split(",") if entry.strip()]
     return {"Authorization": f"Bearer {keys[0]}"} if keys else {}
 
 

@@ -130,6 +130,11 @@ def keyed_fake_server() -> Iterator[tuple[str, FakeEngine]]:
 
 
 @pytest.fixture(scope="module")
+def limited_fake_server() -> Iterator[tuple[str, FakeEngine]]:
+    yield from _serve_fake(Settings(_env_file=None, api_keys="sk-demo name=demo requests=1/min"))
+
+
+@pytest.fixture(scope="module")
 def thinking_fake_server() -> Iterator[tuple[str, FakeEngine]]:
     """A fake reasoning model: its tokenizer has <think> markers, its answer thinks first."""
     script = scripted_events(["<think>", "Two plus two", " is four.", "</think>", "It is **4**."], FinishReason.STOP)
@@ -215,3 +220,21 @@ def test_with_keys_the_page_asks_for_one_and_then_works(page, keyed_fake_server)
     assert view.evaluate("sessionStorage.getItem('tokenwire-api-key')") == "sk-play"
     assert view.evaluate("localStorage.getItem('tokenwire-api-key')") is None  # not asked to remember
     assert all("401" in problem for problem in problems), problems  # the first /v1/models, before the key
+
+
+def test_a_keys_limits_are_shown_and_its_refusal_reads_as_a_sentence(page, limited_fake_server):
+    view, problems = page
+    url, _ = limited_fake_server
+    view.goto(url + "/")
+    view.fill("#api-key", "sk-demo")
+    view.dispatch_event("#api-key", "change")
+    view.wait_for_function("document.getElementById('model').textContent.includes('context')")
+    _send(view, "hello")
+    view.wait_for_selector(".message.assistant .meta:not(:empty)")
+    assert "0 of 1 requests left" in view.text_content("#limits")
+    _send(view, "again")
+    view.wait_for_selector(".message.error")
+    refusal = view.text_content(".message.error .meta")
+    assert "limit" in refusal and "retry in" in refusal and "demo" in refusal
+    # Console errors: the first /v1/models (before the key) and the refused request; nothing else.
+    assert all("401" in problem or "429" in problem for problem in problems), problems

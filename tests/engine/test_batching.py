@@ -158,3 +158,47 @@ def test_prompts_prefilled_together_with_padding_match_running_alone(tiny_loaded
     assert lengths[0] < lengths[-1] and 3 * lengths[-1] <= 1.25 * sum(lengths)  # one padded group
     alone = [run_alone(tiny_loaded, ids, params) for ids, params in requests]
     assert _run_batched(tiny_loaded, requests, [0, 0, 0]) == alone
+
+
+def test_a_second_tenant_admitted_past_a_full_batch_changes_no_answer(tiny_loaded):
+    # Fair share admits a newcomer past max_running (headroom) and ahead of the heavy tenant's queue:
+    # a different batch composition and order, and still everyone's answer is the solo one.
+    from app.engine.types import Share
+
+    heavy, light = Share("heavy"), Share("light")
+    requests = [(_ids(tiny_loaded, PROMPTS[i % len(PROMPTS)]), SamplingParams(temperature=0, max_tokens=6 + i,
+                                                                              ignore_eos=True))
+                for i in range(10)]
+    alone = [run_alone(tiny_loaded, ids, params) for ids, params in requests]
+    core = make_core(tiny_loaded, max_running=8, max_waiting=16)
+    events = [[] for _ in requests]
+    sequences = [make_sequence(tiny_loaded, f"r{i}", ids, params, events[i]) for i, (ids, params) in enumerate(requests)]
+    for i, sequence in enumerate(sequences):
+        sequence.share = light if i == 9 else heavy
+    widest = 0
+    for sequence in sequences[:9]:
+        core.add(sequence)
+    for step in range(1000):
+        if step == 2:
+            core.add(sequences[9])
+        if not core.has_work:
+            break
+        core.step()
+        widest = max(widest, len(core.scheduler.running))
+    assert widest == 9, "the light tenant was not admitted past the full batch"
+    assert [output_of(e) for e in events] == alone
+
+
+def test_steps_cut_short_for_arrivals_delay_prompts_by_one_step_and_change_no_answer(tiny_loaded):
+    # With arrivals always pending, every other step ends after its decode forward: the prompts planned
+    # after it run a step later, never two in a row, and every answer is still the solo one.
+    requests = [(_ids(tiny_loaded, p), SamplingParams(temperature=0, max_tokens=5 + 3 * i, ignore_eos=True))
+                for i, p in enumerate(PROMPTS)]
+    alone = [run_alone(tiny_loaded, ids, params) for ids, params in requests]
+    core = make_core(tiny_loaded)
+    core.arrivals_pending = lambda: True
+    events = [[] for _ in requests]
+    joins = {step: [make_sequence(tiny_loaded, f"r{i}", ids, params, events[i])]
+             for i, ((ids, params), step) in enumerate(zip(requests, [0, 1, 2, 4, 6]))}
+    run_to_end(core, joins)
+    assert [output_of(e) for e in events] == alone

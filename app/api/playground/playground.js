@@ -34,12 +34,14 @@
 
   // ---- errors in OpenAI's shape, as sentences a person can act on ------------------------------
   async function describeFailure(response) {
-    let message = "";
-    try { message = (await response.json()).error.message; } catch (_) { /* not our JSON */ }
+    let message = "", code = null;
+    try { ({ message, code } = (await response.json()).error); } catch (_) { /* not our JSON */ }
     if (response.status === 401) return "This server needs an API key: enter it under Settings.";
     if (response.status === 429) {
       const wait = response.headers.get("Retry-After");
-      return `The server is busy; retry ${wait ? "in " + wait + " s" : "shortly"}.`;
+      const when = wait ? "in " + wait + " s" : "shortly";
+      if (code === "rate_limit_exceeded") return `This key has reached its limit (${message}); retry ${when}.`;
+      return `The server is busy; retry ${when}.`;
     }
     if (response.status === 503) return "The server is not ready (loading or shutting down): " + message;
     return `Error ${response.status}: ${message || response.statusText}`;
@@ -148,6 +150,7 @@
         method: "POST", headers: headers(), body: JSON.stringify(request(messages)), signal: running.signal,
       });
       if (!response.ok) throw new Error(await describeFailure(response));
+      showLimits(response.headers);
       for await (const event of sseEvents(response)) {
         if (event.error) throw new Error(event.error.message);
         if (event.usage) usage = event.usage;
@@ -183,6 +186,14 @@
       running = null;
       setRunning(false);
     }
+  }
+
+  // ---- the key's own limits, from OpenAI's x-ratelimit-* headers (only keys with limits get them) -----
+  function showLimits(h) {
+    const parts = ["requests", "tokens"].filter((kind) => h.get("x-ratelimit-limit-" + kind)).map((kind) =>
+      `${h.get("x-ratelimit-remaining-" + kind)} of ${h.get("x-ratelimit-limit-" + kind)} ${kind} left ` +
+      `(full in ${h.get("x-ratelimit-reset-" + kind)})`);
+    $("limits").textContent = parts.length ? "This key: " + parts.join(", ") + "." : "";
   }
 
   function setRunning(on) {
