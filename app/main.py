@@ -26,6 +26,9 @@ from app.config import Settings
 from app.engine.engine import Engine
 
 
+TRACE_FLUSH_S = 5.0  # at shutdown, after the drain
+
+
 def create_app(settings: Settings | None = None, engine: Engine | None = None,
                tracer: RequestTracer | None = None) -> FastAPI:
     """Build the app; the lifespan starts the engine (loading the model) and stops it on shutdown.
@@ -45,8 +48,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
             try:
                 await engine.stop()
             finally:
-                if app.state.tracer is not None:  # export the spans still queued
-                    await asyncio.to_thread(app.state.tracer.shutdown)
+                if app.state.tracer is not None:  # export the spans still queued, not waiting on a dead collector
+                    await asyncio.wait([asyncio.create_task(asyncio.to_thread(app.state.tracer.shutdown))],
+                                       timeout=TRACE_FLUSH_S)
 
     app = FastAPI(title="tokenwire", version="0.1.0", lifespan=lifespan)
     app.state.engine = engine

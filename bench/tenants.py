@@ -52,7 +52,7 @@ DROP_LIMIT = 10.0  # A's tokens/s drop in percent at most
 GOLDEN = 0.6180339887498949
 OTHERS_LIMIT = 0.1  # cores other processes may use in a window before the report warns
 
-FULL = {"a_streams": 160, "a_max_tokens": 128, "window": 60.0, "warmup": 20.0, "b_requests": 10, "max_running": 0}
+FULL = {"a_streams": 160, "a_max_tokens": 128, "window": 60.0, "warmup": 20.0, "b_requests": 20, "max_running": 0}
 QUICK = {"a_streams": 24, "a_max_tokens": 64, "window": 8.0, "warmup": 4.0, "b_requests": 3, "max_running": 16}
 
 
@@ -413,7 +413,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--a-max-tokens", type=int, help="tokens per A request, ignore_eos (default 128; quick 64)")
     p.add_argument("--window", type=float, help="seconds of each measured window (default 60; quick 8)")
     p.add_argument("--warmup", type=float, help="seconds of A's load before the first window (default 20; quick 4)")
-    p.add_argument("--b-requests", type=int, help="B's requests on the idle server (default 10; quick 3)")
+    p.add_argument("--b-requests", type=int, help="B's requests on the idle server (default 20; quick 3)")
     p.add_argument("--b-pause", type=float, default=0.5, help="seconds between B's requests")
     p.add_argument("--max-running", type=int, help="TOKENWIRE_MAX_RUNNING for the servers (0: the server's "
                    "default, 64; quick 16 so that 24 streams still form a queue)")

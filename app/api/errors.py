@@ -128,9 +128,10 @@ def _typed_response(request: Request, exc: Exception) -> JSONResponse:
     status, body = describe(exc, getattr(request.state, "engine_params", None))
     if status >= 500:
         log.error("request failed: %r", exc, exc_info=exc if status == 500 else None)
-    retry_after = getattr(exc, "retry_after_s", None) if isinstance(exc, (Overloaded, RateLimited)) else None
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return _respond(request, status, body, headers)
+    headers = dict(exc.headers) if isinstance(exc, RateLimited) else {}
+    if isinstance(exc, (Overloaded, RateLimited)):
+        headers["Retry-After"] = str(exc.retry_after_s)
+    return _respond(request, status, body, headers or None)
 
 
 def _respond(request: Request, status: int, body: dict, headers: dict | None = None) -> JSONResponse:

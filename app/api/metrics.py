@@ -77,7 +77,8 @@ class UsageLedger:
     """Who used what: requests and prompt, cached and completion tokens per API key name and model.
 
     `key` holds the key's tenant name (never the key); `anonymous` when the API is open. Every
-    generation request is counted, refusals too (with the model it named, or `unknown`).
+    generation request with a valid key (or on an open API) is counted, refusals too (with the model
+    it named, or `unknown`); requests refused for their key are nobody's.
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -92,6 +93,8 @@ class UsageLedger:
                                          "and model", labels, registry=registry)
 
     def observe(self, record: RequestRecord) -> None:
+        if record.outcome == "rejected_auth":
+            return  # no key, or a wrong one: nobody's usage
         labels = (record.tenant or "anonymous", record.model or "unknown")
         self.requests.labels(*labels).inc()
         self.prompt_tokens.labels(*labels).inc(record.num_prompt_tokens or 0)

@@ -21,8 +21,10 @@ from app.api.tenants import Rate, Tenant
 class RateLimited(Exception):
     """A tenant is past one of its limits."""
 
-    def __init__(self, tenant: str, limit: str, rate: Rate, retry_after_s: float) -> None:
+    def __init__(self, tenant: str, limit: str, rate: Rate, retry_after_s: float,
+                 headers: dict[str, str] | None = None) -> None:
         self.retry_after_s = max(math.ceil(retry_after_s), 1)
+        self.headers = headers or {}  # x-ratelimit-*, as on an accepted request
         super().__init__(f"rate limit reached for {tenant!r}: {rate.limit} {limit} per {rate.unit}; "
                          f"retry in {self.retry_after_s} s")
 
@@ -64,11 +66,11 @@ class RateLimits:
         if tenant is None:
             return {}
         requests, tokens = self._bucket(tenant, "requests"), self._bucket(tenant, "tokens")
-        if tokens is not None and tokens.level < 1:
-            raise RateLimited(tenant.name, "tokens", tokens.rate, tokens.wait_s(1))
+        for limit, bucket in (("tokens", tokens), ("requests", requests)):
+            if bucket is not None and bucket.level < 1:
+                headers = {**_headers("requests", requests), **_headers("tokens", tokens)}
+                raise RateLimited(tenant.name, limit, bucket.rate, bucket.wait_s(1), headers)
         if requests is not None:
-            if requests.level < 1:
-                raise RateLimited(tenant.name, "requests", requests.rate, requests.wait_s(1))
             requests.level -= 1
         return {**_headers("requests", requests), **_headers("tokens", tokens)}
 

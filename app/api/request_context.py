@@ -107,12 +107,12 @@ class RequestContext:
 
     def _finish(self, record: RequestRecord) -> None:
         record.ended_at = time.monotonic()
+        if record.endpoint is not None and self.rate_limits is not None:
+            # A token quota learns what the answer cost as it ends (plain arithmetic: it cannot fail).
+            self.rate_limits.charge(record.tenant, (record.num_prompt_tokens or 0) + record.num_completion_tokens)
         try:
             if record.endpoint is not None:
                 self.metrics.observe(record)
-                if self.rate_limits is not None:  # a token quota learns what the answer cost as it ends
-                    self.rate_limits.charge(record.tenant, (record.num_prompt_tokens or 0)
-                                            + record.num_completion_tokens)
             # Probes and scrapes arrive every few seconds: their lines are for debugging only.
             level = logging.INFO if record.endpoint is not None else logging.DEBUG
             if log.isEnabledFor(level):

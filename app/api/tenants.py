@@ -64,13 +64,19 @@ def default_name(key: str) -> str:
 
 
 def parse_entry(entry: str) -> tuple[str, Tenant]:
-    """`KEY [field=value ...]` -> (key, tenant); ValueError naming the bad field otherwise."""
+    """`KEY [field=value ...]` -> (key, tenant); ValueError naming the bad field otherwise. Messages
+    never quote a word that could be a key (a forgotten comma makes the next key look like a field)."""
     key, *words = entry.split()
     fields: dict[str, str] = {}
     for word in words:
         name, sep, value = word.partition("=")
-        if not sep or name not in _FIELDS or not value:
-            raise ValueError(f"API key entry field {word!r}: expected one of {', '.join(_FIELDS)} as field=value")
+        if not sep:
+            raise ValueError("an API key entry has a word without '=' after its key (separate keys with commas; "
+                             "fields are name=, weight=, priority=, requests=, tokens=)")
+        if name not in _FIELDS:
+            raise ValueError(f"an API key entry has an unknown field; expected {', '.join(_FIELDS)} as field=value")
+        if not value:
+            raise ValueError(f"API key entry field {name}= has no value")
         if name in fields:
             raise ValueError(f"API key entry names {name!r} twice")
         fields[name] = value
@@ -115,13 +121,18 @@ class KeyTable:
     def __init__(self, entries: Iterable[str]) -> None:
         self._entries: list[tuple[bytes, Tenant]] = []
         tenants: dict[str, Tenant] = {}
+        by_digest: dict[bytes, Tenant] = {}
         for entry in entries:
             key, tenant = parse_entry(entry)
             known = tenants.setdefault(tenant.name, tenant)
             if known != tenant:
                 raise ValueError(f"keys named {tenant.name!r} disagree on their fields; keys sharing a name "
                                  "are one tenant")
-            self._entries.append((_digest(key.encode("utf-8")), tenant))
+            digest = _digest(key.encode("utf-8"))
+            if by_digest.setdefault(digest, tenant) != tenant:
+                raise ValueError(f"a key is listed twice with different fields (as {by_digest[digest].name!r} "
+                                 f"and {tenant.name!r})")
+            self._entries.append((digest, tenant))
         if not self._entries:
             raise ValueError("no API keys configured")
         self.tenants = tenants

@@ -27,7 +27,7 @@ from app.engine.loader import LoadedModel
 from app.engine.prefix_cache import PrefixCache, PrefixCacheConfig, PrefixCacheStats
 from app.engine.runner import ModelRunner
 from app.engine.sampler import PenaltyState, SamplingTensors
-from app.engine.scheduler import PrefillChunk, Scheduler, SchedulerConfig, group_by_length
+from app.engine.scheduler import PrefillChunk, Scheduler, SchedulerConfig, StepPlan, group_by_length
 from app.engine.sequence import Sequence, SequenceStatus
 from app.engine.speculation import Drafter
 from app.engine.types import TokenLogprob
@@ -143,10 +143,7 @@ class EngineCore:
         if plan.decode:
             self._decode()
             self.on_emitted()
-            # Requests that came in during the decode forward are admitted sooner if the prompts
-            # planned after it wait one step (never two in a row: they cannot starve).
-            self._cut_short = not self._cut_short and bool(plan.prefill) and self.arrivals_pending()
-            if self._cut_short:
+            if self._cuts_short(plan, ahead):
                 return
         for chunk in plan.prefill:
             if chunk.sequence not in whole:
@@ -155,6 +152,14 @@ class EngineCore:
         for group in group_by_length([s for s in whole if s not in ahead]):
             self._prefill_whole(group)
             self.on_emitted()
+
+    def _cuts_short(self, plan: StepPlan, ahead: list[Sequence]) -> bool:
+        """With fair share, requests that arrived during the decode forward are admitted sooner if the
+        prompts planned after it wait one step; never two steps in a row, so those cannot starve."""
+        deferrable = any(c.sequence not in ahead for c in plan.prefill)
+        self._cut_short = (not self._cut_short and deferrable and self.scheduler.config.fair_share
+                           and self.arrivals_pending())
+        return self._cut_short
 
     def expire(self, now: float) -> None:
         """End sequences past their deadline (finish_reason timeout) and free them like finished ones."""

@@ -2,10 +2,10 @@
 
 The next one admitted is the oldest waiting sequence of the tenant that comes first by (priority,
 recent tokens per unit of weight, arrival). A tenant's usage counts every token computed for it
-(prompt chunks and decode rows, charged as steps are planned) and halves every `half_life_s`, so
-the order follows what each tenant gets now, not what it got an hour ago. Usage rather than deficit
-round robin: a generation's cost is unknown when it is admitted (it ends at its EOS), so tokens are
-charged as they are computed and the queue picks by what each tenant actually received.
+(a prompt's uncached tokens when it is admitted, one per decode row per step) and halves every
+`half_life_s`, so the order follows what each tenant gets now, not what it got an hour ago. Usage
+rather than deficit round robin: a generation's cost is unknown when it is admitted (it ends at its
+EOS), so tokens are charged as they are computed and the queue picks by what each tenant received.
 
 With `fair=False` it is first in, first out across tenants, the order before tenants existed.
 Capacity (decode rows, places in the queue) is shared by `share_of`: a tenant below its weighted
@@ -43,6 +43,9 @@ class TenantUsage:
 
     def of(self, tenant: str, now: float | None = None) -> float:
         return self._decayed(tenant, self._clock() if now is None else now)
+
+    def now(self) -> float:
+        return self._clock()
 
     def _decayed(self, tenant: str, now: float) -> float:
         tokens, at = self._usage.get(tenant, (0.0, now))
@@ -89,14 +92,15 @@ class FairQueue:
         self._queues.setdefault(sequence.share.tenant, deque()).append((next(self._numbers), sequence))
         self._length += 1
 
-    def peek(self) -> Sequence | None:
-        """The sequence to admit next (left in the queue), or None when none waits."""
-        heads = [queue[0] for queue in self._queues.values()]
+    def peek(self, passed: Iterable[str] = ()) -> Sequence | None:
+        """The sequence to admit next (left in the queue), or None when none waits; tenants in `passed`
+        are skipped (their head cannot be admitted now)."""
+        heads = [queue[0] for tenant, queue in self._queues.items() if tenant not in passed]
         if not heads:
             return None
         if not self.fair:
             return min(heads, key=lambda head: head[0])[1]
-        now = time.monotonic()
+        now = self.usage.now()
         return min(heads, key=lambda head: self._rank(head, now))[1]
 
     def _rank(self, head: tuple[int, Sequence], now: float) -> tuple[int, float, int]:

@@ -37,7 +37,9 @@ class ModelThread:
         self._inbox: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
         self.outbox = Outbox()  # where the sinks of the engine's sequences post their events
         core.on_emitted = self.outbox.flush  # each forward's tokens go out as soon as they are sampled
-        core.arrivals_pending = lambda: not self._inbox.empty()
+        # Requests sent but not yet taken from the inbox; each counter is written by one thread only.
+        self._adds_sent = self._adds_taken = 0
+        core.arrivals_pending = lambda: self._adds_sent > self._adds_taken
         self._thread = threading.Thread(target=self._run, name="tokenwire-model", daemon=True)
 
     def start(self) -> None:
@@ -53,6 +55,7 @@ class ModelThread:
     # ---- commands (safe from any thread) ---------------------------------------------------------
 
     def add(self, sequence: Sequence) -> None:
+        self._adds_sent += 1  # before the put: the model thread never sees more taken than sent
         self._inbox.put(("add", sequence))
         if self.dead is not None:  # it died since the caller checked: nobody will read the inbox
             self._reject_queued(EngineDead("the model thread died"))
@@ -115,6 +118,7 @@ class ModelThread:
                 self._fail_everything(EngineDead("the engine is shutting down"))
                 return False
             if command == "add":
+                self._adds_taken += 1
                 self._add(payload)  # type: ignore[arg-type]
             elif command == "abort":
                 self.core.abort(payload)  # type: ignore[arg-type]

@@ -207,22 +207,29 @@ class Scheduler:
         return held < share_of(tenant, weights_of(self.admitted), self.config.max_running)
 
     def _charge(self, plan: StepPlan) -> None:
-        """Each tenant's tokens in this step, for the queue's order (one token per decode row)."""
-        tokens = Counter(s.share.tenant for s in plan.decode)
-        for chunk in plan.prefill:
-            tokens[chunk.sequence.share.tenant] += chunk.end - chunk.start
-        self.waiting.usage.charge(tokens)
+        """Each tenant's decode rows in this step, for the queue's order (prompts are charged on admission)."""
+        self.waiting.usage.charge(Counter(s.share.tenant for s in plan.decode))
 
     def _prefill_candidates(self) -> Iterator[Sequence]:
         """Sequences already prefilling, then waiting ones admitted one at a time as they are taken."""
         yield from list(self.prefilling)
-        while (sequence := self.waiting.peek()) is not None and self.can_admit(sequence):
+        passed: set[str] = set()  # tenants at their share of a full batch: the next tenant may still fit
+        while (sequence := self.waiting.peek(passed)) is not None:
+            if not self._fits_rows_now(sequence):
+                if not self.config.fair_share:
+                    break  # first in, first out: nobody passes the head
+                passed.add(sequence.share.tenant)
+                continue
+            if not self.can_admit(sequence):
+                break  # KV memory: the head waits, nobody passes it (a big request would starve)
             self.waiting.pop(sequence)
             sequence.status = SequenceStatus.PREFILLING
             sequence.scheduled_at = time.monotonic()
             self.prefilling.append(sequence)
             if self._on_admit is not None:
                 self._on_admit(sequence)
+            # The prompt's cost, once (a cached prefix is free); a step cut short must not charge it twice.
+            self.waiting.usage.charge({sequence.share.tenant: sequence.num_prompt_tokens - sequence.num_prefilled})
             yield sequence
 
     def start_running(self, sequence: Sequence) -> None:

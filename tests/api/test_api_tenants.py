@@ -52,6 +52,7 @@ async def test_a_request_limit_answers_429_with_retry_after_and_the_limits_in_he
         calls = len(fake.calls)
         refused = await client.post("/v1/chat/completions", json=chat_body(), headers=auth("sk-chat"))
         assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+        assert refused.headers["x-ratelimit-remaining-requests"] == "0"
         error = assert_error_shape(refused.json())
         assert error["type"] == "rate_limit_error" and error["code"] == "rate_limit_exceeded"
         assert "chat" in error["message"] and "requests" in error["message"]
@@ -102,3 +103,12 @@ def test_a_bad_key_entry_stops_the_server_in_one_line_before_anything_loads(tmp_
     done = subprocess.run([sys.executable, "-m", "app"], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "weight='heavy'" in done.stderr and "Traceback" not in done.stderr
+
+
+async def test_requests_without_a_valid_key_are_on_nobodys_ledger(fake):
+    async with client_for(fake, api_keys=KEYS) as client:
+        assert (await client.post("/v1/chat/completions", json=chat_body())).status_code == 401
+        assert (await client.post("/v1/chat/completions", json=chat_body(), headers=auth("wrong"))).status_code == 401
+        metrics = samples((await client.get("/metrics", headers=auth("sk-plain"))).text)
+    assert not [name for name, _ in metrics if name == "tokenwire_usage_requests_total"]
+    assert requests_total(metrics, "chat_completions", "rejected_auth") == 2

@@ -195,10 +195,17 @@ def test_steps_cut_short_for_arrivals_delay_prompts_by_one_step_and_change_no_an
     requests = [(_ids(tiny_loaded, p), SamplingParams(temperature=0, max_tokens=5 + 3 * i, ignore_eos=True))
                 for i, p in enumerate(PROMPTS)]
     alone = [run_alone(tiny_loaded, ids, params) for ids, params in requests]
-    core = make_core(tiny_loaded)
-    core.arrivals_pending = lambda: True
-    events = [[] for _ in requests]
-    joins = {step: [make_sequence(tiny_loaded, f"r{i}", ids, params, events[i])]
-             for i, ((ids, params), step) in enumerate(zip(requests, [0, 1, 2, 4, 6]))}
-    run_to_end(core, joins)
-    assert [output_of(e) for e in events] == alone
+    joins = list(zip(requests, [0, 1, 2, 4, 6]))
+    for fair_share in (True, False):
+        core = make_core(tiny_loaded, fair_share=fair_share)
+        core.arrivals_pending = lambda: True
+        cuts, step_once = [], core.step
+        core.step = lambda: (step_once(), cuts.append(core._cut_short))
+        events = [[] for _ in requests]
+        run_to_end(core, {step: [make_sequence(tiny_loaded, f"r{i}", ids, params, events[i])]
+                          for i, ((ids, params), step) in enumerate(joins)})
+        assert [output_of(e) for e in events] == alone
+        if fair_share:
+            assert any(cuts) and not any(a and b for a, b in zip(cuts, cuts[1:])), cuts
+        else:  # first in, first out: no step is cut short
+            assert not any(cuts)

@@ -204,3 +204,42 @@ def test_a_newcomers_prompt_is_planned_before_the_decode_forward_of_others_rows(
     _run_plan(off)
     _fill(off, CHAT, 1, "c")
     assert off.schedule().ahead == []
+
+
+def test_a_tenant_at_its_share_of_a_full_batch_does_not_hold_up_one_below_it():
+    # The heavy tenant used fewer tokens per weight lately, so its head ranks first, but it holds the
+    # whole batch: the light tenant's head is admitted past it rather than waiting for usage to decay.
+    sched = Scheduler(SchedulerConfig(max_running=8, max_waiting=32, max_batched_tokens=1000))
+    heavy, light = Share("heavy", 4.0), Share("light", 1.0)
+    _fill(sched, heavy, 10, "h")
+    _run_plan(sched)
+    sched.waiting.usage.charge({"light": 1_000_000})
+    newcomer = _seq("l1", light)
+    sched.add(newcomer)
+    assert sched.waiting.peek() is not newcomer  # ranks behind the heavy tenant's head
+    assert _run_plan(sched) == [newcomer]
+
+
+def test_the_queue_order_uses_the_usage_clock():
+    clock = FakeClock()
+    queue = FairQueue(usage=TenantUsage(half_life_s=10.0, clock=clock))
+    queue.usage.charge({"a": 1000, "b": 10})
+    clock.now += 1  # no real time passes: the decay is the fake clock's
+    queue.append(_seq("a1", Share("a")))
+    queue.append(_seq("b1", Share("b")))
+    assert _drain(queue) == ["b1", "a1"]
+
+
+def test_the_engine_shares_places_in_flight_the_same_way():
+    # Engine._has_room is the event loop's check before a request goes to the model thread.
+    from types import SimpleNamespace
+
+    from app.engine.engine import Engine
+
+    engine = Engine.__new__(Engine)
+    engine._core = SimpleNamespace(scheduler=SimpleNamespace(config=SchedulerConfig(max_running=8, max_waiting=8)))
+    engine._active = {f"h{i}": (1, BATCH_JOB) for i in range(16)}
+    assert not engine._has_room(1, BATCH_JOB)
+    assert engine._has_room(1, CHAT)
+    engine._active["c0"] = (1, CHAT)
+    assert not engine._has_room(1, CHAT)  # the headroom (8 // 8 = 1 place) is used

@@ -32,7 +32,7 @@ def test_a_bare_key_is_its_own_tenant_named_without_the_key():
 
 
 @pytest.mark.parametrize("entry, names", [
-    ("k colour=red", "colour"), ("k weight=0", "weight"), ("k weight=heavy", "weight"),
+    ("k colour=red", "unknown field"), ("k weight=0", "weight"), ("k weight=heavy", "weight"),
     ("k priority=urgent", "priority"), ("k requests=60", "60"), ("k tokens=10/fortnight", "fortnight"),
     ("k requests=0/min", "0/min"), ("k name=has/slash", "has/slash"), ("k name=a name=b", "twice"),
     ("k name=", "name="),
@@ -40,6 +40,22 @@ def test_a_bare_key_is_its_own_tenant_named_without_the_key():
 def test_a_bad_entry_is_refused_naming_what_is_wrong(entry, names):
     with pytest.raises(ValueError, match=names):
         parse_entry(entry)
+
+
+def test_a_forgotten_comma_never_puts_the_next_key_in_the_message():
+    with pytest.raises(ValueError) as refused:
+        parse_entry("sk-live-aaa sk-live-bbb")
+    assert "sk-live" not in str(refused.value) and "comma" in str(refused.value)
+    with pytest.raises(ValueError) as refused:
+        parse_entry("sk-live-aaa sk-live-bbb=x")
+    assert "sk-live" not in str(refused.value)
+
+
+def test_a_key_listed_twice_must_not_change_its_fields():
+    assert KeyTable(["k1 name=a", "k1 name=a"]).lookup(b"k1").name == "a"
+    with pytest.raises(ValueError, match="twice") as refused:
+        KeyTable(["k1 name=a", "k1 name=b"])
+    assert "k1" not in str(refused.value)
 
 
 def test_keys_sharing_a_name_are_one_tenant_and_must_agree():
@@ -77,7 +93,7 @@ def test_tokens_are_charged_after_the_fact_and_a_debt_is_paid_back_first():
     limits.admit(tenant)
     limits.admit(tenant)  # two requests in flight: both admitted while the bucket is full
     limits.charge("batch", 120)
-    limits.charge("batch", 80)  # level -100: 200 tokens' worth of refill (20 s) before the next
+    limits.charge("batch", 80)  # level -100: 101 tokens of refill (10.1 s) before the next
     with pytest.raises(RateLimited) as refused:
         limits.admit(tenant)
     assert refused.value.retry_after_s == 11 and "tokens" in str(refused.value)
