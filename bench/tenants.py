@@ -4,16 +4,17 @@ For each condition (`fifo`: TOKENWIRE_FAIR_SHARE=false, first-in first-out admis
 scheduler) a fresh `python -m app` starts with two API keys, A and B (same weight, default priority):
 
 1. idle: B alone sends `--b-requests` short chat requests one at a time → B's TTFT on an idle server;
-2. A alone: A keeps `--a-streams` (160) chat streams open in a closed loop (each one that ends is replaced at
-   once), `--a-max-tokens` (128) tokens each with `ignore_eos`, so more than the 64 the server runs at once
-   wait in its queue; after `--warmup` s, A's completion tokens/s over `--window` s;
-3. contention: A goes on; B sends one short request at a time (0.5 s apart) for another `--window` s →
-   B's TTFT under load, and A's tokens/s in that window.
+2. A keeps `--a-streams` (160) chat streams open in a closed loop (each one that ends is replaced at
+   once), `--a-max-tokens` (128) tokens each with `ignore_eos`, so more than the 64 the server runs at
+   once wait in its queue; after `--warmup` s,
+3. `--blocks` pairs of `--block`-second blocks, A alone and A with B sending one short request at a time
+   (0.5 s apart), alternated ABBA so that a VM whose speed drifts during the run (±15-25% here within
+   minutes) weighs on both kinds alike → B's TTFT under load, A's tokens/s alone and with B.
 
 The requirement it measures: B's loaded TTFT p50 ≤ 2 × its idle p50, and A's tokens/s drops by ≤ 10%.
 Prints one table for all conditions and writes bench/results/<stamp>-tenants.json (with each server's log).
 
-    python -m bench.tenants [--conditions fifo fair] [--a-streams 160] [--window 60] [--quick] [--plain-keys]
+    python -m bench.tenants [--conditions fifo fair] [--a-streams 160] [--blocks 6] [--block 10] [--quick] [--plain-keys]
 """
 
 from __future__ import annotations
@@ -50,10 +51,12 @@ B_PROMPTS = ["What is the capital of France?", "Name three primary colours.", "H
 TTFT_LIMIT = 2.0  # B's loaded TTFT p50 / idle p50 at most
 DROP_LIMIT = 10.0  # A's tokens/s drop in percent at most
 GOLDEN = 0.6180339887498949
-OTHERS_LIMIT = 0.1  # cores other processes may use in a window before the report warns
+OTHERS_LIMIT = 0.1  # cores other processes may use in a block kind before the report warns
 
-FULL = {"a_streams": 160, "a_max_tokens": 128, "window": 60.0, "warmup": 20.0, "b_requests": 20, "max_running": 0}
-QUICK = {"a_streams": 24, "a_max_tokens": 64, "window": 8.0, "warmup": 4.0, "b_requests": 3, "max_running": 16}
+FULL = {"a_streams": 160, "a_max_tokens": 128, "blocks": 6, "block": 10.0, "warmup": 20.0, "b_requests": 20,
+        "max_running": 0}
+QUICK = {"a_streams": 24, "a_max_tokens": 64, "blocks": 2, "block": 4.0, "warmup": 4.0, "b_requests": 3,
+         "max_running": 16}
 
 
 def tenant_keys(plain: bool) -> str:
@@ -219,11 +222,6 @@ async def b_one_at_a_time(client: httpx.AsyncClient, model: str, numbers: iterto
         await asyncio.sleep(pause)
 
 
-async def cpu_at(meter: CpuMeter, when: float) -> dict[str, float]:
-    await asyncio.sleep(max(0.0, when - clock()))
-    return meter.read()
-
-
 async def every_second(meter: CpuMeter, client: httpx.AsyncClient, start: float, out: list[dict]) -> None:
     """Once a second from `start` until cancelled: the cores each party used in that second, and the
     engine's running / waiting from /health (no key needed; the JSON's per-second record)."""
@@ -264,30 +262,26 @@ async def measure(url: str, args: argparse.Namespace, server_pid: int) -> dict:
         load.start()
         per_second: list[dict] = []
         recorder = asyncio.create_task(every_second(meter, client_b, a_started, per_second))
+        b_loaded: list[RequestResult] = []
+        blocks: list[Block] = []
+        queues: dict[str, dict] = {}
         try:
-            alone_start = a_started + args.warmup
-            alone_end = contention_start = alone_start + args.window
-            contention_end = contention_start + args.window
-            cpu = [asyncio.create_task(cpu_at(meter, t)) for t in (alone_start, alone_end, contention_end)]
-            queue_alone = await sample_at(client_a, alone_start + args.window / 2)
-            sample = asyncio.create_task(sample_at(client_a, contention_start + args.window / 2))
-            await asyncio.sleep(max(0.0, contention_start - clock()))
-            b_loaded: list[RequestResult] = []
-            await b_one_at_a_time(client_b, model, numbers, b_loaded, contention_end, sys.maxsize, args.b_pause)
-            queue_contention = await sample
-            await asyncio.sleep(max(0.0, contention_end - clock()))
-            last_b_end = clock()  # B's last request may end after the window: A still loads the server then
-            cpu_samples = [await task for task in cpu]
+            await asyncio.sleep(max(0.0, a_started + args.warmup - clock()))
+            for kind in block_order(args.blocks):
+                blocks.append(await run_block(kind, args, meter, client_a, client_b, model, numbers, b_loaded, queues))
         finally:
             recorder.cancel()
             await load.stop()
 
-    alone = tokens_between(load.results, alone_start, alone_end) / args.window
-    contention = tokens_between(load.results, contention_start, contention_end) / args.window
+    alone = [b for b in blocks if b.kind == "alone"]
+    contention = [b for b in blocks if b.kind == "contention"]
+    alone_rate = sum(tokens_between(load.results, b.start, b.end) for b in alone) / seconds(alone)
+    contention_rate = sum(tokens_between(load.results, b.start, b.end) for b in contention) / seconds(contention)
     idle_p50 = percentile(ttfts(b_idle), 50)
     loaded = ttfts(b_loaded)
     a_done = [r for r in load.results if r.ok and r.usage_tokens is not None]
-    full_length = [r.usage_tokens for r in a_done if r.t_start >= alone_start]
+    first_block = blocks[0].start
+    full_length = [r.usage_tokens for r in a_done if r.t_start >= first_block]
     return {
         "model": model,
         "b_idle_ttft_ms": [ms(x) for x in ttfts(b_idle)], "b_idle_ttft_ms_p50": ms(idle_p50),
@@ -295,20 +289,68 @@ async def measure(url: str, args: argparse.Namespace, server_pid: int) -> dict:
         "b_loaded_ttft_ms": [ms(x) for x in loaded], "b_loaded_ttft_ms_p50": ms(percentile(loaded, 50)),
         "b_loaded_ttft_ms_p90": ms(percentile(loaded, 90)), "b_loaded_errors": errors(b_loaded),
         "b_ttft_ratio": ratio(percentile(loaded, 50), idle_p50),
-        "a_tok_s_alone": alone, "a_tok_s_contention": contention,
-        "a_drop_pct": None if not alone else 100.0 * (alone - contention) / alone,
-        "a_ttft_s_p50_alone": percentile(ttfts(load.results, alone_start, alone_end), 50),
-        "a_ttft_s_p50_contention": percentile(ttfts(load.results, contention_start, contention_end), 50),
+        "a_tok_s_alone": alone_rate, "a_tok_s_contention": contention_rate,
+        "a_drop_pct": None if not alone_rate else 100.0 * (alone_rate - contention_rate) / alone_rate,
+        "a_ttft_s_p50_alone": percentile([t for b in alone for t in ttfts(load.results, b.start, b.end)], 50),
+        "a_ttft_s_p50_contention": percentile([t for b in contention for t in ttfts(load.results, b.start, b.end)], 50),
         "a_requests_done": len(a_done), "a_errors": len(errors(load.results)),
         "a_error_samples": sorted(set(errors(load.results)))[:3],
         "a_completion_tokens_p50": percentile(full_length, 50),
-        "queue_alone": queue_alone, "queue_contention": queue_contention,
-        "contention_overrun_s": max(0.0, last_b_end - contention_end),
-        "cpu_cores_alone": CpuMeter.cores(cpu_samples[0], cpu_samples[1], args.window),
-        "cpu_cores_contention": CpuMeter.cores(cpu_samples[1], cpu_samples[2], args.window),
-        "a_tok_s_timeline": timeline(load.results, a_started, contention_end),
+        "queue_alone": queues.get("alone", {}), "queue_contention": queues.get("contention", {}),
+        "blocks": [{"kind": b.kind, "s": round(b.end - b.start, 2),
+                    "a_tok_s": round(tokens_between(load.results, b.start, b.end) / (b.end - b.start), 1)}
+                   for b in blocks],
+        "cpu_cores_alone": mean_cores(alone), "cpu_cores_contention": mean_cores(contention),
+        "a_tok_s_timeline": timeline(load.results, a_started, blocks[-1].end),
         "per_second": per_second,
     }
+
+
+@dataclass
+class Block:
+    """One stretch of the measurement: A alone, or A with B sending; and the CPU each party used."""
+
+    kind: str
+    start: float
+    end: float
+    cores: dict[str, float]
+
+
+def block_order(pairs: int) -> list[str]:
+    """alone, contention, contention, alone, ...: each kind as often first as second, so a machine
+    that speeds up or slows down during the run does not favour either."""
+    order: list[str] = []
+    for pair in range(pairs):
+        order += ["alone", "contention"] if pair % 2 == 0 else ["contention", "alone"]
+    return order
+
+
+async def run_block(kind: str, args: argparse.Namespace, meter: CpuMeter, client_a: httpx.AsyncClient,
+                    client_b: httpx.AsyncClient, model: str, numbers: itertools.count, b_loaded: list,
+                    queues: dict) -> Block:
+    """A `--block`-second stretch; a contention block lasts until B's last request has ended, and the
+    next block starts only then, so no alone block holds a B request."""
+    start, before = clock(), meter.read()
+    end = start + args.block
+    sample = asyncio.create_task(sample_at(client_a, start + args.block / 2)) if kind not in queues else None
+    if kind == "contention":
+        await b_one_at_a_time(client_b, model, numbers, b_loaded, end, sys.maxsize, args.b_pause)
+    await asyncio.sleep(max(0.0, end - clock()))
+    if sample is not None:
+        queues[kind] = await sample
+    finish = clock()
+    return Block(kind, start, finish, CpuMeter.cores(before, meter.read(), finish - start))
+
+
+def seconds(blocks: list[Block]) -> float:
+    return sum(b.end - b.start for b in blocks) or 1.0
+
+
+def mean_cores(blocks: list[Block]) -> dict[str, float]:
+    """Cores per party over these blocks, weighted by their lengths."""
+    total = seconds(blocks)
+    keys = blocks[0].cores.keys() if blocks else ()
+    return {key: sum(b.cores[key] * (b.end - b.start) for b in blocks) / total for key in keys}
 
 
 def run_condition(condition: str, args: argparse.Namespace, stamp: str) -> dict:
@@ -367,7 +409,7 @@ def report_text(report: dict) -> str:
              f"{report['cpus']} CPUs; load average before {report['loadavg_before'][0]:.2f}, after "
              f"{report['loadavg_after'][0]:.2f}; A: {args['a_streams']} streams × {args['a_max_tokens']} "
              f"tokens (ignore_eos); B: {B_MAX_TOKENS}-token chats one at a time; warm-up {args['warmup']:g} s, "
-             f"windows {args['window']:g} s", "",
+             f"{args['blocks']} pairs of {args['block']:g} s blocks (A alone / A with B) alternated ABBA", "",
              "| condition | B idle TTFT p50 (ms) | B loaded TTFT p50 / p90 (ms) | B n idle / loaded "
              "| loaded ÷ idle | A tok/s alone | A tok/s with B | A drop % | A TTFT p50 alone / with B (s) "
              "| waiting / running mid-window ¹ | A out tok p50 | errors A / B |",
@@ -383,7 +425,7 @@ def report_text(report: dict) -> str:
             f"{fmt(q.get('running'), 0)} | {fmt(r['a_completion_tokens_p50'], 0)} "
             f"| {r['a_errors']} / {len(r['b_idle_errors']) + len(r['b_loaded_errors'])} |")
     lines += ["", "¹ tokenwire_requests_waiting / _running from /metrics, sampled once in the middle of the "
-              "contention window (A alone: " + "; ".join(
+              "first contention block (first A-alone block: " + "; ".join(
                   f"{r['condition']} {fmt(r['queue_alone'].get('waiting'), 0)} / "
                   f"{fmt(r['queue_alone'].get('running'), 0)}" for r in report["conditions"]) + ")", ""]
     for r in report["conditions"]:
@@ -394,7 +436,7 @@ def report_text(report: dict) -> str:
                      f"{fmt(ratio(r['a_tok_s_contention'], contention['server']))}")
         if max(r["cpu_cores_alone"]["others"], r["cpu_cores_contention"]["others"]) > OTHERS_LIMIT:
             lines.append(f"{r['condition']}: warning: other processes used more than {OTHERS_LIMIT:g} cores "
-                         "in a window; its figures are measured under contention")
+                         "during the blocks; its figures are measured under contention")
     lines.append("")
     for r in report["conditions"]:
         lines += verdicts(r)
@@ -411,8 +453,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a smoke run: 24 streams, 16 running, 4 s + 8 s + 8 s")
     p.add_argument("--a-streams", type=int, help="A's streams kept open (default 160; quick 24)")
     p.add_argument("--a-max-tokens", type=int, help="tokens per A request, ignore_eos (default 128; quick 64)")
-    p.add_argument("--window", type=float, help="seconds of each measured window (default 60; quick 8)")
-    p.add_argument("--warmup", type=float, help="seconds of A's load before the first window (default 20; quick 4)")
+    p.add_argument("--blocks", type=int, help="pairs of blocks, A alone and A with B, alternated ABBA "
+                   "(default 6; quick 2)")
+    p.add_argument("--block", type=float, help="seconds of each block (default 10; quick 4)")
+    p.add_argument("--warmup", type=float, help="seconds of A's load before the first block (default 20; quick 4)")
     p.add_argument("--b-requests", type=int, help="B's requests on the idle server (default 20; quick 3)")
     p.add_argument("--b-pause", type=float, default=0.5, help="seconds between B's requests")
     p.add_argument("--max-running", type=int, help="TOKENWIRE_MAX_RUNNING for the servers (0: the server's "

@@ -45,7 +45,7 @@ def test_server_settings_per_condition():
     assert "TOKENWIRE_MAX_RUNNING" not in fair
     assert tenant_keys(True) == "bench-tenant-a,bench-tenant-b"
     quick = parse_args(["--quick"])
-    assert (quick.a_streams, quick.window, quick.max_running) == (24, 8.0, 16)
+    assert (quick.a_streams, quick.blocks, quick.block, quick.max_running) == (24, 2, 4.0, 16)
     assert parse_args([]).a_streams == 160
 
 
@@ -75,8 +75,14 @@ def test_verdicts_and_report():
     assert [line.rsplit(" ", 1)[1] for line in verdicts(fifo)] == ["FAIL", "PASS"]
     assert [line.rsplit(" ", 1)[1] for line in verdicts(fair)] == ["PASS", "FAIL"]
     report = {"stamp": "S", "git": "g", "cpus": 2, "loadavg_before": [0.1], "loadavg_after": [1.9],
-              "args": {"a_streams": 160, "a_max_tokens": 128, "warmup": 20.0, "window": 60.0},
+              "args": {"a_streams": 160, "a_max_tokens": 128, "warmup": 20.0, "blocks": 6, "block": 10.0},
               "conditions": [fifo, fair]}
     text = report_text(report)
     assert "| fair | 40.0 | 70.0 / 70.0 | 1 / 1 | 1.75 | 500.0 | 440.0 | 12.0 | 20.00 / 21.00 | 95 / 64 |" in text
     assert "warning" not in text
+
+
+def test_blocks_alternate_abba_so_each_kind_is_first_as_often():
+    from bench.tenants import block_order
+
+    assert block_order(4) == ["alone", "contention", "contention", "alone"] * 2
