@@ -100,7 +100,7 @@ class EngineCore:
         # Called once a forward's tokens are in the sinks (the model thread flushes its outbox), so a
         # step's decode tokens do not wait for the prompts prefilled after them.
         self.on_emitted: Callable[[], None] = lambda: None
-        # Whether requests arrived since the step began (the model thread's inbox); see step().
+        # Whether requests of a tenant holding no decode row wait in the model thread's inbox; see _cuts_short.
         self.arrivals_pending: Callable[[], bool] = lambda: False
         self._cut_short = False
 
@@ -154,8 +154,9 @@ class EngineCore:
             self.on_emitted()
 
     def _cuts_short(self, plan: StepPlan, ahead: list[Sequence]) -> bool:
-        """With fair share, requests that arrived during the decode forward are admitted sooner if the
-        prompts planned after it wait one step; never two steps in a row, so those cannot starve."""
+        """With fair share, requests of a tenant holding no row that arrived during the decode forward are
+        admitted sooner if the prompts planned after it wait one step; never two steps in a row, so
+        those cannot starve."""
         deferrable = any(c.sequence not in ahead for c in plan.prefill)
         self._cut_short = (not self._cut_short and deferrable and self.scheduler.config.fair_share
                            and self.arrivals_pending())

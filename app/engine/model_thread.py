@@ -37,9 +37,11 @@ class ModelThread:
         self._inbox: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
         self.outbox = Outbox()  # where the sinks of the engine's sequences post their events
         core.on_emitted = self.outbox.flush  # each forward's tokens go out as soon as they are sampled
-        # Requests sent but not yet taken from the inbox; each counter is written by one thread only.
-        self._adds_sent = self._adds_taken = 0
-        core.arrivals_pending = lambda: self._adds_sent > self._adds_taken
+        # Requests of tenants holding no decode row, sent but not yet taken from the inbox (each counter
+        # is written by one thread only): what may end a step early (EngineCore._cuts_short).
+        self._newcomers_sent = self._newcomers_taken = 0
+        self.tenants_decoding: frozenset[str] = frozenset()  # replaced whole after each step
+        core.arrivals_pending = lambda: self._newcomers_sent > self._newcomers_taken
         self._thread = threading.Thread(target=self._run, name="tokenwire-model", daemon=True)
 
     def start(self) -> None:
@@ -55,8 +57,10 @@ class ModelThread:
     # ---- commands (safe from any thread) ---------------------------------------------------------
 
     def add(self, sequence: Sequence) -> None:
-        self._adds_sent += 1  # before the put: the model thread never sees more taken than sent
-        self._inbox.put(("add", sequence))
+        newcomer = sequence.share.tenant not in self.tenants_decoding
+        if newcomer:
+            self._newcomers_sent += 1  # before the put: the model thread never sees more taken than sent
+        self._inbox.put(("add", (sequence, newcomer)))
         if self.dead is not None:  # it died since the caller checked: nobody will read the inbox
             self._reject_queued(EngineDead("the model thread died"))
             self.outbox.flush()
@@ -118,8 +122,9 @@ class ModelThread:
                 self._fail_everything(EngineDead("the engine is shutting down"))
                 return False
             if command == "add":
-                self._adds_taken += 1
-                self._add(payload)  # type: ignore[arg-type]
+                sequence, newcomer = payload  # type: ignore[misc]
+                self._newcomers_taken += newcomer
+                self._add(sequence)
             elif command == "abort":
                 self.core.abort(payload)  # type: ignore[arg-type]
             elif command == "fail":
@@ -143,6 +148,7 @@ class ModelThread:
     def _publish_load(self) -> None:
         sched = self.core.scheduler
         self.load = (len(sched.admitted), len(sched.waiting), self.core.kv_cache_bytes)
+        self.tenants_decoding = frozenset(s.share.tenant for s in sched.running)
         self.prefix_cache_stats = self.core.prefix_cache_stats
 
     def _fail_everything(self, error: Exception) -> None:
@@ -165,4 +171,5 @@ class ModelThread:
             except queue.Empty:
                 return
             if command == "add":
-                payload.sink(error)  # type: ignore[attr-defined]
+                sequence, _ = payload  # type: ignore[misc]
+                sequence.sink(error)

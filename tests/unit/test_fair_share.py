@@ -243,3 +243,20 @@ def test_the_engine_shares_places_in_flight_the_same_way():
     assert engine._has_room(1, CHAT)
     engine._active["c0"] = (1, CHAT)
     assert not engine._has_room(1, CHAT)  # the headroom (8 // 8 = 1 place) is used
+
+
+def test_only_a_request_of_a_tenant_holding_no_row_may_end_a_step_early():
+    from types import SimpleNamespace
+
+    from app.engine.model_thread import ModelThread
+
+    added = []
+    core = SimpleNamespace(add=added.append, prefix_cache_stats=None)
+    thread = ModelThread(core)  # not started: commands are applied by hand below
+    thread.tenants_decoding = frozenset({"batch-job"})
+    thread.add(_seq("a", BATCH_JOB))
+    assert not core.arrivals_pending()  # the batch job's own requests: steps run as without fair share
+    thread.add(_seq("c", CHAT))
+    assert core.arrivals_pending()
+    assert thread._handle_commands(block=False) and not core.arrivals_pending()
+    assert [s.request_id for s in added] == ["a", "c"]
