@@ -129,7 +129,8 @@ def log_fields(record: RequestRecord) -> dict:
     fields = {
         "request_id": record.request_id, "method": record.method, "path": record.path,
         "status": record.status or CLIENT_CLOSED, "outcome": record.outcome if record.endpoint else None,
-        "model": record.model, "key": record.tenant, "prompt_tokens": record.num_prompt_tokens, "cached_tokens": record.num_cached_tokens,
+        "model": record.model, "key": record.tenant,
+        "prompt_tokens": record.num_prompt_tokens, "cached_tokens": record.num_cached_tokens,
         "completion_tokens": record.num_completion_tokens if record.endpoint else None,
         "ttft_s": _round(record.ttft_s), "queue_s": _round(record.queue_time_s), "e2e_s": _round(e2e),
         "tokens_per_s": _round(record.num_completion_tokens / e2e) if record.num_completion_tokens else None,

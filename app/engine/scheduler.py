@@ -192,7 +192,8 @@ class Scheduler:
             budget -= size
             long_budget -= size if is_long else 0
         self._charge(plan)
-        plan.ahead = [c.sequence for c in plan.prefill if c.start == 0 and c.is_last and self._jumps_decode(c.sequence)]
+        plan.ahead = [c.sequence for c in plan.prefill
+                      if c.start == 0 and c.is_last and self._jumps_decode(c.sequence)]
         return plan
 
     def _jumps_decode(self, sequence: Sequence) -> bool:
