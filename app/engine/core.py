@@ -136,20 +136,22 @@ class EngineCore:
         # Prompt logprobs need every position's logits: those prompts take the one-sequence path.
         whole = [c.sequence for c in plan.prefill if c.start == 0 and c.is_last
                  and c.sequence.params.prompt_logprobs is None]
-        ahead = [s for s in whole if s in plan.ahead]
-        for group in group_by_length(ahead):  # they join the batch and decode in this step too
-            self._prefill_whole(group)
-            self.on_emitted()
+        ahead = plan.ahead  # they join the batch before the decode forward and decode in this step too
+        self._prefill(whole, [c for c in plan.prefill if c.sequence in ahead])
         if plan.decode:
             self._decode()
             self.on_emitted()
             if self._cuts_short(plan, ahead):
                 return
-        for chunk in plan.prefill:
+        self._prefill(whole, [c for c in plan.prefill if c.sequence not in ahead])
+
+    def _prefill(self, whole: list[Sequence], chunks: list[PrefillChunk]) -> None:
+        """These chunks: partial prompts one by one, then whole prompts grouped by length."""
+        for chunk in chunks:
             if chunk.sequence not in whole:
                 self._prefill_chunk(chunk)
                 self.on_emitted()
-        for group in group_by_length([s for s in whole if s not in ahead]):
+        for group in group_by_length([c.sequence for c in chunks if c.sequence in whole]):
             self._prefill_whole(group)
             self.on_emitted()
 

@@ -58,8 +58,9 @@ class PrefillChunk:
 class StepPlan:
     prefill: list[PrefillChunk] = field(default_factory=list)
     decode: list[Sequence] = field(default_factory=list)
-    # Whole prompts of tenants below their share of a batch others hold: prefilled before the decode
-    # forward, so a newcomer's first token waits for one short forward, not for everyone's next token.
+    # Prompts of tenants below their share of a batch others hold that complete in this step (whole, or
+    # the rest after a cached prefix): prefilled before the decode forward, so a newcomer's first token
+    # waits for one short forward, not for everyone's next token.
     ahead: list[Sequence] = field(default_factory=list)
 
     @property
@@ -192,8 +193,7 @@ class Scheduler:
             budget -= size
             long_budget -= size if is_long else 0
         self._charge(plan)
-        plan.ahead = [c.sequence for c in plan.prefill
-                      if c.start == 0 and c.is_last and self._jumps_decode(c.sequence)]
+        plan.ahead = [c.sequence for c in plan.prefill if c.is_last and self._jumps_decode(c.sequence)]
         return plan
 
     def _jumps_decode(self, sequence: Sequence) -> bool:

@@ -209,3 +209,46 @@ def test_steps_cut_short_for_arrivals_delay_prompts_by_one_step_and_change_no_an
             assert any(cuts) and not any(a and b for a, b in zip(cuts, cuts[1:])), cuts
         else:  # first in, first out: no step is cut short
             assert not any(cuts)
+
+
+def test_a_second_tenants_next_turn_from_the_prefix_cache_goes_ahead_and_changes_no_answer(tiny_loaded):
+    # The light tenant's second turn reuses its first prompt's KV and prefills only the rest, before the
+    # heavy tenant's decode forward: the answer equals a fresh solo run's.
+    from app.engine.prefix_cache import PrefixCacheConfig
+    from app.engine.types import Share
+
+    first_turn = _ids(tiny_loaded, PROMPTS[1])
+    second_turn = first_turn + _ids(tiny_loaded, " And the capital of Italy is")
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    heavy_params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    alone = [run_alone(tiny_loaded, ids, params) for ids in (first_turn, second_turn)]
+    core = make_core(tiny_loaded, PrefixCacheConfig(min_tokens=4), max_running=4, max_waiting=8)
+    heavy = [make_sequence(tiny_loaded, f"h{i}", _ids(tiny_loaded, PROMPTS[i % 5]), heavy_params, [])
+             for i in (0, 2, 3, 4, 5)]  # not the light tenant's prompt: its first turn is no cache hit
+    for sequence in heavy:
+        sequence.share = Share("heavy")
+        core.add(sequence)
+    events = [[], []]
+    light = [make_sequence(tiny_loaded, f"l{i}", ids, params, events[i])
+             for i, ids in enumerate((first_turn, second_turn))]
+    ahead_hits = []
+    schedule = core.scheduler.schedule
+
+    def spying_schedule():
+        plan = schedule()
+        ahead_hits.extend(s.num_cached_tokens for s in plan.ahead)
+        return plan
+
+    core.scheduler.schedule = spying_schedule
+    for step in range(1000):
+        if step == 2:
+            light[0].share = Share("light")
+            core.add(light[0])
+        if events[0] and events[0][-1].finish_reason and light[1].share.tenant != "light":
+            light[1].share = Share("light")
+            core.add(light[1])
+        if not core.has_work:
+            break
+        core.step()
+    assert [output_of(e) for e in events] == alone
+    assert len(ahead_hits) == 2 and ahead_hits[0] == 0 and ahead_hits[1] > 0, ahead_hits

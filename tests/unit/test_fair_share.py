@@ -260,3 +260,18 @@ def test_only_a_request_of_a_tenant_holding_no_row_may_end_a_step_early():
     assert core.arrivals_pending()
     assert thread._handle_commands(block=False) and not core.arrivals_pending()
     assert [s.request_id for s in added] == ["a", "c"]
+
+
+def test_a_newcomers_next_turn_after_a_cached_prefix_also_goes_before_the_decode_forward():
+    def cache_hit(sequence: Sequence) -> None:  # as EngineCore._admit does on a prefix-cache hit
+        if sequence.share is CHAT:
+            sequence.num_prefilled = sequence.num_cached_tokens = 30
+
+    sched = Scheduler(SchedulerConfig(max_running=8, max_waiting=32, max_batched_tokens=1000), on_admit=cache_hit)
+    _fill(sched, BATCH_JOB, 12, "a")
+    _run_plan(sched)
+    next_turn = _seq("chat-turn-2", CHAT, prompt_len=40)
+    sched.add(next_turn)
+    plan = sched.schedule()
+    assert [(c.sequence, c.start, c.end) for c in plan.prefill if c.sequence is next_turn] == [(next_turn, 30, 40)]
+    assert plan.ahead == [next_turn]
