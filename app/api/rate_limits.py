@@ -68,11 +68,10 @@ class RateLimits:
         requests, tokens = self._bucket(tenant, "requests"), self._bucket(tenant, "tokens")
         for limit, bucket in (("tokens", tokens), ("requests", requests)):
             if bucket is not None and bucket.level < 1:
-                headers = {**_headers("requests", requests), **_headers("tokens", tokens)}
-                raise RateLimited(tenant.name, limit, bucket.rate, bucket.wait_s(1), headers)
+                raise RateLimited(tenant.name, limit, bucket.rate, bucket.wait_s(1), _headers(requests, tokens))
         if requests is not None:
             requests.level -= 1
-        return {**_headers("requests", requests), **_headers("tokens", tokens)}
+        return _headers(requests, tokens)
 
     def charge(self, tenant: str | None, num_tokens: int) -> None:
         """A finished request's tokens (prompt + completion); the bucket may go below zero."""
@@ -82,13 +81,16 @@ class RateLimits:
             bucket.level -= num_tokens
 
 
-def _headers(limit: str, bucket: TokenBucket | None) -> dict[str, str]:
-    """`x-ratelimit-{limit,remaining,reset}-<limit>` as OpenAI sends them (reset: until the bucket is full)."""
-    if bucket is None:
-        return {}
-    return {f"x-ratelimit-limit-{limit}": str(bucket.rate.limit),
-            f"x-ratelimit-remaining-{limit}": str(max(math.floor(bucket.level), 0)),
-            f"x-ratelimit-reset-{limit}": duration(bucket.wait_s(bucket.rate.limit))}
+def _headers(requests: TokenBucket | None, tokens: TokenBucket | None) -> dict[str, str]:
+    """`x-ratelimit-{limit,remaining,reset}-{requests,tokens}` as OpenAI sends them, for the limits the
+    tenant has (reset: until the bucket is full)."""
+    headers = {}
+    for limit, bucket in (("requests", requests), ("tokens", tokens)):
+        if bucket is not None:
+            headers.update({f"x-ratelimit-limit-{limit}": str(bucket.rate.limit),
+                            f"x-ratelimit-remaining-{limit}": str(max(math.floor(bucket.level), 0)),
+                            f"x-ratelimit-reset-{limit}": duration(bucket.wait_s(bucket.rate.limit))})
+    return headers
 
 
 def duration(seconds: float) -> str:

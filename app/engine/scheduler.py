@@ -92,6 +92,11 @@ def num_rows(sequences: list[Sequence]) -> int:
     return sum(s.num_rows for s in sequences)
 
 
+def tenant_rows(sequences: list[Sequence], tenant: str) -> int:
+    """Rows that `tenant`'s sequences among these hold or will hold."""
+    return num_rows([s for s in sequences if s.share.tenant == tenant])
+
+
 class ReclaimableMemory(Protocol):
     """Memory inside the KV budget that can be given back on demand (app/engine/held_memory.py: rows
     kept for joiners, the prefix cache)."""
@@ -118,11 +123,6 @@ class Scheduler:
         return len(self.waiting) + len(self.prefilling) + len(self.running)
 
     @property
-    def num_unfinished_rows(self) -> int:
-        """Rows of everything unfinished (forks still waiting on a prefill count too)."""
-        return num_rows(list(self.waiting)) + num_rows(self.prefilling) + len(self.running)
-
-    @property
     def admitted(self) -> list[Sequence]:
         return self.prefilling + self.running
 
@@ -130,7 +130,7 @@ class Scheduler:
         # Requests arrive faster than steps admit them: count every unfinished row, as generate() does.
         capacity = self.config.max_running + self.config.max_waiting
         unfinished = [*self.waiting, *self.prefilling, *self.running]
-        held = num_rows([s for s in unfinished if s.share.tenant == sequence.share.tenant])
+        held = tenant_rows(unfinished, sequence.share.tenant)
         if not may_exceed(sequence.share, held, sequence.num_rows, weights_of(unfinished), capacity,
                           num_rows(unfinished), self.config.headroom_rows):
             raise Overloaded(f"the engine is full ({capacity} rows running or waiting)")
@@ -150,8 +150,10 @@ class Scheduler:
         return sequence.num_rows <= self.config.max_running
 
     def can_admit(self, sequence: Sequence) -> bool:
-        if not self._fits_rows_now(sequence):
-            return False
+        return self._fits_rows_now(sequence) and self._fits_memory(sequence)
+
+    def _fits_memory(self, sequence: Sequence) -> bool:
+        """Its worst case fits the KV budget beside the admitted ones (cached prefixes give way first)."""
         needed = self.reserved_bytes(self.admitted + [sequence])
         budget = self.config.kv_budget_bytes
         if needed > budget:
@@ -165,7 +167,7 @@ class Scheduler:
     def _fits_rows_now(self, sequence: Sequence) -> bool:
         """Within max_running, or a little past it for a tenant below its share of the rows."""
         admitted = self.admitted
-        held = num_rows([s for s in admitted if s.share.tenant == sequence.share.tenant])
+        held = tenant_rows(admitted, sequence.share.tenant)
         weights = {**weights_of(admitted), **self.waiting.weights()}
         return may_exceed(sequence.share, held, sequence.num_rows, weights, self.config.max_running,
                           num_rows(admitted), self.config.headroom_rows)
@@ -204,7 +206,7 @@ class Scheduler:
         tenant = sequence.share.tenant
         if all(s.share.tenant == tenant for s in self.running):
             return False
-        held = num_rows([s for s in self.admitted if s.share.tenant == tenant]) - sequence.num_rows
+        held = tenant_rows(self.admitted, tenant) - sequence.num_rows
         return held < share_of(tenant, weights_of(self.admitted), self.config.max_running)
 
     def _charge(self, plan: StepPlan) -> None:
@@ -221,7 +223,7 @@ class Scheduler:
                     break  # first in, first out: nobody passes the head
                 passed.add(sequence.share.tenant)
                 continue
-            if not self.can_admit(sequence):
+            if not self._fits_memory(sequence):
                 break  # KV memory: the head waits, nobody passes it (a big request would starve)
             self.waiting.pop(sequence)
             sequence.status = SequenceStatus.PREFILLING
