@@ -5,19 +5,23 @@ They are converted to the engine's frozen EngineConfig at the edge and passed in
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePath
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.durations import duration_seconds
 from app.engine.engine import EngineConfig
+from app.engine.model_pool import PoolConfig
 from app.engine.loader import LoadConfig
 from app.engine.prefix_cache import PrefixCacheConfig
 from app.engine.scheduler import SchedulerConfig
 from app.http_protocol import h11_with_head_deadline
 
 DEFAULT_MODEL = "models/SmolLM2-135M-Instruct"
+MEMORY_SHARE = 0.8  # of the machine's memory, for the loaded models when TOKENWIRE_MODELS_MEMORY_MB is 0
 
 
 class Settings(BaseSettings):
@@ -26,6 +30,15 @@ class Settings(BaseSettings):
 
     model: str = Field(DEFAULT_MODEL, description="local folder, Hugging Face hub id, or .gguf file")
     served_model_name: str = Field("", description="name clients send as `model`; default: the model's basename")
+    models_dir: str = Field("", description="a folder of more models, loaded on first use: each subfolder with a "
+                            "config.json and each .gguf file, named by its folder or file name (README \"Many models\")")
+    max_loaded_models: int = Field(3, ge=0, description="models loaded at once, the default one included; the "
+                                   "least recently used idle one is unloaded to make room (0: no bound)")
+    models_memory_mb: int = Field(0, ge=0, description="memory the loaded models may take, each counted as its "
+                                  "weight files plus TOKENWIRE_KV_CACHE_MEMORY_MB; 0: 80% of the machine's memory")
+    model_keep_alive: str = Field("5m", description="idle time before a model loaded on demand is unloaded: "
+                                  "seconds or a duration (\"5m\", \"1h\"); negative: never. The default model "
+                                  "stays loaded unless a request's keep_alive says otherwise")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto picks CUDA when present")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="auto: bf16 where the CPU/GPU supports it, else fp32 (fp16 on old GPUs)")
@@ -92,6 +105,16 @@ class Settings(BaseSettings):
             return self.served_model_name
         return PurePath(self.model.rstrip("/")).name.removesuffix(".gguf") or self.model
 
+    @field_validator("model_keep_alive")
+    @classmethod
+    def _a_duration(cls, value: str) -> str:
+        duration_seconds(value)  # raises a ValueError naming the forms it takes
+        return value
+
+    def pool_config(self) -> PoolConfig:
+        budget = self.models_memory_mb << 20 or int(MEMORY_SHARE * machine_memory_bytes())
+        return PoolConfig(self.max_loaded_models, budget, duration_seconds(self.model_keep_alive))
+
     def api_key_entries(self) -> tuple[str, ...]:
         """Key entries (`KEY [field=value ...]`) from TOKENWIRE_API_KEYS and TOKENWIRE_API_KEY_FILE;
         none means the API is open."""
@@ -135,3 +158,16 @@ class Settings(BaseSettings):
             ) if self.prefix_cache else None,
             speculation=self.speculation,
         )
+
+
+def machine_memory_bytes() -> int:
+    """Physical memory, or the container's cgroup limit when that is lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            value = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if value.isdigit():
+            total = min(total, int(value))
+    return total

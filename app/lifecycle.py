@@ -90,7 +90,7 @@ def serve(app: FastAPI, settings: Settings) -> int:
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             log_config=None, access_log=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
                             **settings.uvicorn_options())
-    state, engine = app.state.drain, app.state.engine
-    server = GracefulServer(config, lambda: drain(state, engine, settings.drain_timeout_s))
+    state, models = app.state.drain, app.state.models
+    server = GracefulServer(config, lambda: drain(state, models, settings.drain_timeout_s))
     server.run()
     return 0 if server.started else STARTUP_FAILURE

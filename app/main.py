@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
@@ -12,6 +13,8 @@ from app.api.auth import OPEN_PATHS, PLAYGROUND_PATHS, PLAYGROUND_PREFIX, ApiKey
 from app.api.drain import DrainGate, DrainState
 from app.api.errors import install_error_handlers
 from app.api.metrics import Metrics
+from app.api.model_leases import ModelLeases
+from app.api.model_routes import router as model_router
 from app.api.openapi import install_openapi
 from app.api.canonical_path import CanonicalPath
 from app.api.playground import install_playground
@@ -24,37 +27,41 @@ from app.api.tenants import KeyTable
 from app.api.tracing import RequestTracer
 from app.config import Settings
 from app.engine.engine import Engine
+from app.engine.model_catalog import ModelCatalog
+from app.engine.model_pool import ModelPool
 
 
 TRACE_FLUSH_S = 5.0  # at shutdown, after the drain
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None,
-               tracer: RequestTracer | None = None) -> FastAPI:
-    """Build the app; the lifespan starts the engine (loading the model) and stops it on shutdown.
+               tracer: RequestTracer | None = None, models: ModelPool | None = None) -> FastAPI:
+    """Build the app; the lifespan loads the default model (its engine) and stops every engine on shutdown.
 
+    `engine`: serve this engine as the default model instead of loading TOKENWIRE_MODEL (tests);
+    `models`: serve this pool of models instead of the settings' (tests).
     `tracer`: spans go to it; without one, to OTEL_EXPORTER_OTLP_ENDPOINT when that is set, else nowhere.
     """
     settings = settings or Settings()
-    if engine is None:
-        engine = Engine(settings.engine_config())
+    models = models or model_pool(settings, engine)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await engine.start()
+        await models.start()
         try:
             yield
         finally:
             try:
-                await engine.stop()
+                await models.stop()
             finally:
                 if app.state.tracer is not None:  # export the spans still queued, not waiting on a dead collector
                     await asyncio.wait([asyncio.create_task(asyncio.to_thread(app.state.tracer.shutdown))],
                                        timeout=TRACE_FLUSH_S)
 
     app = FastAPI(title="tokenwire", version="0.1.0", lifespan=lifespan)
-    app.state.engine = engine
+    app.state.models = models
     app.include_router(router)
+    app.include_router(model_router)
     app.include_router(probes_router)
     if settings.playground:
         install_playground(app)
@@ -62,23 +69,34 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
     install_openapi(app)
     add_lifecycle(app, settings)
     add_http_guards(app, settings)
-    add_request_context(app, settings, engine, tracer)
+    add_request_context(app, settings, models, tracer)
     app.add_middleware(CanonicalPath, routes=app.router.routes)  # outermost: every layer sees the canonical path
     return app
 
 
+def model_pool(settings: Settings, engine: Engine | None = None) -> ModelPool:
+    """The models served: TOKENWIRE_MODEL (or `engine`, standing in for it) and TOKENWIRE_MODELS_DIR's."""
+    default = settings.engine_config()
+    if engine is None:
+        return ModelPool(ModelCatalog(default, settings.models_dir), settings.pool_config())
+    default = replace(default, served_model_name=getattr(engine, "name", settings.model_name))
+    return ModelPool(ModelCatalog(default, settings.models_dir), settings.pool_config(), lambda _: engine)
+
+
 def add_lifecycle(app: FastAPI, settings: Settings) -> None:
-    """The drain gate (app.lifecycle runs the drain on SIGTERM), innermost: it counts only requests past the guards."""
+    """Innermost, a request's hold on its models until its response ends; then the drain gate
+    (app.lifecycle runs the drain on SIGTERM): it counts only requests past the guards."""
     app.state.drain = DrainState()
     app.state.sse_keepalive_s = settings.sse_keepalive_s
+    app.add_middleware(ModelLeases)
     app.add_middleware(DrainGate, state=app.state.drain)
 
 
-def add_request_context(app: FastAPI, settings: Settings, engine: Engine,
+def add_request_context(app: FastAPI, settings: Settings, models: ModelPool,
                         tracer: RequestTracer | None = None) -> None:
     """Outermost: every response (401s and 413s too) carries X-Request-Id and is counted and logged;
     generation requests are traced when OTEL_EXPORTER_OTLP_ENDPOINT is set (the SDK is imported only then)."""
-    app.state.metrics = Metrics(engine)
+    app.state.metrics = Metrics(models)
     app.state.log_prompts = settings.log_prompts
     if tracer is None and settings.otel_exporter_otlp_endpoint:
         tracer = RequestTracer(settings.otel_exporter_otlp_endpoint)

@@ -55,7 +55,7 @@ def refusal(scope: Scope) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers={"Connection": "close"})
 
 
-async def drain(state: DrainState, engine, timeout_s: float, poll_s: float = 0.05) -> bool:
+async def drain(state: DrainState, models, timeout_s: float, poll_s: float = 0.05) -> bool:
     """Close the gate and wait for the requests in flight; True if they all finished in time."""
     state.closed = True
     log.info("draining: %d generation requests in flight, deadline %gs", state.num_in_flight, timeout_s)
@@ -63,7 +63,7 @@ async def drain(state: DrainState, engine, timeout_s: float, poll_s: float = 0.0
         log.info("drained: every request finished")
         return True
     log.warning("drain deadline passed: ending %d requests with an error", state.num_in_flight)
-    engine.fail_all(Draining("the server shut down before this request finished"))
+    models.fail_all(Draining("the server shut down before this request finished"))
     await _wait_idle(state, FAIL_GRACE_S, poll_s)
     return False
 

@@ -22,6 +22,9 @@ class ServingEngine(Protocol):
     async def stop(self) -> None: ...
 
     @property
+    def name(self) -> str: ...
+
+    @property
     def state(self) -> EngineState: ...
 
     @property

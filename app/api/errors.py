@@ -11,16 +11,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.rate_limits import RateLimited
-from app.engine.errors import ContextLengthExceeded, EngineDead, EngineError, InvalidRequest, Overloaded
+from app.engine.errors import (ContextLengthExceeded, EngineDead, EngineError, InvalidRequest, ModelLoadFailed,
+                               Overloaded, UnknownModel)
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-Id"
-
-
-class ModelNotFound(Exception):
-    def __init__(self, model: str) -> None:
-        super().__init__(f"the model {model!r} does not exist; GET /v1/models lists the served model")
 
 
 class Draining(Exception):
@@ -56,7 +52,7 @@ ERROR_TABLE: list[tuple[type[BaseException], int, str, str | None]] = [
     (ContextLengthExceeded, 400, "invalid_request_error", "context_length_exceeded"),
     (InvalidRequest, 400, "invalid_request_error", None),
     (Unauthorized, 401, "invalid_request_error", "invalid_api_key"),
-    (ModelNotFound, 404, "invalid_request_error", "model_not_found"),
+    (UnknownModel, 404, "invalid_request_error", "model_not_found"),
     (RequestTimeout, 408, "invalid_request_error", "request_timeout"),
     (BodyTooLarge, 413, "invalid_request_error", "request_too_large"),
     (HeadTooLarge, 431, "invalid_request_error", "request_header_fields_too_large"),
@@ -65,6 +61,7 @@ ERROR_TABLE: list[tuple[type[BaseException], int, str, str | None]] = [
     (Overloaded, 429, "rate_limit_error", "overloaded"),
     (Draining, 503, "service_unavailable", "draining"),
     (EngineDead, 503, "service_unavailable", "engine_unavailable"),
+    (ModelLoadFailed, 503, "service_unavailable", "model_load_failed"),
     (EngineError, 500, "server_error", None),
 ]
 

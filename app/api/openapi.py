@@ -46,20 +46,32 @@ GENERATION_RESPONSES: dict[int | str, dict] = {
           "content": {"text/event-stream": {"schema": SSE_EVENT}}},
     400: _error("a bad body or parameter, or a prompt + max_tokens that cannot fit the context or KV budget"),
     **UNAUTHORIZED,
-    404: _error("`model` is not the served model"),
+    404: _error("`model` is none of the models GET /v1/models lists"),
     408: _error("the body did not arrive within TOKENWIRE_REQUEST_READ_TIMEOUT_S"),
     413: _error("the body is larger than TOKENWIRE_MAX_BODY_BYTES"),
-    429: _error("running and waiting requests are at their caps; retry after `Retry-After` seconds"),
+    429: _error("running and waiting requests are at their caps, or the model is not loaded and the models "
+                "in its way are busy; retry after `Retry-After` seconds"),
     431: _error("the request line and headers are larger than TOKENWIRE_MAX_HEADER_BYTES"),
-    503: _error("the server is draining after SIGTERM, or its model thread stopped"),
+    503: _error("the server is draining after SIGTERM, its model thread stopped, or the model failed to load"),
 }
 
 TOKENIZER_RESPONSES: dict[int | str, dict] = {
     400: _error("a bad body: not exactly one of prompt/messages, a token id outside the vocabulary"),
     **UNAUTHORIZED,
-    404: _error("`model` is not the served model"),
+    404: _error("`model` is none of the models GET /v1/models lists"),
     413: _error("the body is larger than TOKENWIRE_MAX_BODY_BYTES"),
-    503: _error("the model is not loaded"),
+    503: _error("the model failed to load"),
+}
+
+MODEL_RESPONSES: dict[int | str, dict] = {
+    **UNAUTHORIZED,
+    404: _error("no model of that name (GET /v1/models lists them)"),
+}
+
+MODEL_LOAD_RESPONSES: dict[int | str, dict] = {
+    **MODEL_RESPONSES,
+    429: _error("the models in its way are busy; retry after `Retry-After` seconds"),
+    503: _error("the model failed to load (the message says why)"),
 }
 
 METRICS_RESPONSES: dict[int | str, dict] = {

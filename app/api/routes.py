@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse
 
-from app.api.errors import ModelNotFound
 from app.api.framers import chat_framer, completion_framer
-from app.api.openapi import GENERATION_RESPONSES, TOKENIZER_RESPONSES, UNAUTHORIZED
+from app.api.openapi import GENERATION_RESPONSES, TOKENIZER_RESPONSES
 from app.api.request_context import completion_id, record_of, track
 from app.api.responses_framing import ResponsesFramer, stream_response_events
 from app.api.schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ResponsesRequest, TokenizeRequest
 from app.api.sse import collect, stream_events
 from app.api.engine_port import ServingEngine
 from app.engine.errors import EngineDead
+from app.engine.model_pool import ModelPool
 from app.engine.types import Share
 
 router = APIRouter()
@@ -22,24 +22,30 @@ router = APIRouter()
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-async def get_engine(request: Request) -> ServingEngine:
+async def get_models(request: Request) -> ModelPool:
     # async: FastAPI would run a plain function in a worker thread, a hop for every request.
-    return request.app.state.engine
+    return request.app.state.models
 
 
-def served_model(body_model: str, engine: ServingEngine) -> str:
-    if engine.info is None:
+async def use_model(request: Request, name: str, keep_alive_s: float | None = None) -> ServingEngine:
+    """The named model's engine (loaded first if it is not), held until this request's response ends
+    (app/api/model_leases.py)."""
+    lease = await request.app.state.models.acquire(name, keep_alive_s)
+    request.state.model_leases.append(lease)
+    if lease.engine.info is None:
         raise EngineDead("the model is not loaded yet")
-    if body_model != engine.info.name:
-        raise ModelNotFound(body_model)
-    return engine.info.name
+    return lease.engine
 
 
-def accept(body, request: Request, engine: ServingEngine) -> str:
-    """The served model's name, once the body names it; engine errors will name this body's fields."""
+async def accept(body, request: Request) -> tuple[ServingEngine, Share]:
+    """The engine of the model the body names, and the request's share of it: an unknown model is a
+    404 before the tenant's limits count the request, and a model is loaded only for a request they let in.
+    Engine errors will name this body's fields."""
     request.state.engine_params = body.engine_params()
-    record_of(request).model = model = served_model(body.model, engine)
-    return model
+    request.app.state.models.check(body.model)
+    record_of(request).model = body.model
+    share = admit(request)
+    return await use_model(request, body.model, body.keep_alive), share
 
 
 def admit(request: Request) -> Share:
@@ -68,8 +74,8 @@ def sse_response(request: Request, sse_events) -> EventSourceResponse:
 
 
 @router.post("/v1/completions", responses=GENERATION_RESPONSES)
-async def completions(body: CompletionRequest, request: Request, engine: ServingEngine = Depends(get_engine)):
-    model, share = accept(body, request, engine), admit(request)
+async def completions(body: CompletionRequest, request: Request):
+    (engine, share), model = await accept(body, request), body.model
     text = body.prompt_text()
     prompt_ids = await engine.encode_text(text) if text is not None else engine.check_ids(body.prompt_ids())
     echo = (text if text is not None else await engine.decode(prompt_ids)) if body.echo else None
@@ -82,8 +88,8 @@ async def completions(body: CompletionRequest, request: Request, engine: Serving
 
 
 @router.post("/v1/chat/completions", responses=GENERATION_RESPONSES)
-async def chat_completions(body: ChatCompletionRequest, request: Request, engine: ServingEngine = Depends(get_engine)):
-    model, share = accept(body, request, engine), admit(request)
+async def chat_completions(body: ChatCompletionRequest, request: Request):
+    (engine, share), model = await accept(body, request), body.model
     prompt_ids = await engine.encode_chat(body.template_messages(), tools=body.template_tools())
     framer = await chat_framer(body, completion_id(request, "chatcmpl-"), model, engine,
                          await engine.opens_reasoning(prompt_ids))
@@ -95,8 +101,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, engine
 
 
 @router.post("/v1/responses", responses=GENERATION_RESPONSES)
-async def responses(body: ResponsesRequest, request: Request, engine: ServingEngine = Depends(get_engine)):
-    model, share = accept(body, request, engine), admit(request)
+async def responses(body: ResponsesRequest, request: Request):
+    (engine, share), model = await accept(body, request), body.model
     prompt_ids = await engine.encode_chat(body.template_messages())
     framer = ResponsesFramer(completion_id(request, "resp_"), model, body.echoed_fields())
     events = track(request, await engine.submit(prompt_ids, body.to_sampling_params(), framer.id, share), model, body.input)
@@ -106,8 +112,9 @@ async def responses(body: ResponsesRequest, request: Request, engine: ServingEng
 
 
 @router.post("/tokenize", responses=TOKENIZER_RESPONSES)
-async def tokenize(body: TokenizeRequest, request: Request, engine: ServingEngine = Depends(get_engine)):
-    accept(body, request, engine)
+async def tokenize(body: TokenizeRequest, request: Request):
+    request.state.engine_params = body.engine_params()
+    engine = await use_model(request, body.model)
     if body.prompt is not None:
         tokens = await engine.encode_text(body.prompt, body.add_special_tokens is not False)
     else:
@@ -116,16 +123,7 @@ async def tokenize(body: TokenizeRequest, request: Request, engine: ServingEngin
 
 
 @router.post("/detokenize", responses=TOKENIZER_RESPONSES)
-async def detokenize(body: DetokenizeRequest, engine: ServingEngine = Depends(get_engine)):
-    served_model(body.model, engine)
+async def detokenize(body: DetokenizeRequest, request: Request):
+    engine = await use_model(request, body.model)
     tokens = engine.check_ids(body.tokens, param="tokens") if body.tokens else []
     return {"prompt": await engine.decode(tokens)}
-
-
-@router.get("/v1/models", responses=UNAUTHORIZED)
-async def list_models(engine: ServingEngine = Depends(get_engine)):
-    info = engine.info
-    models = [] if info is None else [{
-        "id": info.name, "object": "model", "created": info.created, "owned_by": "tokenwire",
-        "max_model_len": info.max_model_len}]
-    return {"object": "list", "data": models}

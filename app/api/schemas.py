@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from app.durations import duration_seconds
 from app.api.tool_schema import STRICT, NamedToolChoice, Tool, ToolCall, tool_constraint
 from app.engine.types import Constraint, SamplingParams
 
@@ -59,6 +60,10 @@ Choices = Annotated[int, Field(ge=1, le=MAX_CHOICES, description="choices to gen
 TopLogprobs = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)]
 LogitBias = Annotated[dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]], Field(max_length=MAX_LOGIT_BIAS)]
 
+KeepAlive = Annotated[float | Annotated[str, Field(max_length=64)], AfterValidator(duration_seconds),
+                      Field(description="extension (Ollama): how long the model stays loaded after this request "
+                            "(seconds or a duration like \"5m\"; 0: unload now; negative: keep loaded)")]
+
 
 EXAMPLE_MODEL = "SmolLM2-135M-Instruct"  # the default model's served name, for the OpenAPI examples
 
@@ -99,6 +104,7 @@ class _GenerationRequest(BaseModel):
     # Extensions benchmark tools send (vLLM, llama.cpp): EOS as an ordinary token; a floor on the length.
     ignore_eos: bool = False
     min_tokens: MinTokens = 0
+    keep_alive: KeepAlive | None = None
 
     @field_validator("logit_bias")
     @classmethod
@@ -503,6 +509,7 @@ class ResponsesRequest(BaseModel):
     prompt_cache_key: Any = None
     parallel_tool_calls: Any = None
     max_tool_calls: Any = None
+    keep_alive: KeepAlive | None = None  # extension, as on the other endpoints
 
     refuse_reasoning = field_validator("reasoning")(_refuse("steering reasoning"))
     refuse_state = field_validator("conversation", "prompt")(
@@ -550,3 +557,11 @@ class ResponsesRequest(BaseModel):
 
 
 CompletionRequest.model_rebuild()  # its response_format type is defined further down
+
+
+class ModelRequest(BaseModel):
+    """POST /models/load and /models/unload (llama-server's router names)."""
+
+    model_config = ConfigDict(**STRICT, json_schema_extra={"examples": [{"model": EXAMPLE_MODEL}]})
+
+    model: Text

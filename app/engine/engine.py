@@ -134,6 +134,11 @@ class Engine:
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
 
     @property
+    def name(self) -> str:
+        """The name clients send as `model`."""
+        return self.config.served_model_name
+
+    @property
     def state(self) -> EngineState:
         if self._model_thread is None:
             return EngineState.LOADING

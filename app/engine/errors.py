@@ -27,3 +27,15 @@ class Overloaded(EngineError):
 
 class EngineDead(EngineError):
     """The model thread died or the engine is shut down; nothing can be served."""
+
+
+class UnknownModel(EngineError):
+    """No model of that name is served (or found in the models folder)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"the model {name!r} does not exist; GET /v1/models lists the models served here")
+        self.param = "model"
+
+
+class ModelLoadFailed(EngineError):
+    """A model of the catalog could not be loaded (bad files, unsupported, over the memory budget)."""

@@ -23,6 +23,24 @@ def _libc():
     return libc if libc is not None and hasattr(libc, "malloc_trim") else None
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+LARGE_BUFFER_BYTES = 4 << 20
+
+
+def keep_large_buffers_out_of_the_heap() -> None:
+    """Serve every allocation of 4 MiB or more (weights, a batch's logits) straight from mmap.
+
+    glibc raises its mmap threshold (up to 32 MiB) each time such a buffer is freed, after which
+    weights of a model loaded later come from the heap, between small objects that outlive them: an
+    unloaded model then left up to 36 MiB behind that malloc_trim could not return (a 90 MB model
+    loaded and unloaded four times). A fixed threshold keeps big buffers in mappings of their own,
+    unmapped whole when freed: RSS back within 6 MiB of before. No cost measured at 1, 16 or 64 streams.
+    """
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(M_MMAP_THRESHOLD, LARGE_BUFFER_BYTES)
+
+
 def release_free_memory() -> None:
     libc = _libc()
     if libc is not None:

@@ -84,6 +84,10 @@ class FakeEngine:
         self.stopped = True
 
     @property
+    def name(self) -> str:
+        return self.info_on_start.name if self.info_on_start is not None else MODEL_NAME
+
+    @property
     def is_alive(self) -> bool:
         return self.alive and self.started and not self.stopped
 

@@ -268,7 +268,7 @@ async def test_model_not_loaded_is_503():
                 error = await expect_error(client, path, 503, json=body_for(path))
                 assert error["type"] == "service_unavailable"
             models = (await client.get("/v1/models")).json()
-            assert models == {"object": "list", "data": []}
+            assert [m["id"] for m in models["data"]] == ["fake-model"] and "max_model_len" not in models["data"][0]
 
 
 # ---- routing ------------------------------------------------------------------------------------

@@ -90,7 +90,7 @@ async def test_while_draining_new_generation_requests_get_503_and_other_routes_w
     assert (ready.status_code, ready.json()) == (503, {"status": "draining"})
     assert models.status_code == 200
     assert fake.calls == []
-    assert requests_total(metrics, "chat_completions", "rejected_draining") == 1
+    assert requests_total(metrics, "chat_completions", "rejected_draining", "unknown") == 1
 
 
 async def test_drain_waits_for_requests_in_flight_to_finish(fake):

@@ -10,18 +10,27 @@ async def test_models(client):
     assert response.status_code == 200
     assert response.json() == {"object": "list", "data": [{
         "id": MODEL_NAME, "object": "model", "created": 1_700_000_000, "owned_by": "tokenwire",
-        "max_model_len": 2048}]}
+        "status": "loaded", "max_model_len": 2048}]}
+    one = await client.get(f"/v1/models/{MODEL_NAME}")
+    assert one.json() == response.json()["data"][0]
+    missing = await client.get("/v1/models/no-such-model")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
 
 
 async def test_health(client, fake):
     fake.running, fake.waiting, fake.kv_bytes, fake.chores = 2, 5, 123_456, 2
     response = await client.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "running": 2, "waiting": 5, "active_requests": 0,
-                               "kv_cache_bytes": 123_456, "start_up_chores": 2, "runtime": {
-                                   "device": "cpu", "dtype": "float32", "dtype_reason": "asked for",
-                                   "torch_threads": 2, "cpu_features": ["avx2"], "isa_cap": "",
-                                   "torch_version": "0.0", "forward": "transformers", "quantization": "none"}}
+    runtime = {"device": "cpu", "dtype": "float32", "dtype_reason": "asked for", "torch_threads": 2,
+               "cpu_features": ["avx2"], "isa_cap": "", "torch_version": "0.0", "forward": "transformers",
+               "quantization": "none"}
+    load = {"running": 2, "waiting": 5, "active_requests": 0, "kv_cache_bytes": 123_456, "start_up_chores": 2}
+    body = response.json()
+    model = body.pop("models")
+    assert body == {"status": "ok", **load, "runtime": runtime}
+    assert len(model) == 1 and model[0].pop("load_seconds") >= 0
+    assert model == [{"name": MODEL_NAME, "status": "loaded", "state": "ready", **load, "runtime": runtime,
+                      "keep_alive_s": None}]
 
 
 async def test_health_reports_a_dead_engine(client, fake):
@@ -29,7 +38,8 @@ async def test_health_reports_a_dead_engine(client, fake):
     body = (await client.get("/health")).json()
     assert body["status"] == "unavailable"
     assert set(body) == {"status", "running", "waiting", "active_requests", "kv_cache_bytes", "start_up_chores",
-                         "runtime"}
+                         "runtime", "models"}
+    assert body["models"][0]["state"] == "dead"
 
 
 async def test_metrics_show_what_the_server_runs_on(client):

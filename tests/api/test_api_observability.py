@@ -18,7 +18,7 @@ from app.engine.errors import ContextLengthExceeded, EngineError, Overloaded
 from app.engine.prefix_cache import PrefixCacheStats
 from app.engine.types import FinishReason
 from app.main import create_app
-from tests.api.fake_engine import FakeEngine, scripted_events
+from tests.api.fake_engine import MODEL_NAME, FakeEngine, scripted_events
 from tests.api.helpers import assert_error_shape, chat_body, completion_body, sse_json
 
 ENDPOINTS = ["/v1/completions", "/v1/chat/completions"]
@@ -54,8 +54,13 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
     return found
 
 
-def requests_total(metrics: dict, endpoint: str, outcome: str) -> float:
-    return metrics[("tokenwire_requests_total", (("endpoint", endpoint), ("outcome", outcome)))]
+MODEL = (("model", MODEL_NAME),)  # the labels of a per-model series
+
+
+def requests_total(metrics: dict, endpoint: str, outcome: str, model: str = MODEL_NAME) -> float:
+    """A request counter by endpoint and outcome; `model` is "unknown" for a request refused before
+    its body was read (no key, a drain)."""
+    return metrics[("tokenwire_requests_total", (("endpoint", endpoint), ("model", model), ("outcome", outcome)))]
 
 
 # ---- request ids --------------------------------------------------------------------------------
@@ -184,27 +189,28 @@ async def test_metrics_count_requests_by_outcome_and_tokens(fake):
                 ("completions", "rejected_validation"): 2, ("chat_completions", "rejected_overloaded"): 1,
                 ("completions", "rejected_context_length"): 1}
     counted = {key[1]: value for key, value in metrics.items() if key[0] == "tokenwire_requests_total" and value}
-    assert counted == {(("endpoint", e), ("outcome", o)): n for (e, o), n in expected.items()}
-    assert metrics[("tokenwire_generation_tokens_total", ())] == 4 + 4 + 2 + 2
-    assert metrics[("tokenwire_prompt_tokens_total", ())] == 3 * 4
-    assert metrics[("tokenwire_time_to_first_token_seconds_count", ())] == 4
-    assert metrics[("tokenwire_inter_token_latency_seconds_count", ())] == 3 + 3 + 1 + 1
-    assert metrics[("tokenwire_e2e_request_latency_seconds_count", ())] == 3  # finished ones
-    assert metrics[("tokenwire_requests_running", ())] == 3
-    assert metrics[("tokenwire_requests_waiting", ())] == 5
-    assert metrics[("tokenwire_kv_cache_bytes", ())] == 12345
+    model_of = lambda outcome: "unknown" if outcome == "rejected_validation" else MODEL_NAME  # noqa: E731 - a body it could not read
+    assert counted == {(("endpoint", e), ("model", model_of(o)), ("outcome", o)): n for (e, o), n in expected.items()}
+    assert metrics[("tokenwire_generation_tokens_total", MODEL)] == 4 + 4 + 2 + 2
+    assert metrics[("tokenwire_prompt_tokens_total", MODEL)] == 3 * 4
+    assert metrics[("tokenwire_time_to_first_token_seconds_count", MODEL)] == 4
+    assert metrics[("tokenwire_inter_token_latency_seconds_count", MODEL)] == 3 + 3 + 1 + 1
+    assert metrics[("tokenwire_e2e_request_latency_seconds_count", MODEL)] == 3  # finished ones
+    assert metrics[("tokenwire_requests_running", MODEL)] == 3
+    assert metrics[("tokenwire_requests_waiting", MODEL)] == 5
+    assert metrics[("tokenwire_kv_cache_bytes", MODEL)] == 12345
 
 
 async def test_metrics_show_the_prefix_cache(fake):
     fake.prefix_stats = PrefixCacheStats(bytes=4096, entries=2, hits=3, misses=4, evictions=1, reused_tokens=640)
     async with serve(fake) as client:
         metrics = samples((await client.get("/metrics")).text)
-    assert metrics[("tokenwire_prefix_cache_bytes", ())] == 4096
-    assert metrics[("tokenwire_prefix_cache_entries", ())] == 2
-    assert metrics[("tokenwire_prefix_cache_hits_total", ())] == 3
-    assert metrics[("tokenwire_prefix_cache_misses_total", ())] == 4
-    assert metrics[("tokenwire_prefix_cache_evictions_total", ())] == 1
-    assert metrics[("tokenwire_prefix_cache_reused_tokens_total", ())] == 640
+    assert metrics[("tokenwire_prefix_cache_bytes", MODEL)] == 4096
+    assert metrics[("tokenwire_prefix_cache_entries", MODEL)] == 2
+    assert metrics[("tokenwire_prefix_cache_hits_total", MODEL)] == 3
+    assert metrics[("tokenwire_prefix_cache_misses_total", MODEL)] == 4
+    assert metrics[("tokenwire_prefix_cache_evictions_total", MODEL)] == 1
+    assert metrics[("tokenwire_prefix_cache_reused_tokens_total", MODEL)] == 640
 
 
 async def test_every_outcome_series_exists_from_the_start(fake):
@@ -228,4 +234,4 @@ async def test_auth_rejections_are_counted(fake):
         response = await client.post("/v1/completions", json=completion_body())
         assert response.status_code == 401 and response.headers["x-request-id"]
         metrics = samples((await client.get("/metrics", headers={"Authorization": "Bearer k1"})).text)
-    assert requests_total(metrics, "completions", "rejected_auth") == 1
+    assert requests_total(metrics, "completions", "rejected_auth", "unknown") == 1

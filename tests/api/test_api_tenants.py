@@ -111,4 +111,4 @@ async def test_requests_without_a_valid_key_are_on_nobodys_ledger(fake):
         assert (await client.post("/v1/chat/completions", json=chat_body(), headers=auth("wrong"))).status_code == 401
         metrics = samples((await client.get("/metrics", headers=auth("sk-plain"))).text)
     assert not [name for name, _ in metrics if name == "tokenwire_usage_requests_total"]
-    assert requests_total(metrics, "chat_completions", "rejected_auth") == 2
+    assert requests_total(metrics, "chat_completions", "rejected_auth", "unknown") == 2
