@@ -108,6 +108,13 @@ class EngineCore:
     def has_work(self) -> bool:
         return self.scheduler.num_unfinished > 0
 
+    def close(self) -> None:
+        """Once the model thread has ended: drop the callbacks that tie this core, its scheduler and the
+        thread into reference cycles, so a model's memory is freed as soon as its engine is dropped
+        (an unloaded model), not at some later run of the cycle collector."""
+        self.on_emitted, self.arrivals_pending = (lambda: None), (lambda: False)
+        self.scheduler.close()
+
     @property
     def kv_cache_bytes(self) -> int:
         prefilling = sum(layer_bytes(layer) for cache in self._prefill_caches.values() for layer in cache.layers)

@@ -83,10 +83,11 @@ class Engine:
     # ---- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the model off the event loop, then start the model thread."""
+        """Load the model and build what serves it off the event loop (other models may be streaming
+        through it), then start the model thread."""
         started = time.perf_counter()
-        loaded = await asyncio.to_thread(load, self.config.load)
-        self._attach(loaded)
+        loaded = await asyncio.to_thread(self._load)
+        self._model_thread.start()
         log.info("model loaded in %.1fs", time.perf_counter() - started)
         await self._warm_up()
         self._model_thread.add_chores(self._chores(loaded))  # after the warm-up, which they would slow
@@ -98,6 +99,13 @@ class Engine:
         async for _ in self.generate(ids, SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True)):
             pass
         self._warm = True
+
+    def _load(self) -> LoadedModel:
+        """On a worker thread: the model, then everything built from it (the tokenizer's copy alone
+        takes ~0.1 s of the GIL for the default model); the model thread is made, not started."""
+        loaded = load(self.config.load)
+        self._attach(loaded)
+        return loaded
 
     def _attach(self, loaded: LoadedModel) -> None:
         self._loaded = loaded
@@ -113,7 +121,6 @@ class Engine:
                               self.encoder.has_chat_template, int(time.time()), self.encoder.reasoning_markers)
         self._token_bytes = Future()
         self._model_thread = ModelThread(self._core)
-        self._model_thread.start()
 
     def _chores(self, loaded: LoadedModel) -> list[Chore]:
         """After start-up, on the model thread: the token byte table (logprobs wait for it; built
@@ -131,6 +138,8 @@ class Engine:
         if self._model_thread is not None and self._model_thread.is_running:
             self._model_thread.stop()
             await asyncio.to_thread(self._model_thread.join, 10)
+        if self._core is not None and not (self._model_thread and self._model_thread.is_running):
+            self._core.close()
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
 
     @property
@@ -140,7 +149,7 @@ class Engine:
 
     @property
     def state(self) -> EngineState:
-        if self._model_thread is None:
+        if self._model_thread is None or not self._model_thread.started:
             return EngineState.LOADING
         if self._model_thread.dead is not None:
             return EngineState.DEAD

@@ -48,6 +48,10 @@ class ModelThread:
         self._thread.start()
 
     @property
+    def started(self) -> bool:
+        return self._thread.ident is not None
+
+    @property
     def is_running(self) -> bool:
         return self._thread.is_alive()
 

@@ -118,6 +118,10 @@ class Scheduler:
         self._on_admit = on_admit
         self._reclaimable = reclaimable
 
+    def close(self) -> None:
+        """Forget the admission callback (it refers back to the core that owns this scheduler)."""
+        self._on_admit = None
+
     @property
     def num_unfinished(self) -> int:
         return len(self.waiting) + len(self.prefilling) + len(self.running)

@@ -21,14 +21,13 @@ def wait_idle(http: httpx.Client, timeout_s: float = 10.0) -> dict:
 
 
 def metric_value(http: httpx.Client, name: str, **labels: str) -> float:
-    """The sample of a real server's /metrics with exactly these labels (0 when absent)."""
+    """A real server's /metrics: the samples named `name` that carry these labels, summed over any other
+    labels they have (every model's, say); 0 when there is none."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    for family in text_string_to_metric_families(http.get("/metrics").text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return sample.value
-    return 0.0
+    return sum(sample.value for family in text_string_to_metric_families(http.get("/metrics").text)
+               for sample in family.samples
+               if sample.name == name and labels.items() <= sample.labels.items())
 
 
 def wait_for_metric(http: httpx.Client, name: str, value: float, timeout_s: float = 5.0, **labels: str) -> float:

@@ -34,7 +34,9 @@ if HAPROXY is None:
     pytest.skip("needs Debian's haproxy (apt-get install haproxy; .ci/run installs it)", allow_module_level=True)
 
 CONFIG = REPO_ROOT / "deploy" / "haproxy" / "haproxy.cfg"
+MODEL_MAP = REPO_ROOT / "deploy" / "haproxy" / "models.map"
 SLOTS = 8
+POOL_B_SLOTS = 4
 REPLICA_HEADER = "x-tokenwire-replica"
 
 
@@ -53,14 +55,16 @@ class Balancer:
                 self.process.kill()
 
 
-def start_balancer(replicas: list[str], log_dir: Path, maxconn: int = 320) -> Balancer:
-    """HAProxy with CONFIG, the given replica URLs in the first slots, the rest unresolvable (idle)."""
+def start_balancer(replicas: list[str], log_dir: Path, maxconn: int = 320, pool_b: tuple[str, ...] = (),
+                   model_map: Path = MODEL_MAP) -> Balancer:
+    """HAProxy with CONFIG, the given replica URLs in the first slots (of the `replicas` pool, and of
+    `pool_b`), the rest unresolvable (idle)."""
     port = free_port()
     env = {**os.environ, "TW_LB_BIND": f"127.0.0.1:{port}", "TW_DNS": "127.0.0.1:1",
-           "TW_REPLICA_MAXCONN": str(maxconn)}
-    for slot in range(1, SLOTS + 1):
-        address = replicas[slot - 1].removeprefix("http://") if slot <= len(replicas) else "unused.invalid:8000"
-        env[f"TW_REPLICA_{slot}"] = address
+           "TW_REPLICA_MAXCONN": str(maxconn), "TW_MODEL_MAP": str(model_map)}
+    for prefix, urls, slots in (("TW_REPLICA_", replicas, SLOTS), ("TW_POOL_B_", pool_b, POOL_B_SLOTS)):
+        for slot in range(1, slots + 1):
+            env[f"{prefix}{slot}"] = urls[slot - 1].removeprefix("http://") if slot <= len(urls) else "unused.invalid:8000"
     log_path = log_dir / "haproxy.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen([HAPROXY, "-db", "-f", str(CONFIG)], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -177,6 +181,30 @@ def cluster(start_replicas, tmp_path_factory) -> Iterator[tuple[Balancer, list[S
 def _order(replicas: list[Server]) -> dict[str, int]:
     """HAProxy's server name (tw1, tw2, ...) -> index in `replicas`."""
     return {f"tw{i + 1}": i for i in range(len(replicas))}
+
+
+def test_the_model_field_picks_the_pool(start_replicas, start_server, long_tiny_model, tmp_path_factory):
+    """models.map sends one model's requests to pool_b's replica; every other model, and requests
+    without a body, go to the `replicas` pool."""
+    folder = tmp_path_factory.mktemp("haproxy-pools")
+    (folder / "models.map").write_text("# a coder model on its own pool\ncoder pool_b\n")
+    default = start_replicas(1)[0]
+    coder = start_server(TOKENWIRE_MODEL=str(long_tiny_model), TOKENWIRE_SERVED_MODEL_NAME="coder")
+    balancer = start_balancer([default.url], folder, pool_b=(coder.url,), model_map=folder / "models.map")
+    try:
+        deadline = time.monotonic() + 15
+        while (routed := stream(balancer.url, _body("coder", 4))).replica != "b1":
+            assert time.monotonic() < deadline, routed  # until pool_b's health checks pass
+            time.sleep(0.3)
+        for model, replica in ((default.model, "tw1"), ("coder", "b1")):
+            results = [stream(balancer.url, _body(model, 4)) for _ in range(3)]
+            assert all(r.done for r in results) and {r.replica for r in results} == {replica}, results
+        listed = httpx.get(f"{balancer.url}/v1/models", timeout=10)
+        assert listed.headers[REPLICA_HEADER] == "tw1" and listed.json()["data"][0]["id"] == default.model
+    finally:
+        balancer.stop()
+        default.stop()
+        coder.stop()
 
 
 def test_load_spreads_across_replicas(cluster):

@@ -177,7 +177,8 @@ async def test_unload_waits_for_the_requests_in_flight(tmp_path, models_dir):
     lease.release()
     await asyncio.sleep(0.05)
     assert status(pool)["alpha"] == "unloaded"
-    assert (await pool.load("alpha")).status is ModelStatus.LOADED  # and back on demand
+    assert (await pool.load("alpha")).status is ModelStatus.LOADED  # and back on demand,
+    assert pool.view("alpha").keep_alive_s == 300  # with the pool's keep-alive again
     await pool.stop()
 
 
