@@ -214,8 +214,9 @@ class ModelPool:
         slot = self._slot(name)
         if slot.loading is not None:
             await asyncio.wait([slot.loading])
-        slot.keep_alive_s = 0
-        if slot.engine is not None and not slot.busy:
+        if slot.engine is not None and slot.busy:
+            slot.keep_alive_s = 0  # the last lease's release unloads it
+        elif slot.engine is not None:
             await self._unload(slot)
         return self.view(name)
 

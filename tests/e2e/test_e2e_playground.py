@@ -23,7 +23,10 @@ from app.config import Settings
 from app.engine.errors import Overloaded
 from app.engine.types import FinishReason
 from app.main import create_app
+from app.engine.model_catalog import ModelCatalog
+from app.engine.model_pool import ModelPool, PoolConfig
 from tests.api.fake_engine import FakeEngine, scripted_events
+from tests.api.fake_models import Factory, default_config, models_folder
 from tests.e2e.health import metric_value, wait_for_metric
 
 pytestmark = pytest.mark.e2e
@@ -141,11 +144,23 @@ def thinking_fake_server() -> Iterator[tuple[str, FakeEngine]]:
     yield from _serve_fake(Settings(_env_file=None), script, reasoning_markers=("<think>", "</think>"))
 
 
+@pytest.fixture(scope="module")
+def models_fake_server(tmp_path_factory) -> Iterator[tuple[str, Factory]]:
+    """The real app over a pool of fake engines: a default model and a models folder (alpha, beta, ...)."""
+    root = tmp_path_factory.mktemp("playground-models")
+    factory = Factory()
+    models = ModelPool(ModelCatalog(default_config(root), str(models_folder(root / "models"))), PoolConfig(), factory)
+    yield from _serve(create_app(Settings(_env_file=None), models=models), factory)
+
+
 def _serve_fake(settings: Settings, script=None, reasoning_markers=None) -> Iterator[tuple[str, FakeEngine]]:
     """The real app over a scripted engine, served by uvicorn on a free loopback port in this process."""
     engine = FakeEngine(script=script or scripted_events(HOSTILE, FinishReason.STOP), event_delay_s=0.05)
     engine.info_on_start = replace(engine.info_on_start, reasoning_markers=reasoning_markers)
-    app = create_app(settings, engine=engine)  # type: ignore[arg-type]
+    yield from _serve(create_app(settings, engine=engine), engine)  # type: ignore[arg-type]
+
+
+def _serve(app, handle):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -156,9 +171,29 @@ def _serve_fake(settings: Settings, script=None, reasoning_markers=None) -> Iter
     while not server.started:
         assert time.monotonic() < deadline, "the fake server did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", engine
+    yield f"http://127.0.0.1:{port}", handle
     server.should_exit = True
     thread.join(10)
+
+
+def test_the_model_picker_lists_every_model_and_the_message_goes_to_the_chosen_one(page, models_fake_server):
+    view, problems = page
+    url, factory = models_fake_server
+    view.goto(url + "/")
+    view.wait_for_function("document.getElementById('model').textContent.includes('context')")
+    picker = view.locator("#model-picker")
+    assert picker.is_visible()
+    assert picker.locator("option").all_text_contents() == [
+        "default", "alpha (unloaded)", "beta (unloaded)", "delta (unloaded)", "gamma (unloaded)"]
+    picker.select_option("beta")
+    assert "unloaded" in view.locator("#model").text_content()
+    _send(view, "hello beta")
+    view.wait_for_selector(".message.assistant .meta:not(:empty)")
+    view.wait_for_function("document.getElementById('model').textContent.includes('context')")
+    assert picker.locator("option").all_text_contents()[2] == "beta"  # loaded by the message
+    beta = [engine for name, engine in factory.built if name == "beta"]
+    assert len(beta) == 1 and beta[0].calls, "the message reached beta's engine"
+    assert problems == []
 
 
 def test_model_output_is_never_run_as_html(page, fake_server):

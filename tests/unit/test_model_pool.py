@@ -172,6 +172,9 @@ async def test_a_model_in_use_outlives_its_keep_alive(tmp_path, models_dir, monk
 
 async def test_unload_waits_for_the_requests_in_flight(tmp_path, models_dir):
     pool = await started_pool(tmp_path, models_dir, Factory())
+    await pool.unload("alpha")  # not loaded: nothing to do, and nothing remembered for its next load
+    (await pool.acquire("alpha")).release()
+    assert pool.view("alpha").status is ModelStatus.LOADED
     lease = await pool.acquire("alpha")
     assert (await pool.unload("alpha")).status is ModelStatus.LOADED
     lease.release()

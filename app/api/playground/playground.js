@@ -47,17 +47,36 @@
     return `Error ${response.status}: ${message || response.statusText}`;
   }
 
+  // ---- the models: a picker when the server offers several (loaded or not: a request loads one) ----
+  const picker = $("model-picker");
+  let models = [];
+  function describeModel() {
+    const chosen = models.find((m) => m.id === model);
+    if (!chosen) { $("model").textContent = "no model served"; return; }
+    const context = chosen.max_model_len ? ` · context ${chosen.max_model_len} tokens` : "";
+    const status = chosen.status && chosen.status !== "loaded" ? ` · ${chosen.status} (the first message loads it)` : "";
+    $("model").textContent = `${chosen.id}${context}${status}`;
+  }
   async function loadModel() {
     try {
       const response = await fetch("/v1/models", { headers: headers() });
       if (!response.ok) { $("model").textContent = await describeFailure(response); return; }
-      const data = (await response.json()).data;
-      model = data.length ? data[0].id : null;
-      $("model").textContent = model ? `${model} · context ${data[0].max_model_len} tokens` : "no model loaded";
+      models = (await response.json()).data;
+      if (!models.some((m) => m.id === model)) model = models.length ? models[0].id : null;
+      picker.replaceChildren(...models.map((m) => {
+        const option = document.createElement("option");
+        option.value = m.id;
+        option.textContent = m.status && m.status !== "loaded" ? `${m.id} (${m.status})` : m.id;
+        return option;
+      }));
+      picker.value = model || "";
+      picker.hidden = models.length < 2;
+      describeModel();
     } catch (error) {
       $("model").textContent = "cannot reach the server: " + error.message;
     }
   }
+  picker.addEventListener("change", () => { model = picker.value; describeModel(); });
 
   // ---- the chat log --------------------------------------------------------------------------
   function bubble(role, text) {
@@ -185,6 +204,7 @@
     } finally {
       running = null;
       setRunning(false);
+      loadModel();  // the model's status may have changed (loaded by this message)
     }
   }
 
