@@ -130,10 +130,10 @@ class ModelPool:
         self._stopped = True
         if self._reaper is not None:
             self._reaper.cancel()
-        for slot in self._slots.values():
-            if slot.loading is not None:
-                await asyncio.wait([slot.loading])
-        await asyncio.gather(*(slot.engine.stop() for slot in self._slots.values() if slot.engine is not None))
+        loading = [slot.loading for slot in self._slots.values() if slot.loading is not None]
+        if loading:
+            await asyncio.wait(loading)
+        await asyncio.gather(*(engine.stop() for engine in self.engines().values()))
 
     @property
     def state(self) -> EngineState:
@@ -188,12 +188,11 @@ class ModelPool:
         slot.last_used = time.monotonic()
         try:
             engine = await self._loaded_engine(slot)
-        except EngineError:
+        except BaseException as exc:  # a failed load, or the caller gone (cancelled) while it ran
             self._released(slot)
+            if isinstance(exc, Exception) and not isinstance(exc, EngineError):
+                raise ModelLoadFailed(f"the model {name!r} could not be loaded: {slot.error}") from exc
             raise
-        except Exception as exc:
-            self._released(slot)
-            raise ModelLoadFailed(f"the model {name!r} could not be loaded: {slot.error}") from exc
         if keep_alive_s is not None:
             slot.keep_alive_s = keep_alive_s
         return ModelLease(self, slot, engine)
@@ -305,12 +304,12 @@ class ModelPool:
                 if (slot.engine is not None and not slot.busy and keep_alive is not None
                         and now - slot.last_used >= keep_alive):
                     log.info("unloading %s: idle for %.0fs", slot.entry.name, now - slot.last_used)
-                    await self._unload(slot)
+                    await _logged(self._unload(slot), slot.entry.name)
 
     def _unload_when_idle(self, slot: _Slot) -> None:
         if slot.engine is not None and not slot.busy:
-            task = asyncio.create_task(self._unload(slot))
-            self._unloads.add(task)
+            task = asyncio.create_task(_logged(self._unload(slot), slot.entry.name))
+            self._unloads.add(task)  # held until done: the loop keeps only weak references to tasks
             task.add_done_callback(self._unloads.discard)
 
     async def _unload(self, slot: _Slot) -> None:
@@ -323,6 +322,14 @@ class ModelPool:
         engine, slot.engine, slot.keep_alive_s = slot.engine, None, None
         assert engine is not None
         return engine
+
+
+async def _logged(unloading, name: str) -> None:
+    """An unload nobody awaits (the reaper's, a keep-alive of 0): its failure goes to the log."""
+    try:
+        await unloading
+    except Exception:  # noqa: BLE001 - the pool carries on; the model is out of it already
+        log.exception("unloading %s failed", name)
 
 
 async def _stop(unloaded: list[tuple[str, Engine]]) -> None:

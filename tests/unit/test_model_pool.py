@@ -76,6 +76,8 @@ async def test_a_caller_that_goes_away_does_not_cancel_the_load(tmp_path, models
     lease = await pool.acquire("alpha")
     assert factory.loads_of("alpha") == 1 and lease.engine.started
     assert pool.view("alpha").status is ModelStatus.LOADED
+    lease.release()
+    assert (await pool.unload("alpha")).status is ModelStatus.UNLOADED  # the one that left holds nothing
     await pool.stop()
 
 
