@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from app.api.openapi import MODEL_LOAD_RESPONSES, MODEL_RESPONSES, UNAUTHORIZED
+from app.api.openapi import MODEL_LOAD_RESPONSES, MODEL_RESPONSES, MODEL_UNLOAD_RESPONSES, UNAUTHORIZED
 from app.api.routes import get_models
 from app.api.schemas import ModelRequest
 from app.engine.model_pool import ModelPool, ModelView
@@ -38,7 +38,7 @@ async def load_model(body: ModelRequest, models: ModelPool = Depends(get_models)
     return {"success": True, **model_object(await models.load(body.model))}
 
 
-@router.post("/models/unload", responses=MODEL_RESPONSES)
+@router.post("/models/unload", responses=MODEL_UNLOAD_RESPONSES)
 async def unload_model(body: ModelRequest, models: ModelPool = Depends(get_models)):
     """Unload a model now, or as soon as its requests in flight end."""
     return {"success": True, **model_object(await models.unload(body.model))}

@@ -68,8 +68,13 @@ MODEL_RESPONSES: dict[int | str, dict] = {
     404: _error("no model of that name (GET /v1/models lists them)"),
 }
 
-MODEL_LOAD_RESPONSES: dict[int | str, dict] = {
+MODEL_UNLOAD_RESPONSES: dict[int | str, dict] = {
+    400: _error("a bad body: not `{\"model\": name}`"),
     **MODEL_RESPONSES,
+}
+
+MODEL_LOAD_RESPONSES: dict[int | str, dict] = {
+    **MODEL_UNLOAD_RESPONSES,
     429: _error("the models in its way are busy; retry after `Retry-After` seconds"),
     503: _error("the model failed to load (the message says why)"),
 }

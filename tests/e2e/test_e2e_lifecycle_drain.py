@@ -29,10 +29,10 @@ def requests_by_outcome(http: httpx.Client) -> tuple[Counter, dict[str, float]]:
     counts, totals = Counter(), {}
     for family in text_string_to_metric_families(http.get("/metrics").text):
         for sample in family.samples:
-            if sample.name == "tokenwire_requests_total":
-                counts[(sample.labels["endpoint"], sample.labels["outcome"])] = sample.value
-            elif not sample.labels:
-                totals[sample.name] = sample.value
+            if sample.name == "tokenwire_requests_total":  # every model's, "unknown" (refused) included
+                counts[(sample.labels["endpoint"], sample.labels["outcome"])] += sample.value
+            elif set(sample.labels) <= {"model"}:  # summed over models (one here)
+                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
     return counts, totals
 
 

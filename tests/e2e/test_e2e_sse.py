@@ -17,7 +17,8 @@ def test_health_and_models(http, server):
     health = http.get("/health").json()
     assert health["status"] == "ok"
     assert set(health) == {"status", "running", "waiting", "active_requests", "kv_cache_bytes", "start_up_chores",
-                           "runtime"}
+                           "runtime", "models"}
+    assert [(m["name"], m["status"]) for m in health["models"]] == [(server.model, "loaded")]
     deadline = time.monotonic() + 60
     while health["start_up_chores"]:  # the byte table (and, on torch, kernel warming) finish after start-up
         assert time.monotonic() < deadline, health
