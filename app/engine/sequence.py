@@ -200,6 +200,7 @@ class Sequence:
             index=self.index,
             logprobs=() if self._logprob is None else (self._logprob,),
             prompt_logprobs=self._take_prompt_logprobs(),
+            stop_string=self.stop_matcher.matched if self.status is SequenceStatus.FINISHED_STOPPED else None,
         )
 
     def _take_prompt_logprobs(self) -> tuple[TokenLogprob | None, ...] | None:

@@ -27,6 +27,7 @@ class StopMatcher:
         self._stops = tuple(dict.fromkeys(stop_strings))  # dedupe, keep order
         self._held = ""
         self._stopped = False
+        self.matched: str | None = None  # the stop string that ended the text, once one has
 
     @property
     def stopped(self) -> bool:
@@ -42,8 +43,9 @@ class StopMatcher:
         if not self._stops:
             return delta, False
         text = self._held + delta
-        cut = self._first_stop(text)
-        if cut is not None:
+        found = self._first_stop(text)
+        if found is not None:
+            cut, self.matched = found
             self._stopped, self._held = True, ""
             return text[:cut], True
         keep = self._partial_tail_len(text)
@@ -55,17 +57,17 @@ class StopMatcher:
         held, self._held = self._held, ""
         return held
 
-    def _first_stop(self, text: str) -> int | None:
-        """Start of the stop string that completes first reading left to right, or None.
+    def _first_stop(self, text: str) -> tuple[int, str] | None:
+        """(start, stop string) of the stop string that completes first reading left to right, or None.
 
         Ties on the end go to the earliest start, so the longer stop hides all of its text.
         """
-        best: tuple[int, int] | None = None  # (end, start)
+        best: tuple[int, int, str] | None = None  # (end, start, stop)
         for stop in self._stops:
             start = text.find(stop)
-            if start >= 0 and (best is None or (start + len(stop), start) < best):
-                best = (start + len(stop), start)
-        return None if best is None else best[1]
+            if start >= 0 and (best is None or (start + len(stop), start) < best[:2]):
+                best = (start + len(stop), start, stop)
+        return None if best is None else (best[1], best[2])
 
     def _partial_tail_len(self, text: str) -> int:
         return partial_tail_len(text, self._stops)

@@ -108,6 +108,8 @@ class TokenEvent:
     logprobs: tuple[TokenLogprob, ...] = ()  # one per token_ids entry, when the request asked
     # On a continuation's first event, when asked: one per prompt token (None for the first).
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+    # On a final event with finish_reason stop: the stop string that ended the text (None: an end token).
+    stop_string: str | None = None
 
 
 @dataclass(frozen=True)

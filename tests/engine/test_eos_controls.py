@@ -1,13 +1,14 @@
 """ignore_eos and min_tokens, the extensions benchmark tools send (tiny random Llama): EOS forced by a
-logit bias either runs on as an ordinary token or cannot be drawn before min_tokens."""
+logit bias either runs on as an ordinary token or cannot be drawn before min_tokens. And which end the
+final event reports: the stop string that ended it, or none for an end token or max_tokens."""
 
 from __future__ import annotations
 
 import pytest
 
 from app.engine.errors import InvalidRequest
-from app.engine.types import SamplingParams
-from tests.engine.helpers import run_alone
+from app.engine.types import FinishReason, SamplingParams
+from tests.engine.helpers import make_core, make_sequence, run_alone, run_to_end
 
 
 @pytest.fixture
@@ -63,3 +64,22 @@ async def test_min_tokens_above_max_tokens_is_refused_by_name(tiny_model_dir):
         assert refused.value.param == "min_tokens"
     finally:
         await engine.stop()
+
+
+def _final(loaded, params: SamplingParams):
+    events: list = []
+    run_to_end(make_core(loaded), {0: [make_sequence(loaded, "final", _ids(loaded), params, events)]})
+    return events[-1]
+
+
+def test_the_final_event_names_the_stop_string_that_ended_it(tiny_loaded, eos):
+    text = run_alone(tiny_loaded, _ids(tiny_loaded), SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))[1]
+    stop = text[2:4]
+    by_string = _final(tiny_loaded, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True,
+                                                  stop=("\x00never", stop)))
+    assert by_string.finish_reason is FinishReason.STOP and by_string.stop_string == stop
+    by_eos = _final(tiny_loaded, SamplingParams(temperature=0, max_tokens=8, logit_bias=((eos, 100.0),),
+                                               stop=(stop,)))
+    assert by_eos.finish_reason is FinishReason.STOP and by_eos.stop_string is None
+    by_length = _final(tiny_loaded, SamplingParams(temperature=0, max_tokens=2, ignore_eos=True, stop=("\x00never",)))
+    assert by_length.finish_reason is FinishReason.LENGTH and by_length.stop_string is None

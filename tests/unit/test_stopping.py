@@ -114,6 +114,20 @@ def test_same_end_prefers_the_longer_stop():
     assert StopMatcher(["bc", "abc"]).push("xabc") == ("x", True)
 
 
+def test_matched_names_the_stop_string_that_ended_the_text():
+    m = StopMatcher(["world", "lo"])
+    assert m.matched is None
+    assert feed(m, ["hel", "lo wor"]) == (["he", "l"], True)
+    assert m.matched == "lo"
+    m = StopMatcher(["bc", "abc"])
+    m.push("xabc")
+    assert m.matched == "abc"
+    m = StopMatcher(["<|end|>"])
+    m.push("text <|en")
+    m.flush()
+    assert m.matched is None  # flushed for another reason: no stop string ended it
+
+
 def test_after_stop_nothing_more_is_emitted():
     m = StopMatcher(["."])
     assert m.push("Hi. there") == ("Hi", True)
