@@ -9,6 +9,7 @@ from dataclasses import replace
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
+from app.api.anthropic_routes import router as anthropic_router
 from app.api.auth import OPEN_PATHS, PLAYGROUND_PATHS, PLAYGROUND_PREFIX, ApiKeyAuth
 from app.api.drain import DrainGate, DrainState
 from app.api.errors import install_error_handlers
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
     app = FastAPI(title="tokenwire", version="0.1.0", lifespan=lifespan)
     app.state.models = models
     app.include_router(router)
+    app.include_router(anthropic_router)
     app.include_router(model_router)
     app.include_router(probes_router)
     if settings.playground:

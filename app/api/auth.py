@@ -1,4 +1,5 @@
-"""ApiKeyAuth: a pure ASGI middleware; every path except the open ones needs `Authorization: Bearer <key>`.
+"""ApiKeyAuth: a pure ASGI middleware; every path except the open ones needs `Authorization: Bearer <key>`
+(or `x-api-key: <key>`, as Anthropic's clients send it).
 
 It wraps the whole app, so a route added later is protected by default. Keys are compared in
 constant time against every configured key (no early exit) and are never logged. The key's tenant
@@ -21,12 +22,13 @@ PLAYGROUND_PATHS = frozenset({"/"})
 PLAYGROUND_PREFIX = "/playground/"
 
 
-def bearer_token(scope: Scope) -> bytes:
-    for name, value in scope.get("headers", ()):
-        if name == b"authorization":
-            scheme, _, token = value.partition(b" ")
-            return token.strip() if scheme.lower() == b"bearer" else b""
-    return b""
+def api_key(scope: Scope) -> bytes:
+    """The Bearer token of `Authorization`, else the `x-api-key` header; b"" when neither is sent."""
+    headers = dict(scope.get("headers", ()))
+    if b"authorization" in headers:
+        scheme, _, token = headers[b"authorization"].partition(b" ")
+        return token.strip() if scheme.lower() == b"bearer" else b""
+    return headers.get(b"x-api-key", b"").strip()
 
 
 class ApiKeyAuth:
@@ -41,7 +43,7 @@ class ApiKeyAuth:
         return path in self.open_paths or path.startswith(self.open_prefixes)
 
     def tenant_of(self, scope: Scope) -> Tenant | None:
-        return self.keys.lookup(bearer_token(scope))
+        return self.keys.lookup(api_key(scope))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or self.is_open(scope["path"]):
@@ -55,4 +57,4 @@ class ApiKeyAuth:
                 record.tenant = tenant.name
             await self.app(scope, receive, send)
             return
-        await error_response(Unauthorized(), headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+        await error_response(Unauthorized(), scope, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.errors import Draining, describe
+from app.api.errors import Draining, error_response
 from app.api.request_context import GENERATION_ENDPOINTS
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,8 @@ class DrainGate:
 
 def refusal(scope: Scope) -> JSONResponse:
     scope.setdefault("state", {})["error_code"] = "draining"
-    status, body = describe(Draining())
     # Closing the connection sends the client's next request to another instance.
-    return JSONResponse(body, status_code=status, headers={"Connection": "close"})
+    return error_response(Draining(), scope, headers={"Connection": "close"})
 
 
 async def drain(state: DrainState, models, timeout_s: float, poll_s: float = 0.05) -> bool:

@@ -1,4 +1,6 @@
-"""Every error leaves as OpenAI's `{"error": {message, type, param, code}}`, mapped by type in one table."""
+"""Every error leaves as OpenAI's `{"error": {message, type, param, code}}`, mapped by type in one table;
+on the Anthropic Messages routes the same error leaves in Anthropic's `{"type": "error", "error": {type,
+message}}`, its type from the HTTP status."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from app.api.rate_limits import RateLimited
 from app.engine.errors import (ContextLengthExceeded, EngineDead, EngineError, InvalidRequest, ModelLoadFailed,
@@ -32,7 +35,7 @@ class ClientGone(Exception):
 
 class Unauthorized(Exception):
     def __init__(self) -> None:
-        super().__init__("missing or invalid API key; send `Authorization: Bearer <key>`")
+        super().__init__("missing or invalid API key; send `Authorization: Bearer <key>` or `x-api-key: <key>`")
 
 
 class RequestTimeout(Exception):
@@ -66,14 +69,38 @@ ERROR_TABLE: list[tuple[type[BaseException], int, str, str | None]] = [
 ]
 
 
+# HTTP status -> Anthropic's error type (any other 4xx: invalid_request_error; 5xx: api_error).
+ANTHROPIC_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+                   413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error",
+                   529: "overloaded_error"}
+ANTHROPIC_PATH = "/v1/messages"
+
+
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-def error_response(exc: BaseException, headers: dict | None = None) -> JSONResponse:
+def anthropic_body(status: int, body: dict) -> dict:
+    """An OpenAI error body in Anthropic's shape; its message names the field, having no `param`."""
+    error = body["error"]
+    message, param = error["message"], error["param"]
+    if param and not message.startswith(param):
+        message = f"{param}: {message}"
+    type_ = ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": type_, "message": message}}
+
+
+def shaped_for(path: str, status: int, body: dict) -> dict:
+    """The error body in the shape of the API `path` belongs to."""
+    if path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/"):
+        return anthropic_body(status, body)
+    return body
+
+
+def error_response(exc: BaseException, scope: Scope, headers: dict | None = None) -> JSONResponse:
     """The JSON response for `exc` by the table, for middleware that answers before any route runs."""
     status, body = describe(exc)
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(shaped_for(scope["path"], status, body), status_code=status, headers=headers)
 
 
 def describe(exc: BaseException, fields: dict[str, str] | None = None) -> tuple[int, dict]:
@@ -137,7 +164,7 @@ def _respond(request: Request, status: int, body: dict, headers: dict | None = N
     request_id = getattr(request.state, "request_id", None)
     if request_id:
         headers = {**(headers or {}), REQUEST_ID_HEADER: request_id}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(shaped_for(request.scope["path"], status, body), status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -145,5 +172,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_response)
     for error_type in {entry[0] for entry in ERROR_TABLE}:
         app.add_exception_handler(error_type, _typed_response)
-    # Anything else is a bug: still answer in the OpenAI shape (Starlette also logs it).
+    # Anything else is a bug: still answer in the API's error shape (Starlette also logs it).
     app.add_exception_handler(Exception, _typed_response)

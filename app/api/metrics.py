@@ -14,7 +14,7 @@ from app.api.record import RequestRecord
 from app.engine.model_pool import ModelPool
 
 UNKNOWN_MODEL = "unknown"  # requests refused before a served model was named (a bounded label set)
-ENDPOINTS = ("completions", "chat_completions", "responses")
+ENDPOINTS = ("completions", "chat_completions", "responses", "messages")
 OUTCOMES = ("stop", "length", "timeout", "cancelled", "error", "rejected_validation", "rejected_context_length",
             "rejected_overloaded", "rejected_rate_limited", "rejected_auth", "rejected_draining")
 # Seconds; CPU serving is slow, so the buckets reach minutes.

@@ -1,14 +1,17 @@
 """The OpenAPI document says what the server really answers.
 
 FastAPI documents a 422 with its own error schema for every route with a body; this server answers a
-bad body with 400 in OpenAI's error shape, a streamed request with server-sent events, and refuses with
-401/404/408/413/429/431/503 on the generation routes. Schema fuzzing checks answers against this document.
+bad body with 400 in OpenAI's error shape (Anthropic's on /v1/messages), a streamed request with
+server-sent events, and refuses with 401/404/408/413/429/431/503 on the generation routes. Schema fuzzing
+checks answers against this document.
 """
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from typing import Literal
+
 from pydantic import BaseModel
 
 
@@ -23,6 +26,18 @@ class ErrorResponse(BaseModel):
     """OpenAI's error shape, used by every refusal."""
 
     error: ErrorDetail
+
+
+class AnthropicErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class AnthropicErrorResponse(BaseModel):
+    """Anthropic's error shape, used by every refusal on /v1/messages and /v1/messages/count_tokens."""
+
+    type: Literal["error"]
+    error: AnthropicErrorDetail
 
 
 class ProbeStatus(BaseModel):
@@ -55,6 +70,19 @@ GENERATION_RESPONSES: dict[int | str, dict] = {
     503: _error("the server is draining after SIGTERM, its model thread stopped, or the model failed to load"),
 }
 
+
+def _in_anthropic_shape(responses: dict[int | str, dict]) -> dict[int | str, dict]:
+    return {status: {**entry, "model": AnthropicErrorResponse} if "model" in entry else entry
+            for status, entry in responses.items()}
+
+
+MESSAGES_RESPONSES = _in_anthropic_shape({
+    **GENERATION_RESPONSES,
+    200: {"description": "the Message as JSON; with `stream: true`, a server-sent event stream of named events "
+                         "from `message_start` to `message_stop`",
+          "content": {"text/event-stream": {"schema": SSE_EVENT}}},
+})
+
 TOKENIZER_RESPONSES: dict[int | str, dict] = {
     400: _error("a bad body: not exactly one of prompt/messages, a token id outside the vocabulary"),
     **UNAUTHORIZED,
@@ -62,6 +90,8 @@ TOKENIZER_RESPONSES: dict[int | str, dict] = {
     413: _error("the body is larger than TOKENWIRE_MAX_BODY_BYTES"),
     503: _error("the model failed to load"),
 }
+
+COUNT_TOKENS_RESPONSES = _in_anthropic_shape(TOKENIZER_RESPONSES)
 
 MODEL_RESPONSES: dict[int | str, dict] = {
     **UNAUTHORIZED,

@@ -29,7 +29,7 @@ log = logging.getLogger("tokenwire.request")
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _HEADER_KEY = REQUEST_ID_HEADER.lower().encode()
 GENERATION_ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat_completions",
-                        "/v1/responses": "responses"}
+                        "/v1/responses": "responses", "/v1/messages": "messages"}
 
 
 def request_id_of(scope: Scope) -> tuple[str, bool]:

@@ -3,7 +3,7 @@ receive the body.
 
 The body is checked as the bytes arrive (the declared Content-Length first, then the real count), so
 nothing beyond the cap is ever buffered and a slow sender never reaches the engine. A refused request
-gets OpenAI's error shape with `Connection: close`; the app then sees a client disconnect.
+gets the error shape of its API with `Connection: close`; the app then sees a client disconnect.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ def head_size(scope: Scope) -> int:
     return line + sum(len(name) + len(value) + 4 for name, value in scope.get("headers", ())) + 2
 
 
-def refusal(exc: Exception) -> JSONResponse:
+def refusal(exc: Exception, scope: Scope) -> JSONResponse:
     # Closing the connection stops a client that is still sending; keep-alive would wait for it.
-    return error_response(exc, headers={"Connection": "close"})
+    return error_response(exc, scope, headers={"Connection": "close"})
 
 
 class RequestLimits:
@@ -52,24 +52,26 @@ class RequestLimits:
             return
         # uvicorn's h11 bounds what it buffers, but a head that arrives in one read passes it whole.
         if head_size(scope) > self.max_header_bytes:
-            await self.head_too_large()(scope, receive, send)
+            await self.head_too_large(scope)(scope, receive, send)
             return
         declared = declared_length(scope)
         if declared is not None and declared > self.max_bytes:
-            await self.too_large()(scope, receive, send)
+            await self.too_large(scope)(scope, receive, send)
             return
         guarded = GuardedBody(self, scope, receive, send)
         await self.app(scope, guarded.receive, guarded.send)
 
-    def head_too_large(self) -> JSONResponse:
+    def head_too_large(self, scope: Scope) -> JSONResponse:
         return refusal(HeadTooLarge(f"the request line and headers are larger than this server's limit of "
-                                    f"{self.max_header_bytes} bytes"))
+                                    f"{self.max_header_bytes} bytes"), scope)
 
-    def too_large(self) -> JSONResponse:
-        return refusal(BodyTooLarge(f"the request body is larger than this server's limit of {self.max_bytes} bytes"))
+    def too_large(self, scope: Scope) -> JSONResponse:
+        return refusal(BodyTooLarge(f"the request body is larger than this server's limit of {self.max_bytes} bytes"),
+                       scope)
 
-    def too_slow(self) -> JSONResponse:
-        return refusal(RequestTimeout(f"the request body did not arrive within {self.read_timeout_s:g} seconds"))
+    def too_slow(self, scope: Scope) -> JSONResponse:
+        return refusal(RequestTimeout(f"the request body did not arrive within {self.read_timeout_s:g} seconds"),
+                       scope)
 
 
 class GuardedBody:
@@ -94,11 +96,11 @@ class GuardedBody:
         try:
             message = await asyncio.wait_for(self._receive(), max(self.deadline - time.monotonic(), 0))
         except asyncio.TimeoutError:
-            return await self._refuse(self.limits.too_slow())
+            return await self._refuse(self.limits.too_slow(self.scope))
         if message["type"] == "http.request":
             self.num_bytes += len(message.get("body", b""))
             if self.num_bytes > self.limits.max_bytes:
-                return await self._refuse(self.limits.too_large())
+                return await self._refuse(self.limits.too_large(self.scope))
             self.body_complete = not message.get("more_body", False)
         return message
 

@@ -6,7 +6,9 @@ from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse
 
 from app.api.framers import chat_framer, completion_framer
+from app.api.framing import ChatFramer
 from app.api.openapi import GENERATION_RESPONSES, TOKENIZER_RESPONSES
+from app.api.record import TrackedStream
 from app.api.request_context import completion_id, record_of, track
 from app.api.responses_framing import ResponsesFramer, stream_response_events
 from app.api.schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ResponsesRequest, TokenizeRequest
@@ -87,14 +89,21 @@ async def completions(body: CompletionRequest, request: Request):
     return framer.response(await collect(events, request.is_disconnected))
 
 
+async def run_chat(body: ChatCompletionRequest, request: Request, engine: ServingEngine, share: Share,
+                   id_prefix: str, prompt: object) -> tuple[ChatFramer, TrackedStream]:
+    """Encode, frame and submit a chat request (/v1/chat/completions, and /v1/messages translated to one)."""
+    prompt_ids = await engine.encode_chat(body.template_messages(), tools=body.template_tools())
+    framer = await chat_framer(body, completion_id(request, id_prefix), body.model, engine,
+                               await engine.opens_reasoning(prompt_ids))
+    events = track(request, await engine.submit(prompt_ids, body.to_sampling_params(), framer.id, share), body.model,
+                   prompt, body.n)
+    return framer, events
+
+
 @router.post("/v1/chat/completions", responses=GENERATION_RESPONSES)
 async def chat_completions(body: ChatCompletionRequest, request: Request):
-    (engine, share), model = await accept(body, request), body.model
-    prompt_ids = await engine.encode_chat(body.template_messages(), tools=body.template_tools())
-    framer = await chat_framer(body, completion_id(request, "chatcmpl-"), model, engine,
-                         await engine.opens_reasoning(prompt_ids))
-    events = track(request, await engine.submit(prompt_ids, body.to_sampling_params(), framer.id, share), model,
-                   body.messages, body.n)
+    engine, share = await accept(body, request)
+    framer, events = await run_chat(body, request, engine, share, "chatcmpl-", body.messages)
     if body.stream:
         return sse_response(request, stream_events(events, framer))
     return framer.response(await collect(events, request.is_disconnected))

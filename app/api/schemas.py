@@ -68,7 +68,7 @@ KeepAlive = Annotated[float | Annotated[str, Field(max_length=64)], AfterValidat
 EXAMPLE_MODEL = "SmolLM2-135M-Instruct"  # the default model's served name, for the OpenAPI examples
 
 
-def _with_example(example: dict) -> ConfigDict:
+def with_example(example: dict) -> ConfigDict:
     """STRICT plus one request body the default server answers with a 200 (the OpenAPI `examples`)."""
     return ConfigDict(**STRICT, json_schema_extra={"examples": [{"model": EXAMPLE_MODEL, **example}]})
 
@@ -151,7 +151,7 @@ PromptText = Annotated[Text, Field(min_length=1)]
 
 
 class CompletionRequest(_GenerationRequest):
-    model_config = _with_example({"prompt": "Say hello.", "max_tokens": 8})
+    model_config = with_example({"prompt": "Say hello.", "max_tokens": 8})
 
     prompt: PromptText | Annotated[list[PromptText], Field(min_length=1, max_length=1)] | TokenIds | Annotated[
         list[TokenIds], Field(min_length=1, max_length=1)]
@@ -284,7 +284,7 @@ class ResponseFormat(BaseModel):
         return output_constraint(self.type, self.json_schema.schema_ if self.json_schema else None)
 
 
-def _refuse(what: str):
+def refuse(what: str):
     """A validator for an OpenAI field that would change the output in a way this server cannot."""
     def check(cls, value):
         if value is not None:
@@ -294,7 +294,7 @@ def _refuse(what: str):
 
 
 class ChatCompletionRequest(_GenerationRequest):
-    model_config = _with_example({"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8})
+    model_config = with_example({"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8})
 
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: MaxTokens | None = None
@@ -320,12 +320,12 @@ class ChatCompletionRequest(_GenerationRequest):
     prompt_cache_key: Any = None
     prediction: Any = None
 
-    refuse_audio = field_validator("audio")(_refuse("audio output"))
+    refuse_audio = field_validator("audio")(refuse("audio output"))
     refuse_functions = field_validator("functions", "function_call")(
-        _refuse("the deprecated functions/function_call (use tools and tool_choice)"))
-    refuse_search = field_validator("web_search_options")(_refuse("web search"))
+        refuse("the deprecated functions/function_call (use tools and tool_choice)"))
+    refuse_search = field_validator("web_search_options")(refuse("web search"))
     refuse_effort = field_validator("reasoning_effort", "verbosity")(
-        _refuse("steering reasoning_effort/verbosity"))
+        refuse("steering reasoning_effort/verbosity"))
 
     @model_validator(mode="after")
     def _consistent(self) -> ChatCompletionRequest:
@@ -400,7 +400,7 @@ class TokenizeRequest(BaseModel):
     """`prompt` (text, encoded as /v1/completions does) or `messages` (the chat template applied, as
     /v1/chat/completions does); exactly one."""
 
-    model_config = _with_example({"prompt": "Say hello."})
+    model_config = with_example({"prompt": "Say hello."})
 
     model: Text
     prompt: PromptText | None = None
@@ -421,7 +421,7 @@ class TokenizeRequest(BaseModel):
 
 
 class DetokenizeRequest(BaseModel):
-    model_config = _with_example({"tokens": [1, 2, 3]})
+    model_config = with_example({"tokens": [1, 2, 3]})
 
     model: Text
     tokens: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=1 << 20)]
@@ -479,7 +479,7 @@ class ResponseText(BaseModel):
 
 
 class ResponsesRequest(BaseModel):
-    model_config = _with_example({"input": "Say hello.", "max_output_tokens": 16})
+    model_config = with_example({"input": "Say hello.", "max_output_tokens": 16})
 
     model: Text
     input: PromptText | Annotated[list[InputMessage], Field(min_length=1)]
@@ -511,11 +511,11 @@ class ResponsesRequest(BaseModel):
     max_tool_calls: Any = None
     keep_alive: KeepAlive | None = None  # extension, as on the other endpoints
 
-    refuse_reasoning = field_validator("reasoning")(_refuse("steering reasoning"))
+    refuse_reasoning = field_validator("reasoning")(refuse("steering reasoning"))
     refuse_state = field_validator("conversation", "prompt")(
-        _refuse("server-side conversations and stored prompts (send the whole input)"))
-    refuse_background = field_validator("background")(_refuse("background responses"))
-    refuse_logprobs = field_validator("top_logprobs")(_refuse("logprobs on /v1/responses"))
+        refuse("server-side conversations and stored prompts (send the whole input)"))
+    refuse_background = field_validator("background")(refuse("background responses"))
+    refuse_logprobs = field_validator("top_logprobs")(refuse("logprobs on /v1/responses"))
 
     @field_validator("include")
     @classmethod

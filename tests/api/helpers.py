@@ -68,3 +68,11 @@ def assert_error_shape(body: dict) -> dict:
     assert error["param"] is None or isinstance(error["param"], str)
     assert error["code"] is None or isinstance(error["code"], str)
     return error
+
+
+def assert_anthropic_error(body: dict, type_: str) -> str:
+    """Exactly Anthropic's error object with this type; returns its message."""
+    assert set(body) == {"type", "error"} and body["type"] == "error", body
+    assert set(body["error"]) == {"type", "message"} and body["error"]["type"] == type_, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    return body["error"]["message"]

@@ -1,4 +1,5 @@
-"""API keys (every route but the probes needs one) and CORS (off unless origins are configured)."""
+"""API keys (every route but the probes needs one, as a Bearer token or x-api-key) and CORS (off unless
+origins are configured)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 
 from app.config import Settings
 from app.main import create_app
-from tests.api.helpers import assert_error_shape
+from tests.api.helpers import assert_anthropic_error, assert_error_shape
 from tests.api.test_api_limits import client_for
 
 KEY, OTHER_KEY = "sk-test-first", "sk-test-second"
@@ -38,6 +39,9 @@ def registered_routes() -> list[tuple[str, str]]:
 def assert_401(response) -> None:
     assert response.status_code == 401, (response.request.url, response.text)
     assert response.headers["www-authenticate"] == "Bearer"
+    if response.request.url.path.startswith("/v1/messages"):  # Anthropic's API answers in its own shape
+        assert_anthropic_error(response.json(), "authentication_error")
+        return
     error = assert_error_shape(response.json())
     assert error["type"] == "invalid_request_error" and error["code"] == "invalid_api_key"
 
@@ -48,12 +52,17 @@ async def test_every_route_needs_a_valid_key(fake, method, path):
         missing = await client.request(method, path)
         wrong = await client.request(method, path, headers={"Authorization": "Bearer sk-test-firs"})
         right = await client.request(method, path, headers={"Authorization": f"Bearer {OTHER_KEY}"})
+        # Anthropic's clients send the key as x-api-key.
+        wrong_x = await client.request(method, path, headers={"x-api-key": "sk-test-firs"})
+        right_x = await client.request(method, path, headers={"x-api-key": KEY})
     if path in OPEN:
         assert missing.status_code != 401 and wrong.status_code != 401
     else:
         assert_401(missing)
         assert_401(wrong)
+        assert_401(wrong_x)
     assert right.status_code != 401, right.text
+    assert right_x.status_code != 401, right_x.text
 
 
 async def test_health_stays_open_and_unknown_paths_need_a_key(fake):
