@@ -1,6 +1,6 @@
 """Schemathesis against the real server's own OpenAPI spec: positive and negative bodies for every
 operation; no answer may be a 5xx, and every answer must be one the spec documents (status, content
-type, schema: a refusal in OpenAI's error shape).
+type, schema: a refusal in OpenAI's error shape, or Anthropic's on /v1/messages).
 
 A dedicated server keeps each generation short: a 256-token context and a 5 s generation deadline.
 Generated bodies mostly name a random model (a fast 404), so a hook gives half of them the served name
@@ -72,12 +72,16 @@ def api_schema(fuzz_server):
     return schema
 
 
-def openai_error_shape(ctx, response, case):
-    """A refusal is OpenAI's `{"error": {message, type, param, code}}`, with a string message."""
+def error_shape(ctx, response, case):
+    """A refusal is OpenAI's `{"error": {message, type, param, code}}` (Anthropic's `{"type": "error",
+    "error": {type, message}}` on /v1/messages), with a string message."""
     if 400 <= response.status_code < 500:
         body = json.loads(response.content)
-        assert set(body) == {"error"}, body
-        assert set(body["error"]) == {"message", "type", "param", "code"}, body
+        if case.path.startswith("/v1/messages"):
+            assert set(body) == {"type", "error"} and set(body["error"]) == {"type", "message"}, body
+        else:
+            assert set(body) == {"error"}, body
+            assert set(body["error"]) == {"message", "type", "param", "code"}, body
         assert isinstance(body["error"]["message"], str), body
 
 
@@ -93,7 +97,7 @@ def fuzz(operation, mode: GenerationMode, hooks) -> Counter[int]:
                          phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
                          suppress_health_check=list(hypothesis.HealthCheck))
     def run(case: Case) -> None:
-        response = case.call_and_validate(checks=CHECKS, additional_checks=[openai_error_shape], timeout=30)
+        response = case.call_and_validate(checks=CHECKS, additional_checks=[error_shape], timeout=30)
         statuses[response.status_code] += 1
 
     run()
@@ -119,7 +123,8 @@ def test_no_server_errors(api_schema, mode):
         seen[operation.label] = fuzz(operation, mode, api_schema.hooks)
     generation = [label for label in seen if label.startswith("POST")]
     assert set(generation) == {"POST /v1/completions", "POST /v1/chat/completions", "POST /v1/responses",
-                               "POST /tokenize", "POST /detokenize", "POST /models/load", "POST /models/unload"}, seen
+                               "POST /v1/messages", "POST /v1/messages/count_tokens", "POST /tokenize",
+                               "POST /detokenize", "POST /models/load", "POST /models/unload"}, seen
     for label in generation:
         assert seen[label].total() >= MAX_EXAMPLES // 2, seen  # not vacuous
         if mode is GenerationMode.POSITIVE:
