@@ -76,6 +76,9 @@ def assert_401(response: httpx.Response) -> None:
     assert response.status_code == 401, (response.request.method, response.request.url, response.text[:200])
     assert response.headers["www-authenticate"] == "Bearer"
     body = response.json()
+    if response.request.url.path.startswith("/v1/messages"):  # Anthropic's API answers in its own shape
+        assert body["type"] == "error" and body["error"]["type"] == "authentication_error", body
+        return
     assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
     assert body["error"]["code"] == "invalid_api_key", body
 
