@@ -22,7 +22,7 @@ async def completion_framer(body: CompletionRequest, id_: str, model: str, engin
 
 
 async def chat_framer(body: ChatCompletionRequest, id_: str, model: str, engine: ServingEngine,
-                      reasoning_open: bool) -> ChatFramer:
+                      reasoning_open: bool, split_reasoning: bool = True) -> ChatFramer:
     assert engine.info is not None
     formatter = await _logprob_formatter(engine) if body.logprobs else None
     if isinstance(body.tool_choice, NamedToolChoice):  # validation put it among the tools
@@ -30,7 +30,7 @@ async def chat_framer(body: ChatCompletionRequest, id_: str, model: str, engine:
     else:
         names = tuple(tool.function.name for tool in body.tools or [])
     # A grammar shapes the whole output (JSON, a call): no reasoning block can be in it.
-    markers = None if body.is_constrained else engine.info.reasoning_markers
+    markers = None if body.is_constrained or not split_reasoning else engine.info.reasoning_markers
     return ChatFramer(id_, model, include_usage=body.include_usage, n=body.n, formatter=formatter,
                       reasoning_markers=markers, reasoning_open=reasoning_open,
                       tool_mode=body.tool_mode, tool_names=names, parallel_tool_calls=body.parallel_tool_calls)

@@ -1,12 +1,16 @@
-"""The Responses API's objects and stream events, built from the same TokenEvents as completions.
+"""The Responses API's objects and stream events, made from what the chat framer makes.
 
-One response holds one output message with one `output_text` part. A stream is the event sequence the
-`openai` SDK's `responses.create(stream=True)` and `responses.stream()` expect: `response.created`,
-`response.in_progress`, `response.output_item.added`, `response.content_part.added`,
-`response.output_text.delta`..., `response.output_text.done`, `response.content_part.done`,
-`response.output_item.done`, then `response.completed` (or `response.incomplete` when max_output_tokens
-or the deadline cut it short). A failure after the stream began sends an `error` event and
-`response.failed`. Stateless: nothing is stored, so `store` is always false in what we return.
+/v1/responses runs as a chat completion (`ResponsesRequest.to_chat()`); here the chat framer's deltas
+become output items in the order they come: a `message` (one `output_text` part) for answer text, a
+`function_call` for each tool call. A stream is the event sequence the `openai` SDK's
+`responses.create(stream=True)` and `responses.stream()` expect: `response.created`,
+`response.in_progress`, then per item `response.output_item.added`, its deltas
+(`response.content_part.added`, `response.output_text.delta`..., `response.output_text.done`,
+`response.content_part.done`; or `response.function_call_arguments.delta`...,
+`response.function_call_arguments.done`) and `response.output_item.done`, then `response.completed`
+(or `response.incomplete` when max_output_tokens or the deadline cut it short), every event numbered
+in order. A whole response is the same items, made from the same events. A failure after the stream
+began sends an `error` event and `response.failed`. Stateless: `store` is always false in what we return.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from app.api.errors import describe
+from app.api.framing import ChatFramer
 from app.api.sse import json_data
 from app.engine.types import FinishReason, TokenEvent
 
@@ -44,43 +49,121 @@ def _item_status(response_status: str) -> str:
     return response_status if response_status in ("in_progress", "completed") else "incomplete"
 
 
+Event = tuple[str, dict]  # (type, fields)
+
+
+class OutputItems:
+    """A response's output items, opened and closed as the chat framer's deltas arrive."""
+
+    def __init__(self) -> None:
+        self.done: list[dict] = []
+        self._open: dict | None = None  # the item being streamed: message (with its text) or function_call
+
+    def on_delta(self, delta: dict) -> list[Event]:
+        """The events one chat delta makes: answer text, then call pieces (a piece with an id opens a call)."""
+        events: list[Event] = []
+        if text := delta.get("content"):
+            if self._open is None or self._open["type"] != "message":
+                events += self.close("completed") + self._open_message()
+            assert self._open is not None
+            self._open["text"] += text
+            events.append(("response.output_text.delta", {**self._at(), "content_index": 0, "delta": text,
+                                                          "logprobs": []}))
+        for piece in delta.get("tool_calls", []):
+            if "id" in piece:
+                events += self.close("completed") + self._open_call(piece["id"], piece["function"]["name"])
+            if arguments := piece["function"]["arguments"]:
+                assert self._open is not None
+                self._open["arguments"] += arguments
+                events.append(("response.function_call_arguments.delta", {**self._at(), "delta": arguments}))
+        return events
+
+    def finish(self, status: str) -> list[Event]:
+        """Close the last item; an answer with no output at all still has its (empty) message."""
+        opening = self._open_message() if self._open is None and not self.done else []
+        return opening + self.close(status)
+
+    def close(self, status: str) -> list[Event]:
+        if self._open is None:
+            return []
+        item, self._open = self._open, None
+        if item["type"] == "message":
+            whole = message_item(item["id"], item.pop("text"), status)
+            events = [("response.output_text.done", {**self._at(item), "content_index": 0,
+                                                     "text": whole["content"][0]["text"], "logprobs": []}),
+                      ("response.content_part.done", {**self._at(item), "content_index": 0,
+                                                      "part": whole["content"][0]})]
+        else:
+            whole = {**item, "status": status}
+            events = [("response.function_call_arguments.done", {**self._at(item), "arguments": item["arguments"]})]
+        self.done.append(whole)
+        return events + [("response.output_item.done", {"output_index": len(self.done) - 1, "item": whole})]
+
+    def _open_message(self) -> list[Event]:
+        self._open = {"type": "message", "id": f"msg_{uuid.uuid4().hex}", "text": ""}
+        item = message_item(self._open["id"], "", "in_progress")
+        return [("response.output_item.added", {"output_index": len(self.done), "item": item}),
+                ("response.content_part.added", {**self._at(), "content_index": 0, "part": output_text("")})]
+
+    def _open_call(self, call_id: str, name: str) -> list[Event]:
+        # fc_ and call_ share the parser's hex, so streamed and whole answers agree.
+        self._open = {"type": "function_call", "id": "fc_" + call_id.removeprefix("call_"), "call_id": call_id,
+                      "name": name, "arguments": "", "status": "in_progress"}
+        return [("response.output_item.added", {"output_index": len(self.done), "item": dict(self._open)})]
+
+    def _at(self, item: dict | None = None) -> dict:
+        return {"item_id": (item or self._open or {})["id"], "output_index": len(self.done)}
+
+
+def message_item(id_: str, text: str, status: str) -> dict:
+    return {"type": "message", "id": id_, "status": status, "role": "assistant",
+            "content": [] if status == "in_progress" and not text else [output_text(text)]}
+
+
+def output_text(text: str) -> dict:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
 @dataclass
 class ResponsesFramer:
-    """One response's stable ids and the request fields OpenAI echoes back."""
+    """One response: the chat framer it is made from, its items, and the request fields OpenAI echoes back."""
 
-    id: str
-    model: str
-    request: dict  # instructions, max_output_tokens, temperature, top_p, metadata, user
+    chat: ChatFramer
+    request: dict  # instructions, max_output_tokens, temperature, top_p, metadata, user, text, tools...
     created_at: int = field(default_factory=lambda: int(time.time()))
-    message_id: str = field(default_factory=lambda: f"msg_{uuid.uuid4().hex}")
+    items: OutputItems = field(default_factory=OutputItems)
     _sequence: int = 0
 
-    def response(self, status: str, text: str | None, last: TokenEvent | None = None,
-                 error: dict | None = None) -> dict:
-        """The Response object; `text` None means no output item yet."""
+    @property
+    def id(self) -> str:
+        return self.chat.id
+
+    def response(self, status: str, last: TokenEvent | None = None, error: dict | None = None) -> dict:
+        """The Response object, with the items closed so far."""
         reason = _ENDINGS[last.finish_reason][1] if last is not None and last.finish_reason else None
         return {"id": self.id, "object": "response", "created_at": self.created_at, "status": status,
                 "error": error, "incomplete_details": {"reason": reason} if reason else None,
-                "model": self.model, "output": [] if text is None else [self.message(text, _item_status(status))],
-                "parallel_tool_calls": False, "tool_choice": "none", "tools": [], "previous_response_id": None,
-                "reasoning": None, "store": False, "truncation": "disabled",
-                "usage": responses_usage(last), **self.request}
+                "model": self.chat.model, "output": list(self.items.done), "previous_response_id": None,
+                "reasoning": None, "store": False, "truncation": "disabled", "usage": responses_usage(last),
+                **self.request}
+
+    def on_event(self, event: TokenEvent) -> list[Event]:
+        """The stream events one engine event makes; the last one's end with the finished Response."""
+        events = [e for chunk in self.chat.on_event(event) for e in self.items.on_delta(chunk["choices"][0]["delta"])]
+        if event.finish_reason is None:
+            return events
+        status = _ENDINGS[event.finish_reason][0]
+        events += self.items.finish(_item_status(status))
+        return events + [(f"response.{status}", {"response": self.response(status, event)})]
 
     def final_of(self, events: list[TokenEvent]) -> dict:
-        """The finished Response from every event of the request."""
-        return self.final("".join(event.text for event in events), events[-1])
+        """The finished Response from every event of the request (the stream's items, unsent)."""
+        made = [e for event in events for e in self.on_event(event)]
+        return made[-1][1]["response"]
 
-    def final(self, text: str, last: TokenEvent) -> dict:
-        assert last.finish_reason is not None, "the engine's last event carries the finish reason"
-        return self.response(_ENDINGS[last.finish_reason][0], text, last)
-
-    def message(self, text: str, status: str) -> dict:
-        return {"type": "message", "id": self.message_id, "status": status, "role": "assistant",
-                "content": [] if status == "in_progress" and not text else [self.part(text)]}
-
-    @staticmethod
-    def part(text: str) -> dict:
-        return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    def failed(self, error: dict) -> dict:
+        self.items.finish("incomplete")
+        return self.response("failed", error=error)
 
     def event(self, type_: str, **fields) -> dict:
         """One sse-starlette event: the type as the SSE event name and inside the JSON, numbered."""
@@ -91,31 +174,18 @@ class ResponsesFramer:
 
 async def stream_response_events(events: AsyncIterator[TokenEvent], framer: ResponsesFramer) -> AsyncIterator[dict]:
     """Yield the Responses API's stream events for one request."""
-    at = {"item_id": framer.message_id, "output_index": 0, "content_index": 0}
-    parts: list[str] = []
-    yield framer.event("response.created", response=framer.response("in_progress", None))
-    yield framer.event("response.in_progress", response=framer.response("in_progress", None))
+    yield framer.event("response.created", response=framer.response("in_progress"))
+    yield framer.event("response.in_progress", response=framer.response("in_progress"))
     async with aclosing(events):  # type: ignore[type-var]
         try:
-            yield framer.event("response.output_item.added", output_index=0, item=framer.message("", "in_progress"))
-            yield framer.event("response.content_part.added", **at, part=framer.part(""))
             async for event in events:
-                if event.text:
-                    parts.append(event.text)
-                    yield framer.event("response.output_text.delta", **at, delta=event.text, logprobs=[])
-                if event.finish_reason is not None:
-                    text = "".join(parts)
-                    final = framer.final(text, event)
-                    yield framer.event("response.output_text.done", **at, text=text, logprobs=[])
-                    yield framer.event("response.content_part.done", **at, part=framer.part(text))
-                    yield framer.event("response.output_item.done", output_index=0, item=final["output"][0])
-                    yield framer.event(f"response.{final['status']}", response=final)
+                for type_, fields in framer.on_event(event):
+                    yield framer.event(type_, **fields)
         except Exception as exc:  # the status line is gone: report in-band
             _, body = describe(exc)
             error = body["error"]
             log.warning("response stream %s failed after it began: %r", framer.id, exc)
             yield framer.event("error", code=error["code"] or error["type"], message=error["message"],
                                param=error["param"])
-            failed = framer.response("failed", "".join(parts), error={"code": error["code"] or error["type"],
-                                                                     "message": error["message"]})
+            failed = framer.failed({"code": error["code"] or error["type"], "message": error["message"]})
             yield framer.event("response.failed", response=failed)

@@ -90,11 +90,12 @@ async def completions(body: CompletionRequest, request: Request):
 
 
 async def run_chat(body: ChatCompletionRequest, request: Request, engine: ServingEngine, share: Share,
-                   id_prefix: str, prompt: object) -> tuple[ChatFramer, TrackedStream]:
-    """Encode, frame and submit a chat request (/v1/chat/completions, and /v1/messages translated to one)."""
+                   id_prefix: str, prompt: object, split_reasoning: bool = True) -> tuple[ChatFramer, TrackedStream]:
+    """Encode, frame and submit a chat request (/v1/chat/completions, and /v1/messages and /v1/responses
+    translated to one)."""
     prompt_ids = await engine.encode_chat(body.template_messages(), tools=body.template_tools())
     framer = await chat_framer(body, completion_id(request, id_prefix), body.model, engine,
-                               await engine.opens_reasoning(prompt_ids))
+                               await engine.opens_reasoning(prompt_ids), split_reasoning)
     events = track(request, await engine.submit(prompt_ids, body.to_sampling_params(), framer.id, share), body.model,
                    prompt, body.n)
     return framer, events
@@ -111,10 +112,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 
 @router.post("/v1/responses", responses=GENERATION_RESPONSES)
 async def responses(body: ResponsesRequest, request: Request):
-    (engine, share), model = await accept(body, request), body.model
-    prompt_ids = await engine.encode_chat(body.template_messages())
-    framer = ResponsesFramer(completion_id(request, "resp_"), model, body.echoed_fields())
-    events = track(request, await engine.submit(prompt_ids, body.to_sampling_params(), framer.id, share), model, body.input)
+    engine, share = await accept(body, request)
+    # No reasoning items are made: a reasoning model's thinking stays in the message text, as it was.
+    chat, events = await run_chat(body.to_chat(), request, engine, share, "resp_", body.input, split_reasoning=False)
+    framer = ResponsesFramer(chat, body.echoed_fields())
     if body.stream:
         return sse_response(request, stream_response_events(events, framer))
     return framer.final_of(await collect(events, request.is_disconnected))

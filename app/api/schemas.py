@@ -10,10 +10,13 @@ from typing import Annotated, Any, Literal
 
 from dataclasses import replace
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator,
+                      model_validator)
 
 from app.durations import duration_seconds
-from app.api.tool_schema import STRICT, NamedToolChoice, Tool, ToolCall, tool_constraint
+from app.api.responses_tools import (FunctionCallItem, FunctionCallOutputItem, FunctionTool, FunctionToolChoice,
+                                     refuse_hosted_tools)
+from app.api.tool_schema import STRICT, NamedToolChoice, Text, Tool, ToolCall, tool_constraint
 from app.engine.types import Constraint, SamplingParams
 
 MAX_STOP_STRINGS = 4
@@ -25,22 +28,11 @@ MAX_TOP_LOGPROBS = 20  # OpenAI's bound
 MAX_TOOLS = 128
 
 
-def _valid_unicode(text: str) -> str:
-    # JSON may escape lone surrogates ("\ud800"); they are not text and would fail in the tokenizer.
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"contains an unpaired surrogate at position {exc.start}; not valid Unicode") from exc
-    return text
-
-
 def _top_k(value: int) -> int:
     if value == 0:
         raise ValueError("must be -1 (disabled) or at least 1")
     return value
 
-
-Text = Annotated[str, AfterValidator(_valid_unicode)]
 
 Temperature = Annotated[float, Field(ge=0.0, le=2.0, description="0 = greedy; higher = more random")]
 TopP = Annotated[float, Field(gt=0.0, le=1.0, description="nucleus sampling mass")]
@@ -388,11 +380,6 @@ class ChatCompletionRequest(_GenerationRequest):
         return None if self.tool_mode is None else [tool.model_dump(exclude_none=True) for tool in self.tools or []]
 
 
-def template_messages(messages: list[InputMessage]) -> list[dict[str, str]]:
-    # "developer" is OpenAI's newer name for "system"; model templates know only the latter.
-    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
-
-
 # ---- tokenizer endpoints (vLLM's shape) ---------------------------------------------------------
 
 
@@ -478,11 +465,23 @@ class ResponseText(BaseModel):
     verbosity: Literal["medium"] | None = None  # the only one that asks nothing of the model
 
 
+def _item_type(item: Any) -> str | None:
+    # A message item may leave its type out; the type picks the shape, so errors name the right one.
+    return item.get("type", "message") if isinstance(item, dict) else getattr(item, "type", None)
+
+
+InputItem = Annotated[Annotated[InputMessage, Tag("message")] | Annotated[FunctionCallItem, Tag("function_call")]
+                      | Annotated[FunctionCallOutputItem, Tag("function_call_output")], Discriminator(_item_type)]
+
+
 class ResponsesRequest(BaseModel):
+    """Translated to the chat request /v1/chat/completions serves (`to_chat()`): its template, tools,
+    parsers and grammars; responses_framing.py turns the chat framer's output into Response items."""
+
     model_config = with_example({"input": "Say hello.", "max_output_tokens": 16})
 
     model: Text
-    input: PromptText | Annotated[list[InputMessage], Field(min_length=1)]
+    input: PromptText | Annotated[list[InputItem], Field(min_length=1)]
     instructions: Text | None = None
     max_output_tokens: MaxTokens | None = None
     temperature: Temperature = 1.0
@@ -492,9 +491,10 @@ class ResponsesRequest(BaseModel):
     metadata: Annotated[dict[str, Annotated[Text, Field(max_length=512)]], Field(max_length=16)] | None = None
     store: bool = False  # accepted; nothing is stored: the server is stateless
     previous_response_id: Text | None = None
-    tools: list[dict] | None = None
+    tools: Annotated[list[FunctionTool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | FunctionToolChoice | None = None
+    parallel_tool_calls: bool = True
     text: ResponseText | None = None
-    tool_choice: Literal["none", "auto"] | None = None  # with no tools served, both mean plain text
     truncation: Literal["disabled"] | None = None  # "auto" would drop input; a too-long input is a 400
     # Fields that would change the output and that this server does not do: a 400 names each.
     reasoning: Any = None
@@ -507,7 +507,6 @@ class ResponsesRequest(BaseModel):
     service_tier: Any = None
     safety_identifier: Any = None
     prompt_cache_key: Any = None
-    parallel_tool_calls: Any = None
     max_tool_calls: Any = None
     keep_alive: KeepAlive | None = None  # extension, as on the other endpoints
 
@@ -524,36 +523,91 @@ class ResponsesRequest(BaseModel):
             raise ValueError("extra output (include) is not supported by this server")
         return value
 
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _function_tools_only(cls, tools: Any) -> Any:
+        return refuse_hosted_tools(tools)
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_among_tools(cls, choice: Any, info: ValidationInfo) -> Any:
+        names = {tool.name for tool in info.data.get("tools") or []}
+        if isinstance(choice, FunctionToolChoice) and choice.name not in names:
+            raise ValueError(f"names {choice.name!r}, which is not in tools")
+        if choice == "required" and not names:
+            raise ValueError("required needs tools")
+        return choice
+
     @model_validator(mode="after")
     def _unsupported(self) -> ResponsesRequest:
         if self.previous_response_id:
             raise ValueError("previous_response_id is not supported: this server stores no responses; "
                              "send the whole conversation as input")
-        if self.tools:
-            raise ValueError("tools are not supported on /v1/responses by this server")
+        if self.forces_tool_call and self._format().type != "text":
+            raise ValueError("text.format cannot be combined with a forced tool_choice")
         return self
 
-    def engine_params(self) -> dict[str, str]:
-        return {"prompt": "input", "max_tokens": "max_output_tokens", "constraint": "text.format"}
+    @property
+    def forces_tool_call(self) -> bool:
+        return bool(self.tools) and (self.tool_choice == "required" or isinstance(self.tool_choice, FunctionToolChoice))
 
-    def template_messages(self) -> list[dict[str, str]]:
-        """instructions first (as a system message), then the input items, for the chat template."""
-        messages = [{"role": "system", "content": self.instructions}] if self.instructions else []
+    def _format(self) -> TextFormat:
+        return self.text.format if self.text and self.text.format else TextFormat(type="text")
+
+    def engine_params(self) -> dict[str, str]:
+        constraint = "tools" if self.forces_tool_call else "text.format"
+        return {"prompt": "input", "max_tokens": "max_output_tokens", "constraint": constraint}
+
+    def chat_messages(self) -> list[dict]:
+        """instructions (as a system message), then the input items as chat messages: a function_call
+        joins the assistant message before it (parallel calls share one), a function_call_output is a
+        tool message named after its call."""
+        messages: list[dict] = [{"role": "system", "content": self.instructions}] if self.instructions else []
         if isinstance(self.input, str):
             return messages + [{"role": "user", "content": self.input}]
-        return messages + template_messages(self.input)
+        names: dict[str, str] = {}
+        for item in self.input:
+            if isinstance(item, InputMessage):
+                messages.append({"role": item.role, "content": item.text()})
+            elif isinstance(item, FunctionCallItem):
+                names[item.call_id] = item.name
+                if not messages or messages[-1]["role"] != "assistant":
+                    messages.append({"role": "assistant", "content": None})
+                messages[-1].setdefault("tool_calls", []).append(item.for_chat())
+            else:
+                messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.output,
+                                 "name": names.get(item.call_id)})
+        return messages
 
-    def to_sampling_params(self) -> SamplingParams:
-        constraint = self.text.format.constraint() if self.text and self.text.format else None
-        return SamplingParams(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_output_tokens,
-                              constraint=constraint)
+    def to_chat(self) -> ChatCompletionRequest:
+        fields: dict[str, Any] = {
+            "model": self.model, "messages": self.chat_messages(), "max_tokens": self.max_output_tokens,
+            "temperature": self.temperature, "top_p": self.top_p, "user": self.user, "keep_alive": self.keep_alive,
+            "parallel_tool_calls": self.parallel_tool_calls, "response_format": self._response_format()}
+        if self.tools:
+            fields["tools"] = [tool.for_chat() for tool in self.tools]
+        if self.tool_choice is not None:
+            choice = self.tool_choice
+            fields["tool_choice"] = choice.for_chat() if isinstance(choice, FunctionToolChoice) else choice
+        return ChatCompletionRequest.model_validate(fields)
+
+    def _response_format(self) -> dict:
+        # Chat's response_format names the schema; Responses' text.format may leave the name out.
+        text_format = self._format()
+        if text_format.type != "json_schema":
+            return {"type": text_format.type}
+        return {"type": "json_schema", "json_schema": {"name": text_format.name or "output",
+                                                        "schema": text_format.schema_, "strict": text_format.strict}}
 
     def echoed_fields(self) -> dict:
         """The request fields a Response object repeats."""
-        text_format = self.text.format if self.text and self.text.format else TextFormat(type="text")
+        choice = self.tool_choice or "auto"
         return {"instructions": self.instructions, "max_output_tokens": self.max_output_tokens,
                 "temperature": self.temperature, "top_p": self.top_p, "metadata": self.metadata or {},
-                "user": self.user, "text": {"format": text_format.model_dump(by_alias=True, exclude_none=True)}}
+                "user": self.user, "text": {"format": self._format().model_dump(by_alias=True, exclude_none=True)},
+                "tools": [tool.model_dump() for tool in self.tools or []],
+                "tool_choice": choice if isinstance(choice, str) else choice.model_dump(),
+                "parallel_tool_calls": self.parallel_tool_calls}
 
 
 CompletionRequest.model_rebuild()  # its response_format type is defined further down

@@ -12,9 +12,22 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.engine.types import Constraint
+
+
+def _valid_unicode(text: str) -> str:
+    # JSON may escape lone surrogates ("\ud800"); they are not text and would fail in the tokenizer.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"contains an unpaired surrogate at position {exc.start}; not valid Unicode") from exc
+    return text
+
+
+# Every request's text (schemas.py imports it from here, as STRICT).
+Text = Annotated[str, AfterValidator(_valid_unicode)]
 
 # Strict: OpenAI refuses "2" for an integer or "yes" for a boolean; so do we (ints still pass as floats).
 # Every request model uses it (app/api/schemas.py imports it from here: it imports this module).

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import httpx
+import openai
 import pytest
 from asgi_lifespan import LifespanManager
 
@@ -37,3 +38,12 @@ async def lenient_client(fake: FakeEngine) -> AsyncIterator[httpx.AsyncClient]:
     """For unexpected exceptions: Starlette answers 500 and then re-raises to the server, as designed."""
     async for c in _client(fake, raise_app_exceptions=False):
         yield c
+
+
+@pytest.fixture
+async def sdk(client: httpx.AsyncClient) -> AsyncIterator[openai.AsyncOpenAI]:
+    """The openai SDK speaking to the app in process (same transport as `client`)."""
+    http = httpx.AsyncClient(transport=client._transport, base_url="http://testserver/v1")
+    async with openai.AsyncOpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http,
+                                  max_retries=0) as sdk_client:
+        yield sdk_client

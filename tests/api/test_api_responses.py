@@ -1,11 +1,10 @@
-"""POST /v1/responses (stateless), non-streamed and streamed, checked with the official SDK in process."""
+"""POST /v1/responses (stateless), non-streamed and streamed, checked with the official SDK in process
+(function tools: test_api_responses_tools.py)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-import httpx
-import openai
 import pytest
 
 from app.engine.errors import EngineError
@@ -16,15 +15,6 @@ from tests.api.helpers import assert_error_shape, named_sse_json
 EXPECTED_EVENTS = ["response.created", "response.in_progress", "response.output_item.added",
                    "response.content_part.added", "response.output_text.delta", "response.output_text.delta",
                    "response.output_text.done", "response.content_part.done", "response.output_item.done"]
-
-
-@pytest.fixture
-async def sdk(client):
-    """The openai SDK speaking to the app in process (same transport as `client`)."""
-    http = httpx.AsyncClient(transport=client._transport, base_url="http://testserver/v1")
-    async with openai.AsyncOpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http,
-                                  max_retries=0) as sdk_client:
-        yield sdk_client
 
 
 async def test_a_response_with_instructions_and_input_items(sdk, fake):
@@ -85,7 +75,7 @@ async def test_a_failure_after_the_stream_began_is_an_error_then_response_failed
 
 @pytest.mark.parametrize("body", [
     {"model": MODEL_NAME, "input": "hi", "previous_response_id": "resp_1"},
-    {"model": MODEL_NAME, "input": "hi", "tools": [{"type": "function", "name": "f"}]},
+    {"model": MODEL_NAME, "input": "hi", "tools": [{"type": "web_search"}]},
     {"model": MODEL_NAME, "input": "hi", "text": {"format": {"type": "json_schema", "name": "x"}}},
     {"model": MODEL_NAME, "input": "hi", "text": {"format": {"type": "grammar"}}},
     {"model": MODEL_NAME, "input": ""},
