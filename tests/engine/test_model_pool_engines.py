@@ -81,6 +81,13 @@ RSS_SCRIPT = textwrap.dedent("""
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
 
+    async def settled_rss(before, within_s=2.0):
+        # Threads of the unloaded engine may still be ending: give its memory a moment to go back.
+        deadline = asyncio.get_running_loop().time() + within_s
+        while rss() > before * 1.10 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+        return rss()
+
     async def main(default_dir, models_dir):
         config = EngineConfig(LoadConfig(default_dir, dtype="float32", quantization="none"), "tiny")
         pool = ModelPool(ModelCatalog(config, models_dir), PoolConfig())
@@ -90,7 +97,7 @@ RSS_SCRIPT = textwrap.dedent("""
             await pool.load("mid")
             figures["loaded"].append(rss())
             await pool.unload("mid")
-            figures["after"].append(rss())
+            figures["after"].append(await settled_rss(figures["before"]))
         await pool.stop()
         print(json.dumps(figures))
 
@@ -99,7 +106,8 @@ RSS_SCRIPT = textwrap.dedent("""
 
 
 def test_unloading_gives_the_memory_back(tiny_model_dir, tmp_path):
-    """RSS after each unload is within 10% of RSS before the first load (loaded 3 times: no creep)."""
+    """RSS after each unload is within 10% of RSS before the first load, at most 2 s later (loaded 3
+    times: no creep)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = build_tiny_model(tmp_path / "models" / "mid")
