@@ -18,7 +18,6 @@ from app.engine.model_pool import PoolConfig
 from app.engine.loader import LoadConfig
 from app.engine.prefix_cache import PrefixCacheConfig
 from app.engine.scheduler import SchedulerConfig
-from app.http_protocol import h11_with_head_deadline
 
 DEFAULT_MODEL = "models/SmolLM2-135M-Instruct"
 MEMORY_SHARE = 0.8  # of the machine's memory, for the loaded models when TOKENWIRE_MODELS_MEMORY_MB is 0
@@ -72,7 +71,7 @@ class Settings(BaseSettings):
         "auto", description="how the native kernels hold weights; auto: 4/8-bit where an fp32 checkpoint "
         "lies exactly on GGUF's Q4_1/Q8_0 grids (lossless), else dense in dtype; int8/int4: those grids, lossy")
 
-    # HTTP limits and access control (see README "Limits"); app.main and app.__main__ apply them.
+    # HTTP limits and access control (see README "Limits"); app.main and app.lifecycle apply them.
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body in bytes; larger gets 413")
     max_header_bytes: int = Field(16384, ge=1024, description="request line + headers in bytes; larger is refused")
     request_head_timeout_s: float = Field(
@@ -126,16 +125,6 @@ class Settings(BaseSettings):
 
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
-
-    def uvicorn_options(self) -> dict[str, object]:
-        """uvicorn keyword arguments for the connection limits.
-
-        h11, not httptools: only h11 bounds the header size (uvicorn answers 400 and closes); our
-        subclass of its protocol also bounds the time a head may take.
-        """
-        return {"http": h11_with_head_deadline(self.request_head_timeout_s),
-                "h11_max_incomplete_event_size": self.max_header_bytes,
-                "timeout_keep_alive": self.keep_alive_timeout_s}
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
