@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     quantization: Literal["auto", "none", "int8", "int4"] = Field(
         "auto", description="how the native kernels hold weights; auto: 4/8-bit where an fp32 checkpoint "
         "lies exactly on GGUF's Q4_1/Q8_0 grids (lossless), else dense in dtype; int8/int4: those grids, lossy")
+    onednn_max_cpu_isa: str = Field(
+        "", validation_alias=AliasChoices("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "TOKENWIRE_ONEDNN_MAX_CPU_ISA"),
+        description="oneDNN's own cap on the instructions it uses (its standard variables, which oneDNN reads too, "
+        "win): capped below AVX512_CORE_BF16, auto dtype on torch's forward treats the CPU as one without native bf16")
 
     # HTTP limits and access control (see README "Limits"); app.main and app.lifecycle apply them.
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body in bytes; larger gets 413")
@@ -129,7 +133,8 @@ class Settings(BaseSettings):
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
             load=LoadConfig(self.model, self.device, self.dtype, self.trust_remote_code, self.fused_forward,
-                            self.quantization, native_kernels=self.native_kernels, native_isa=self.native_isa),
+                            self.quantization, native_kernels=self.native_kernels, native_isa=self.native_isa,
+                            onednn_max_cpu_isa=self.onednn_max_cpu_isa),
             served_model_name=self.model_name,
             max_model_len=self.max_model_len,
             request_timeout_s=self.request_timeout_s,
