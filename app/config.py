@@ -18,7 +18,6 @@ from app.engine.model_pool import PoolConfig
 from app.engine.loader import LoadConfig
 from app.engine.prefix_cache import PrefixCacheConfig
 from app.engine.scheduler import SchedulerConfig
-from app.http_protocol import h11_with_head_deadline
 
 DEFAULT_MODEL = "models/SmolLM2-135M-Instruct"
 MEMORY_SHARE = 0.8  # of the machine's memory, for the loaded models when TOKENWIRE_MODELS_MEMORY_MB is 0
@@ -71,8 +70,12 @@ class Settings(BaseSettings):
     quantization: Literal["auto", "none", "int8", "int4"] = Field(
         "auto", description="how the native kernels hold weights; auto: 4/8-bit where an fp32 checkpoint "
         "lies exactly on GGUF's Q4_1/Q8_0 grids (lossless), else dense in dtype; int8/int4: those grids, lossy")
+    onednn_max_cpu_isa: str = Field(
+        "", validation_alias=AliasChoices("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "TOKENWIRE_ONEDNN_MAX_CPU_ISA"),
+        description="oneDNN's own cap on the instructions it uses (its standard variables, which oneDNN reads too, "
+        "win): capped below AVX512_CORE_BF16, auto dtype on torch's forward treats the CPU as one without native bf16")
 
-    # HTTP limits and access control (see README "Limits"); app.main and app.__main__ apply them.
+    # HTTP limits and access control (see README "Limits"); app.main and app.lifecycle apply them.
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body in bytes; larger gets 413")
     max_header_bytes: int = Field(16384, ge=1024, description="request line + headers in bytes; larger is refused")
     request_head_timeout_s: float = Field(
@@ -127,20 +130,11 @@ class Settings(BaseSettings):
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
-    def uvicorn_options(self) -> dict[str, object]:
-        """uvicorn keyword arguments for the connection limits.
-
-        h11, not httptools: only h11 bounds the header size (uvicorn answers 400 and closes); our
-        subclass of its protocol also bounds the time a head may take.
-        """
-        return {"http": h11_with_head_deadline(self.request_head_timeout_s),
-                "h11_max_incomplete_event_size": self.max_header_bytes,
-                "timeout_keep_alive": self.keep_alive_timeout_s}
-
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
             load=LoadConfig(self.model, self.device, self.dtype, self.trust_remote_code, self.fused_forward,
-                            self.quantization, native_kernels=self.native_kernels, native_isa=self.native_isa),
+                            self.quantization, native_kernels=self.native_kernels, native_isa=self.native_isa,
+                            onednn_max_cpu_isa=self.onednn_max_cpu_isa),
             served_model_name=self.model_name,
             max_model_len=self.max_model_len,
             request_timeout_s=self.request_timeout_s,

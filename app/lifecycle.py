@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from app.api.drain import drain
 from app.config import Settings
+from app.http_protocol import h11_with_head_deadline
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +86,22 @@ def _freeze_the_start_up_heap() -> None:
     gc.freeze()
 
 
+def uvicorn_options(settings: Settings) -> dict[str, object]:
+    """uvicorn keyword arguments for the connection limits.
+
+    h11, not httptools: only h11 bounds the header size (uvicorn answers 400 and closes); our
+    subclass of its protocol also bounds the time a head may take.
+    """
+    return {"http": h11_with_head_deadline(settings.request_head_timeout_s),
+            "h11_max_incomplete_event_size": settings.max_header_bytes,
+            "timeout_keep_alive": settings.keep_alive_timeout_s}
+
+
 def serve(app: FastAPI, settings: Settings) -> int:
     """Run the server until it is stopped; the process exit code."""
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             log_config=None, access_log=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-                            **settings.uvicorn_options())
+                            **uvicorn_options(settings))
     state, models = app.state.drain, app.state.models
     server = GracefulServer(config, lambda: drain(state, models, settings.drain_timeout_s))
     server.run()

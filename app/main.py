@@ -96,7 +96,7 @@ def add_lifecycle(app: FastAPI, settings: Settings) -> None:
 
 def add_request_context(app: FastAPI, settings: Settings, models: ModelPool,
                         tracer: RequestTracer | None = None) -> None:
-    """Outermost: every response (401s and 413s too) carries X-Request-Id and is counted and logged;
+    """Outside every guard (only CanonicalPath wraps it): every response (401s and 413s too) carries X-Request-Id and is counted and logged;
     generation requests are traced when OTEL_EXPORTER_OTLP_ENDPOINT is set (the SDK is imported only then)."""
     app.state.metrics = Metrics(models)
     app.state.log_prompts = settings.log_prompts
@@ -114,7 +114,7 @@ EXPOSED_HEADERS = ["Retry-After", "X-Request-Id", *(f"x-ratelimit-{what}-{limit}
 
 
 def add_http_guards(app: FastAPI, settings: Settings) -> None:
-    """Innermost first: size/time limits, API keys, CORS (outermost: preflights and 401s get CORS headers)."""
+    """Innermost first: size/time limits, API keys, CORS (the guards' outermost: preflights and 401s get CORS headers)."""
     app.add_middleware(RequestLimits, max_header_bytes=settings.max_header_bytes,
                        max_bytes=settings.max_body_bytes, read_timeout_s=settings.request_read_timeout_s)
     entries = settings.api_key_entries()

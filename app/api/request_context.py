@@ -1,7 +1,7 @@
-"""RequestContext: the outermost middleware. Every request gets an id (a client's `X-Request-Id` when it
-is safe to log and echo, else a new one), echoed on every response, and a RequestRecord; when the
-response ends, generation requests are counted in the metrics (and traced, when a tracer is set) and
-every request gets one log line.
+"""RequestContext: the outermost middleware but CanonicalPath (which only rewrites the path). Every
+request gets an id (a client's `X-Request-Id` when it is safe to log and echo, else a new one), echoed
+on every response, and a RequestRecord; when the response ends, generation requests are counted in the
+metrics (and traced, when a tracer is set) and every request gets one log line.
 """
 
 from __future__ import annotations

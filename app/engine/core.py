@@ -21,7 +21,7 @@ import torch
 from app.engine import sampler
 from app.engine.grammar import apply_grammars
 from app.engine.held_memory import HeldMemory
-from app.engine.kv_store import KVStore, check_plain_cache, layer_bytes, select_rows
+from app.engine.kv_store import KVStore, cache_bytes, check_plain_cache, row_views, select_rows
 from app.engine.slab_cache import LayerCache
 from app.engine.loader import LoadedModel
 from app.engine.prefix_cache import PrefixCache, PrefixCacheConfig, PrefixCacheStats
@@ -117,7 +117,7 @@ class EngineCore:
 
     @property
     def kv_cache_bytes(self) -> int:
-        prefilling = sum(layer_bytes(layer) for cache in self._prefill_caches.values() for layer in cache.layers)
+        prefilling = sum(cache_bytes(cache) for cache in self._prefill_caches.values())
         return self.store.num_bytes + prefilling
 
     @property
@@ -304,9 +304,7 @@ class EngineCore:
         if self.prefix_cache is None:
             return
         for row, sequence in enumerate(group):
-            start = columns - sequence.num_prompt_tokens
-            layers = [(layer.keys[row:row + 1, :, start:], layer.values[row:row + 1, :, start:])
-                      for layer in cache.layers]
+            layers = row_views(cache, row, columns - sequence.num_prompt_tokens, columns)
             self.prefix_cache.insert(sequence.prompt_ids, layers, self._room_for_prefixes())
 
     def _store_conversation(self, sequence: Sequence) -> None:

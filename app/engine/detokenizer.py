@@ -49,7 +49,9 @@ class IncrementalDetokenizer:
         # Text of ids[prefix:read] has been emitted already (or is context); ids[read:] is pending.
         self._prefix_offset = 0
         self._read_offset = len(self._ids)
-        self._prefix_text = self._decode(self._ids)
+        # Decoded on the first step, not here: a request's detokenizer is built on the event loop,
+        # and the tokenizer it is given belongs to the model thread (a fast tokenizer serves one thread).
+        self._prefix_text: str | None = None
 
     @property
     def token_ids(self) -> list[int]:
@@ -61,7 +63,7 @@ class IncrementalDetokenizer:
         self._ids.append(token_id)
         new_text = self._decode(self._ids[self._prefix_offset :])
         # Hold back while the window ends mid UTF-8 sequence (decoders render that as U+FFFD).
-        if len(new_text) <= len(self._prefix_text) or new_text.endswith(_REPLACEMENT_CHAR):
+        if len(new_text) <= len(self._emitted_prefix()) or new_text.endswith(_REPLACEMENT_CHAR):
             return ""
         return self._advance(new_text)
 
@@ -83,10 +85,16 @@ class IncrementalDetokenizer:
 
     def _advance(self, new_text: str) -> str:
         """Emit the window's text past the prefix and slide the window to the new tokens."""
-        delta = new_text[len(self._prefix_text) :]
+        delta = new_text[len(self._emitted_prefix()) :]
         self._prefix_offset, self._read_offset = self._read_offset, len(self._ids)
         self._prefix_text = self._decode(self._ids[self._prefix_offset : self._read_offset])
         return delta
+
+    def _emitted_prefix(self) -> str:
+        """The text of ids[prefix:read], which new windows are compared against."""
+        if self._prefix_text is None:
+            self._prefix_text = self._decode(self._ids[self._prefix_offset : self._read_offset])
+        return self._prefix_text
 
     def _decode(self, ids: Sequence[int]) -> str:
         if not ids:

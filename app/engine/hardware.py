@@ -9,8 +9,6 @@ uses) counts: capped below AVX512_CORE_BF16, the machine behaves as one without 
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -62,14 +60,13 @@ def _flags_from_torch() -> frozenset[str]:
                      for name in names)
 
 
-def detect_cpu_features(environ: Mapping[str, str] = os.environ) -> CpuFeatures:
-    """This machine's flags (from /proc/cpuinfo, else torch) and oneDNN's ISA cap from `environ`."""
+def detect_cpu_features(isa_cap: str = "") -> CpuFeatures:
+    """This machine's flags (from /proc/cpuinfo, else torch), with oneDNN's ISA cap as the settings read it."""
     try:
         flags = read_cpu_flags(Path("/proc/cpuinfo").read_text())
     except OSError:
         flags = _flags_from_torch()
-    cap = environ.get("ONEDNN_MAX_CPU_ISA") or environ.get("DNNL_MAX_CPU_ISA") or ""
-    return CpuFeatures(flags, cap.strip().upper())
+    return CpuFeatures(flags, isa_cap.strip().upper())
 
 
 @dataclass(frozen=True)

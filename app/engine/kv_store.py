@@ -9,7 +9,7 @@ a row from the end (one row copied per layer) and the buffers keep the freed row
 in them is written there, otherwise each layer is copied once into a buffer with room for all rows.
 Trimming shared padding is a view. It never runs the model.
 
-The interface (join, remove, decode_inputs / advance, row_kv, num_bytes) is the seam a paged store
+The interface (join, remove, decode_inputs / advance / keep_written, row_kv, num_bytes) is the seam a paged store
 could later sit behind.
 """
 
@@ -43,6 +43,33 @@ def layer_bytes(layer) -> int:
     if isinstance(layer, SlabLayer):
         return layer.allocated_bytes
     return 0 if layer.keys is None else layer.keys.nbytes + layer.values.nbytes
+
+
+def cache_bytes(cache: DynamicCache | LayerCache) -> int:
+    """Memory a whole cache holds, spare columns included."""
+    return sum(layer_bytes(layer) for layer in cache.layers)
+
+
+def row_views(cache: DynamicCache | LayerCache, row: int, start: int,
+              end: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Views of columns start:end of one row per layer, (keys, values) each [1, heads, end - start, dim];
+    copy to keep."""
+    return [(layer.keys[row:row + 1, :, start:end], layer.values[row:row + 1, :, start:end]) for layer in cache.layers]
+
+
+def start_with_prefix(cache: DynamicCache | LayerCache, layers: list[tuple[torch.Tensor, torch.Tensor]], tokens: int,
+                      room: int) -> None:
+    """Make an empty one-row `cache` hold a copy of the first `tokens` columns of `layers` ((keys, values)
+    per layer), with room for `room` more columns before it grows."""
+    kind = slab_class_of(cache.layers[0])
+    held = []
+    for keys, values in layers:
+        key_buffer = spare_buffer(keys, 1, tokens + room)
+        value_buffer = spare_buffer(values, 1, tokens + room)
+        key_buffer[:, :, :tokens] = keys[:, :, :tokens]
+        value_buffer[:, :, :tokens] = values[:, :, :tokens]
+        held.append(kind.holding(key_buffer, value_buffer, tokens))
+    cache.layers = held
 
 
 def select_rows(cache: DynamicCache, rows: list[int]) -> torch.Tensor:
@@ -240,6 +267,15 @@ class KVStore:
         unpadded = min(self.lengths) == self.num_columns
         return (None if unpadded else self._mask(self.num_columns)), positions
 
+    def keep_written(self, count: int) -> None:
+        """After a pass wrote more columns than stand (drafts): the first `count` stand, the rest become
+        spare again, and every row is `count` tokens longer."""
+        assert self.cache is not None
+        columns = self.num_columns + count
+        for layer in self.cache.layers:
+            layer.set_filled(columns)
+        self.advance(count)
+
     def advance(self, count: int = 1) -> None:
         """Every row is `count` tokens longer: a decode step wrote that many columns."""
         self.lengths = [n + count for n in self.lengths]
@@ -249,9 +285,7 @@ class KVStore:
         """Views of one row's real KV per layer, (keys, values) each [1, heads, tokens, dim]; copy to keep."""
         assert self.cache is not None
         row = self._owners.index(owner)
-        tokens, columns = self.lengths[row], self.num_columns
-        return [(layer.keys[row:row + 1, :, columns - tokens:columns],
-                 layer.values[row:row + 1, :, columns - tokens:columns]) for layer in self.cache.layers]
+        return row_views(self.cache, row, self.num_columns - self.lengths[row], self.num_columns)
 
     def _mask(self, columns: int) -> torch.Tensor:
         column = torch.arange(columns, device=self.device)

@@ -50,6 +50,7 @@ class LoadConfig:
     read_checkpoints: bool = True  # False: every model through transformers' from_pretrained
     native_kernels: bool = True  # the native CPU kernels for Llama-family models (False: torch ops)
     native_isa: str = "auto"  # auto | avx512 | avx2 | generic: which build of them (a CPU may run a narrower one)
+    onednn_max_cpu_isa: str = ""  # oneDNN's cap on its instructions (ONEDNN_MAX_CPU_ISA): may rule out native bf16
 
 
 @dataclass
@@ -179,7 +180,7 @@ def _checkpoint_eos_ids(folder: Path, config: dict, tokenizer: PreTrainedTokeniz
 def load(config: LoadConfig) -> LoadedModel:
     """Load model and tokenizer onto the resolved device and dtype, on the native kernels where they apply."""
     device = resolve_device(config.device)
-    cpu = detect_cpu_features()
+    cpu = detect_cpu_features(config.onednn_max_cpu_isa)
     library = open_library(config.native_kernels and config.fused_forward, config.native_isa, cpu, device)
     native = isinstance(library, NativeLibrary)
     checkpoint = _checkpoint(config)

@@ -20,9 +20,9 @@ import torch
 
 from app.engine.chores import Slices, run_to_end
 from app.engine.fused_llama import FusedLlama
-from app.engine.kv_store import KVStore
+from app.engine.kv_store import KVStore, start_with_prefix
 from app.engine.packed_linear import PackedLinear
-from app.engine.slab_cache import LayerCache, slab_cache, slab_cache_of, slab_class_of, spare_buffer
+from app.engine.slab_cache import LayerCache, slab_cache, slab_cache_of
 
 if TYPE_CHECKING:
     from transformers import DynamicCache, PreTrainedModel
@@ -59,15 +59,7 @@ class ModelRunner:
         """A new one-row cache holding a copy of the first `tokens` columns of `layers`, with room
         for `room` more columns before it grows."""
         cache = self.new_cache()
-        kind = slab_class_of(cache.layers[0])
-        held = []
-        for keys, values in layers:
-            key_buffer = spare_buffer(keys, 1, tokens + room)
-            value_buffer = spare_buffer(values, 1, tokens + room)
-            key_buffer[:, :, :tokens] = keys[:, :, :tokens]
-            value_buffer[:, :, :tokens] = values[:, :, :tokens]
-            held.append(kind.holding(key_buffer, value_buffer, tokens))
-        cache.layers = held
+        start_with_prefix(cache, layers, tokens, room)
         return cache
 
     @torch.inference_mode()
@@ -134,13 +126,10 @@ class ModelRunner:
 
     def keep(self, store: KVStore, count: int) -> None:
         """After `verify`: the row is `count` positions longer (the drafts after those are dropped)."""
-        columns = store.num_columns + count
-        for layer in store.cache.layers:
-            layer.set_filled(columns)
-        store.advance(count)
+        store.keep_written(count)
 
     def _native_prefill_batch(self, prompts: list[list[int]], width: int
-                              ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
+                              ) -> tuple[LayerCache, torch.Tensor, torch.Tensor]:
         """prefill_batch through the native kernels: only the real tokens run (padding costs nothing)."""
         lengths = [len(p) for p in prompts]
         cache = self.new_cache()
@@ -154,16 +143,15 @@ class ModelRunner:
             mask[row, width - n:] = 1
         return cache, mask, logits
 
-    def _native_pass(self, cache: DynamicCache, first_columns, tokens, positions, rows, columns: int,
+    def _native_pass(self, cache: LayerCache, first_columns, tokens, positions, rows, columns: int,
                      wanted) -> torch.Tensor:
         """One NativeLlama pass writing into `cache`'s layers, which hold `columns` columns afterwards
         (row r's position p at column first_columns[r] + p)."""
         dims = self.native.dims
         like = torch.empty((len(first_columns), dims.num_kv_heads, 0, dims.head_dim), dtype=self.native.kv_dtype)
-        buffers = [layer.room_for(columns, like) for layer in cache.layers]
+        buffers = cache.writable_buffers(columns, like)
         logits = self.native.run(tokens, positions, rows, first_columns, buffers, wanted)
-        for layer, (keys, values) in zip(cache.layers, buffers):
-            layer.fill_to(keys, values, columns)
+        cache.hold_written(buffers, columns)
         return logits
 
     def warm_row_slices(self, max_rows: int) -> Slices:

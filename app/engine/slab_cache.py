@@ -146,6 +146,16 @@ class LayerCache:
     def __init__(self, layers: list) -> None:
         self.layers = layers
 
+    def writable_buffers(self, columns: int, like: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's key and value buffers with room for `columns` columns (SlabLayer.room_for), for a
+        writer that fills columns itself (the native kernels) and then calls `hold_written`."""
+        return [layer.room_for(columns, like) for layer in self.layers]
+
+    def hold_written(self, buffers: list[tuple[torch.Tensor, torch.Tensor]], columns: int) -> None:
+        """Each layer holds its (keys, values) from `buffers` with `columns` filled columns."""
+        for layer, (keys, values) in zip(self.layers, buffers):
+            layer.fill_to(keys, values, columns)
+
 
 @functools.cache
 def hf_slab_layer() -> type[SlabLayer]:

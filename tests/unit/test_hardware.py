@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from app.config import Settings
 from app.engine.hardware import CpuFeatures, RuntimeInfo, detect_cpu_features, read_cpu_flags
 from app.engine.loader import resolve_dtype
 
@@ -41,10 +42,17 @@ def test_native_bf16_needs_the_flag_and_no_lower_cap(cpuinfo, cap, native):
     assert CpuFeatures(read_cpu_flags(cpuinfo), cap).native_bf16 is native
 
 
-def test_the_isa_cap_is_read_from_onednns_variable():
-    assert detect_cpu_features({"ONEDNN_MAX_CPU_ISA": "avx2"}).isa_cap == "AVX2"
-    assert detect_cpu_features({"DNNL_MAX_CPU_ISA": "AVX2"}).isa_cap == "AVX2"
-    assert detect_cpu_features({}).isa_cap == ""
+@pytest.mark.parametrize("variable", ["ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "TOKENWIRE_ONEDNN_MAX_CPU_ISA"])
+def test_the_settings_read_onednns_isa_cap_and_pass_it_to_the_loader(monkeypatch, variable):
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "TOKENWIRE_ONEDNN_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, "avx2")
+    assert Settings(_env_file=None).engine_config().load.onednn_max_cpu_isa == "avx2"
+
+
+def test_the_isa_cap_is_given_not_read():
+    assert detect_cpu_features(" avx2").isa_cap == "AVX2"
+    assert detect_cpu_features().isa_cap == ""
 
 
 def test_auto_dtype_on_cpu_follows_native_bf16_and_says_why():

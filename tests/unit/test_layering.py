@@ -2,7 +2,8 @@
 
     app.engine  knows nothing of HTTP, settings or the server: torch and transformers only;
     app.api     may import app.engine, never the app factory, settings or the server;
-    app.config  may import app.engine (it builds EngineConfig), never the HTTP layer;
+    app.config  may import app.engine (it builds EngineConfig), never the HTTP layer or the server,
+                not even through what it imports (checked in a fresh interpreter);
     app.main    wires app.api + app.config + app.engine;
     app.lifecycle (uvicorn, signals) and app.logs are used by app.__main__ only.
 """
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -74,8 +76,17 @@ def test_api_imports_no_factory_settings_or_server():
 
 
 def test_config_imports_no_web_layer():
-    forbidden = (*WEB, "app.api", "app.main", "app.__main__")
+    forbidden = (*WEB, *PROCESS, "app.api", "app.http_protocol", "app.main", "app.__main__")
     assert violations([APP / "config.py"], forbidden) == []
+
+
+def test_importing_the_settings_loads_no_web_stack():
+    """The scan above sees direct imports only; this catches the server arriving through any chain."""
+    probe = ("import sys, app.config; "
+             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {WEB!r} or m.startswith('app.api')))")
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=APP.parent, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert loaded == "[]"
 
 
 def test_main_is_the_only_wiring():
