@@ -134,7 +134,7 @@ class Settings(BaseSettings):
         return EngineConfig(
             load=LoadConfig(self.model, self.device, self.dtype, self.trust_remote_code, self.fused_forward,
                             self.quantization, native_kernels=self.native_kernels, native_isa=self.native_isa,
-                            onednn_max_cpu_isa=self.onednn_max_cpu_isa),
+                            onednn_max_cpu_isa=self.onednn_max_cpu_isa, max_model_len=self.max_model_len),
             served_model_name=self.model_name,
             max_model_len=self.max_model_len,
             request_timeout_s=self.request_timeout_s,

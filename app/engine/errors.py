@@ -39,3 +39,7 @@ class UnknownModel(EngineError):
 
 class ModelLoadFailed(EngineError):
     """A model of the catalog could not be loaded (bad files, unsupported, over the memory budget)."""
+
+
+class ModelRefused(ModelLoadFailed):
+    """The model's config asks for what batched decoding cannot do; said before any weight is read."""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from app.engine.attention_layers import full_attention_overrides
 from app.engine.fused_llama import FusedLlama, LlamaDims, build_fused
 from app.engine.hardware import CpuFeatures, RuntimeInfo, detect_cpu_features
 from app.engine.llama_checkpoint import LlamaCheckpoint, fused_from_checkpoint, open_checkpoint
@@ -51,6 +52,7 @@ class LoadConfig:
     native_kernels: bool = True  # the native CPU kernels for Llama-family models (False: torch ops)
     native_isa: str = "auto"  # auto | avx512 | avx2 | generic: which build of them (a CPU may run a narrower one)
     onednn_max_cpu_isa: str = ""  # oneDNN's cap on its instructions (ONEDNN_MAX_CPU_ISA): may rule out native bf16
+    max_model_len: int = 0  # the context served (0: the model's own); a sliding window is measured against it
 
 
 @dataclass
@@ -146,12 +148,23 @@ def load_tokenizer(model: str, trust_remote_code: bool = False) -> PreTrainedTok
     return AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
 
 
+def attention_overrides(config: LoadConfig) -> dict[str, object]:
+    """What makes every layer full attention, from a local folder's config.json before anything else
+    is read; raises ModelRefused where batched decoding cannot serve the model. A hub id or GGUF file
+    has no config to read this cheaply: kv_store.check_plain_cache refuses those after the load."""
+    path = Path(config.model) / "config.json"
+    if not path.is_file():
+        return {}
+    return full_attention_overrides(json.loads(path.read_text()), config.max_model_len, str(path))
+
+
 def load_weights(model: str, dtype: torch.dtype, device: torch.device,
-                 trust_remote_code: bool = False) -> PreTrainedModel:
+                 trust_remote_code: bool = False, overrides: dict[str, object] | None = None) -> PreTrainedModel:
+    """`overrides`: config fields set over the stored ones (attention_overrides)."""
     from transformers import AutoModelForCausalLM
     source, gguf_file = split_gguf_reference(model)
     hf_model = AutoModelForCausalLM.from_pretrained(
-        source, gguf_file=gguf_file, dtype=dtype, trust_remote_code=trust_remote_code
+        source, gguf_file=gguf_file, dtype=dtype, trust_remote_code=trust_remote_code, **(overrides or {})
     )
     return hf_model.to(device).eval()
 
@@ -179,6 +192,7 @@ def _checkpoint_eos_ids(folder: Path, config: dict, tokenizer: PreTrainedTokeniz
 
 def load(config: LoadConfig) -> LoadedModel:
     """Load model and tokenizer onto the resolved device and dtype, on the native kernels where they apply."""
+    overrides = attention_overrides(config)  # first: a refused model reads no weights
     device = resolve_device(config.device)
     cpu = detect_cpu_features(config.onednn_max_cpu_isa)
     library = open_library(config.native_kernels and config.fused_forward, config.native_isa, cpu, device)
@@ -194,7 +208,7 @@ def load(config: LoadConfig) -> LoadedModel:
     if loaded is None and checkpoint is not None:
         loaded = _read_checkpoint(checkpoint, tokenizer, device, dtype, runtime, native)
     if loaded is None:
-        hf_model = load_weights(config.model, dtype, device, config.trust_remote_code)
+        hf_model = load_weights(config.model, dtype, device, config.trust_remote_code, overrides)
         fused, forward = build_fused(hf_model, config.fused_forward)
         max_pos = int(getattr(hf_model.config, "max_position_embeddings", 0) or 2048)
         loaded = LoadedModel(hf_model, tokenizer, eos_token_ids(hf_model, tokenizer), max_pos, device, dtype,

@@ -1,0 +1,57 @@
+"""Which configs batched decoding serves, decided from the config alone (app/engine/attention_layers.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.engine.attention_layers import full_attention_overrides
+from app.engine.errors import ModelLoadFailed, ModelRefused
+
+MISTRAL = {"model_type": "mistral", "max_position_embeddings": 8192, "sliding_window": 4096}
+
+
+def test_a_window_shorter_than_the_context_is_refused_naming_the_field_and_value():
+    with pytest.raises(ModelRefused, match=r"config.json sliding_window=4096 is shorter than the context \(8192\)"):
+        full_attention_overrides(MISTRAL, 0)
+    assert issubclass(ModelRefused, ModelLoadFailed)  # the pool's 503
+
+
+def test_the_window_is_measured_against_the_context_served():
+    assert full_attention_overrides(MISTRAL, 4096) == {"sliding_window": None}
+    with pytest.raises(ModelRefused, match=r"\(4097\)"):
+        full_attention_overrides(MISTRAL, 4097)
+    # A longer max_model_len than the model's positions is cut to them.
+    assert full_attention_overrides({**MISTRAL, "max_position_embeddings": 4096}, 100_000) == {"sliding_window": None}
+
+
+def test_a_window_at_least_the_positions_is_full_attention():
+    phi3_128k = {"model_type": "phi3", "max_position_embeddings": 131072, "sliding_window": 262144}
+    assert full_attention_overrides(phi3_128k, 0) == {"sliding_window": None}
+
+
+def test_no_window_or_an_unused_one_needs_nothing():
+    assert full_attention_overrides({"model_type": "llama", "max_position_embeddings": 2048}, 0) == {}
+    qwen2 = {"model_type": "qwen2", "sliding_window": 1024, "use_sliding_window": False,
+             "max_position_embeddings": 32768, "layer_types": ["full_attention"] * 2}
+    assert full_attention_overrides(qwen2, 0) == {}
+    assert full_attention_overrides({**qwen2, "layer_types": None}, 0) == {}
+
+
+def test_sliding_layer_types_are_refused_or_made_full():
+    gemma2 = {"model_type": "gemma2", "sliding_window": 4096, "max_position_embeddings": 8192,
+              "layer_types": ["sliding_attention", "full_attention"]}
+    with pytest.raises(ModelRefused, match="layer_types has sliding_attention, and sliding_window=4096"):
+        full_attention_overrides(gemma2, 0)
+    assert full_attention_overrides(gemma2, 2048) == {"layer_types": ["full_attention"] * 2}
+
+
+@pytest.mark.parametrize("config, field", [
+    ({"layer_types": ["linear_attention", "full_attention"]}, "layer_types has linear_attention"),
+    ({"layer_types": ["chunked_attention"]}, "layer_types has chunked_attention"),
+    ({"attention_chunk_size": 8192}, "attention_chunk_size=8192"),
+    ({"kv_sharing_modes": ["own", "reuse"]}, "kv_sharing_modes"),
+    ({"text_config": {"sliding_window": 512, "max_position_embeddings": 4096}}, "sliding_window=512"),
+])
+def test_other_cache_kinds_are_refused(config, field):
+    with pytest.raises(ModelRefused, match=field):
+        full_attention_overrides(config, 0)
