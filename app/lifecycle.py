@@ -19,13 +19,15 @@ from fastapi import FastAPI
 
 from app.api.drain import drain
 from app.config import Settings
+from app.engine.errors import ModelRefused
+from app.engine.loader import attention_overrides
 from app.http_protocol import h11_with_head_deadline
 
 log = logging.getLogger(__name__)
 
 # After the drain, what uvicorn still waits for open responses (the last bytes of finished streams).
 GRACEFUL_SHUTDOWN_S = 5
-STARTUP_FAILURE = 3  # uvicorn's exit code when the app cannot start
+STARTUP_FAILURE = 3  # uvicorn's exit code when the app cannot start; also a refused default model's
 
 
 class GracefulServer(uvicorn.Server):
@@ -99,6 +101,12 @@ def uvicorn_options(settings: Settings) -> dict[str, object]:
 
 def serve(app: FastAPI, settings: Settings) -> int:
     """Run the server until it is stopped; the process exit code."""
+    try:
+        # Before uvicorn: its lifespan would log the refusal with a traceback, after the port was taken.
+        attention_overrides(settings.engine_config().load)
+    except ModelRefused as exc:
+        log.error("%s", exc)
+        return STARTUP_FAILURE
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             log_config=None, access_log=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
                             **uvicorn_options(settings))
