@@ -138,3 +138,13 @@ async def test_keep_alive_takes_seconds_or_a_duration(tmp_path, keep_alive):
     async with models_client(tmp_path, Factory()) as (client, _):
         response = await client.post("/v1/chat/completions", json=chat("alpha", keep_alive=keep_alive))
         assert response.status_code == (200 if keep_alive == "1h" else 400)
+
+
+async def test_a_model_that_cannot_be_loaded_is_503_with_the_reason(tmp_path):
+    factory = Factory(failing=frozenset({"alpha"}))
+    async with models_client(tmp_path, factory) as (client, _):
+        response = await client.post("/v1/chat/completions", json=chat("alpha"))
+        assert response.status_code == 503 and assert_error_shape(response.json())["code"] == "model_load_failed"
+        assert "weights unreadable" in response.json()["error"]["message"]
+        alpha = next(m for m in (await client.get("/health")).json()["models"] if m["name"] == "alpha")
+        assert alpha["status"] == "unloaded" and "weights unreadable" in alpha["error"]
