@@ -92,6 +92,20 @@ class Settings(BaseSettings):
     cors_origins: str = Field("", description="comma-separated allowed browser origins; empty = no CORS")
     playground: bool = Field(True, description="serve the chat playground page at / (false: / is a 404)")
 
+    # The store: stored responses and resumable streams (see README "Stored responses and resumable streams").
+    store_url: str = Field("sqlite:///data/tokenwire.sqlite3", description="where responses and stream events "
+                           "are kept: sqlite:///PATH (a file; relative to the working directory, or "
+                           "sqlite:////ABSOLUTE) or redis://HOST:PORT/DB, which replicas share")
+    store_max_age: str = Field("30d", description="a stored response is forgotten this long after its last change "
+                               "(seconds or a duration: 90s, 10m, 12h, 30d)")
+    store_max_mb: int = Field(1024, ge=1, description="stored responses and stream events together; beyond it the "
+                              "least recently written go first")
+    stream_retention: str = Field("10m", description="a stream stays resumable this long after its last event "
+                                  "(at least 60s)")
+    stream_unattended: str = Field("15s", description="a streamed generation no client reads (a dropped "
+                                   "connection) goes on this long, so the client can resume it; then it is "
+                                   "cancelled. 0 = cancel when the connection drops")
+
     # Lifecycle and observability (see README "Lifecycle" and "Observability").
     drain_timeout_s: float = Field(25.0, ge=0, description="after SIGTERM: time in-flight requests get to finish")
     sse_keepalive_s: float = Field(15.0, gt=0, description="seconds between `: ping` comments on a stream")
@@ -113,6 +127,21 @@ class Settings(BaseSettings):
     def _a_duration(cls, value: str) -> str:
         duration_seconds(value)  # raises a ValueError naming the forms it takes
         return value
+
+    @field_validator("store_max_age", "stream_retention", "stream_unattended")
+    @classmethod
+    def _a_positive_duration(cls, value: str, info) -> str:
+        seconds = long_duration_seconds(value)
+        if seconds < 0:
+            raise ValueError("must not be negative")
+        if info.field_name == "stream_retention" and seconds < 60:
+            raise ValueError("must be at least 60s: a dropped client needs time to come back")
+        return value
+
+    def store_seconds(self) -> tuple[float, float, float]:
+        """(store_max_age, stream_retention, stream_unattended) in seconds."""
+        return (long_duration_seconds(self.store_max_age), long_duration_seconds(self.stream_retention),
+                long_duration_seconds(self.stream_unattended))
 
     def pool_config(self) -> PoolConfig:
         budget = self.models_memory_mb << 20 or int(MEMORY_SHARE * machine_memory_bytes())
@@ -152,6 +181,14 @@ class Settings(BaseSettings):
             ) if self.prefix_cache else None,
             speculation=self.speculation,
         )
+
+
+def long_duration_seconds(value: str) -> float:
+    """A duration that may also be written in days ("30d"), beside the forms keep_alive takes."""
+    text = value.strip()
+    if text.endswith("d") and text[:-1].replace(".", "", 1).isdigit():
+        return float(text[:-1]) * 86400
+    return duration_seconds(text)
 
 
 def machine_memory_bytes() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
@@ -24,6 +25,9 @@ from app.api.request_context import RequestContext
 from app.api.request_limits import RequestLimits
 from app.api.rate_limits import RateLimits
 from app.api.routes import router
+from app.api.store import Store, StoreLimits, open_store
+from app.api.stream_hub import StreamHub
+from app.api.stream_routes import RESUME_HEADER, router as stream_router
 from app.api.tenants import KeyTable
 from app.api.tracing import RequestTracer
 from app.config import Settings
@@ -33,6 +37,7 @@ from app.engine.model_pool import ModelPool
 
 
 TRACE_FLUSH_S = 5.0  # at shutdown, after the drain
+PRUNE_EVERY_S = 60.0  # the store's age and size bounds are enforced this often
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None,
@@ -48,13 +53,19 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        app.state.store = store = await asyncio.to_thread(open_store, settings.store_url, store_limits(settings))
+        app.state.streams = StreamHub(store, settings.store_seconds()[2])
+        pruning = asyncio.create_task(keep_pruned(store))
         await models.start()
         try:
             yield
         finally:
             try:
+                await app.state.streams.stop()
+                pruning.cancel()
                 await models.stop()
             finally:
+                await store.close()
                 if app.state.tracer is not None:  # export the spans still queued, not waiting on a dead collector
                     await asyncio.wait([asyncio.create_task(asyncio.to_thread(app.state.tracer.shutdown))],
                                        timeout=TRACE_FLUSH_S)
@@ -64,6 +75,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
     app.include_router(router)
     app.include_router(anthropic_router)
     app.include_router(model_router)
+    app.include_router(stream_router)
     app.include_router(probes_router)
     if settings.playground:
         install_playground(app)
@@ -74,6 +86,21 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
     add_request_context(app, settings, models, tracer)
     app.add_middleware(CanonicalPath, routes=app.router.routes)  # outermost: every layer sees the canonical path
     return app
+
+
+def store_limits(settings: Settings) -> StoreLimits:
+    max_age_s, retention_s, _ = settings.store_seconds()
+    return StoreLimits(max_age_s, retention_s, settings.store_max_mb << 20)
+
+
+async def keep_pruned(store: Store) -> None:
+    """Drop what the store's bounds no longer allow, at start-up and then every PRUNE_EVERY_S."""
+    while True:
+        try:
+            await store.prune()
+        except Exception as exc:  # noqa: BLE001 - a store hiccup must not stop the pruning
+            logging.getLogger(__name__).warning("pruning the store failed: %r", exc)
+        await asyncio.sleep(PRUNE_EVERY_S)
 
 
 def model_pool(settings: Settings, engine: Engine | None = None) -> ModelPool:
@@ -109,7 +136,7 @@ def add_request_context(app: FastAPI, settings: Settings, models: ModelPool,
 
 
 # Headers a browser page on another origin may read: when to retry, and its key's limits.
-EXPOSED_HEADERS = ["Retry-After", "X-Request-Id", *(f"x-ratelimit-{what}-{limit}" for what in ("limit", "remaining", "reset")
+EXPOSED_HEADERS = ["Retry-After", "X-Request-Id", RESUME_HEADER, *(f"x-ratelimit-{what}-{limit}" for what in ("limit", "remaining", "reset")
                                                   for limit in ("requests", "tokens"))]
 
 

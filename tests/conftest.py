@@ -126,3 +126,52 @@ def tiny_reference(tiny_model_dir: Path):
 def tiny_reference_fp32(tiny_model_dir: Path):
     return _reference_tiny(tiny_model_dir, "float32")
 
+
+
+def start_redis(folder: Path):
+    """Debian's redis-server on a free loopback port, no persistence (`.ci/run` installs it)."""
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    binary = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    if binary is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server; .ci/run does it)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start") from None
+            time.sleep(0.05)
+    return process, f"redis://127.0.0.1:{port}/0"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory):
+    """A real Redis for the session (each test uses its own key namespace or flushes)."""
+    process, url = start_redis(tmp_path_factory.mktemp("redis"))
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _store_in_a_temporary_folder(tmp_path_factory: pytest.TempPathFactory):
+    """Apps and servers the tests start keep their store in a folder of the session, not in ./data."""
+    import os
+
+    if "TOKENWIRE_STORE_URL" in os.environ:
+        yield
+        return
+    os.environ["TOKENWIRE_STORE_URL"] = f"sqlite:///{tmp_path_factory.mktemp('store')}/tokenwire.sqlite3"
+    yield
+    os.environ.pop("TOKENWIRE_STORE_URL", None)

@@ -7,7 +7,8 @@ from fastapi import APIRouter, Request
 from app.api.anthropic_framing import message_of, stream_message_events
 from app.api.anthropic_schemas import CountTokensRequest, MessagesRequest
 from app.api.openapi import COUNT_TOKENS_RESPONSES, MESSAGES_RESPONSES
-from app.api.routes import accept, run_chat, sse_response, use_model
+from app.api.routes import accept, run_chat, use_model
+from app.api.stream_routes import sse_response
 from app.api.sse import collect
 
 router = APIRouter()

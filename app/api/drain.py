@@ -1,7 +1,8 @@
 """Draining (SIGTERM): refuse new generation requests, let those in flight finish until a deadline,
 then end the rest with an error event (streams) or a 503 (non-streamed), so the process can exit.
 
-`DrainGate` (middleware) counts generation requests until their response is fully sent; `drain()` is
+`DrainGate` (middleware) counts generation requests until their response is fully sent (a stream
+that outlives its connection, until it ends); `drain()` is
 what the server runs on the first SIGTERM before it stops listening.
 """
 
@@ -15,7 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.errors import Draining, error_response
-from app.api.request_context import GENERATION_ENDPOINTS
+from app.api.request_context import GENERATION_ENDPOINTS, after_generation
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,10 @@ class DrainGate:
         try:
             await self.app(scope, receive, send)
         finally:
-            self.state.num_in_flight -= 1
+            after_generation(scope.setdefault("state", {}), self._one_less)
+
+    def _one_less(self) -> None:
+        self.state.num_in_flight -= 1
 
 
 def refusal(scope: Scope) -> JSONResponse:

@@ -50,18 +50,28 @@ class HeadTooLarge(Exception):
     pass
 
 
+class NotFound(Exception):
+    """A stored response or a stream that does not exist, is forgotten, or belongs to another API key."""
+
+
+class StreamCancelled(Exception):
+    """Reported in-band: the generation was cancelled (asked to, or no client read it for too long)."""
+
+
 # type -> (HTTP status, OpenAI error type, code); the first matching entry wins (subclasses first).
 ERROR_TABLE: list[tuple[type[BaseException], int, str, str | None]] = [
     (ContextLengthExceeded, 400, "invalid_request_error", "context_length_exceeded"),
     (InvalidRequest, 400, "invalid_request_error", None),
     (Unauthorized, 401, "invalid_request_error", "invalid_api_key"),
     (UnknownModel, 404, "invalid_request_error", "model_not_found"),
+    (NotFound, 404, "invalid_request_error", "not_found"),
     (RequestTimeout, 408, "invalid_request_error", "request_timeout"),
     (BodyTooLarge, 413, "invalid_request_error", "request_too_large"),
     (HeadTooLarge, 431, "invalid_request_error", "request_header_fields_too_large"),
     (ClientGone, 499, "client_closed_request", "client_disconnected"),  # nginx's code; nobody reads it
     (RateLimited, 429, "rate_limit_error", "rate_limit_exceeded"),  # the tenant's own limit
     (Overloaded, 429, "rate_limit_error", "overloaded"),
+    (StreamCancelled, 409, "invalid_request_error", "cancelled"),
     (Draining, 503, "service_unavailable", "draining"),
     (EngineDead, 503, "service_unavailable", "engine_unavailable"),
     (ModelLoadFailed, 503, "service_unavailable", "model_load_failed"),

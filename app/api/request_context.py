@@ -6,11 +6,12 @@ metrics (and traced, when a tracer is set) and every request gets one log line.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import Request
 from fastapi.encoders import jsonable_encoder
@@ -30,6 +31,16 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _HEADER_KEY = REQUEST_ID_HEADER.lower().encode()
 GENERATION_ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat_completions",
                         "/v1/responses": "responses", "/v1/messages": "messages"}
+
+
+def after_generation(state: dict, then: Callable[[], None]) -> None:
+    """Run `then` when the request's generation ends: at once, or, for a stream that outlives its
+    connection (app/api/stream_relay.py, `state["generation"]`), when that stream ends."""
+    generation: asyncio.Future | None = state.get("generation")
+    if generation is None or generation.done():
+        then()
+    else:
+        generation.add_done_callback(lambda _: then())
 
 
 def request_id_of(scope: Scope) -> tuple[str, bool]:
@@ -82,8 +93,8 @@ class RequestContext:
                                GENERATION_ENDPOINTS.get(scope["path"]))
         if self.tracer is not None and record.endpoint is not None:
             record.trace_headers = trace_headers_of(scope)
-        state = scope.setdefault("state", {})
-        state.update(record=record, request_id=request_id)
+        # Each request its own state (as uvicorn gives it; some test transports share one dict).
+        state = scope["state"] = {**scope.get("state", {}), "record": record, "request_id": request_id}
         header = (_HEADER_KEY, request_id.encode())
 
         async def send_with_id(message: Message) -> None:
@@ -103,7 +114,7 @@ class RequestContext:
             raise
         finally:
             record.error_code = state.get("error_code")
-            self._finish(record)
+            after_generation(state, lambda: self._finish(record))
 
     def _finish(self, record: RequestRecord) -> None:
         record.ended_at = time.monotonic()

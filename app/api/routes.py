@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from sse_starlette import EventSourceResponse
 
 from app.api.framers import chat_framer, completion_framer
 from app.api.framing import ChatFramer
@@ -13,15 +12,13 @@ from app.api.request_context import completion_id, record_of, track
 from app.api.responses_framing import ResponsesFramer, stream_response_events
 from app.api.schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ResponsesRequest, TokenizeRequest
 from app.api.sse import collect, stream_events
+from app.api.stream_routes import resumable_response, sse_response
 from app.api.engine_port import ServingEngine
 from app.engine.errors import EngineDead
 from app.engine.model_pool import ModelPool
 from app.engine.types import Share
 
 router = APIRouter()
-
-# Proxies must pass tokens through as they come.
-STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 async def get_models(request: Request) -> ModelPool:
@@ -57,24 +54,6 @@ def admit(request: Request) -> Share:
     return Share() if tenant is None else tenant.share
 
 
-class TokenStreamResponse(EventSourceResponse):
-    """sse-starlette's response, minus a cancel scope around every send when no send timeout is set
-    (anyio's `move_on_after(None)` still builds one: a sizable share of the event loop's work per
-    streamed token)."""
-
-    async def _send_with_timeout(self, send, message) -> None:
-        if self.send_timeout is None:
-            await send(message)
-        else:
-            await super()._send_with_timeout(send, message)
-
-
-def sse_response(request: Request, sse_events) -> EventSourceResponse:
-    # `: ping` comments keep proxies and clients from timing out during a long queue or prefill.
-    return TokenStreamResponse(sse_events, sep="\n", ping=request.app.state.sse_keepalive_s,
-                               headers=STREAM_HEADERS)
-
-
 @router.post("/v1/completions", responses=GENERATION_RESPONSES)
 async def completions(body: CompletionRequest, request: Request):
     (engine, share), model = await accept(body, request), body.model
@@ -85,7 +64,7 @@ async def completions(body: CompletionRequest, request: Request):
     events = track(request, await engine.submit(prompt_ids, body.to_sampling_params(), framer.id, share), model,
                    body.prompt, body.n)
     if body.stream:
-        return sse_response(request, stream_events(events, framer))
+        return resumable_response(request, stream_events(events, framer))
     return framer.response(await collect(events, request.is_disconnected))
 
 
@@ -106,7 +85,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     engine, share = await accept(body, request)
     framer, events = await run_chat(body, request, engine, share, "chatcmpl-", body.messages)
     if body.stream:
-        return sse_response(request, stream_events(events, framer))
+        return resumable_response(request, stream_events(events, framer))
     return framer.response(await collect(events, request.is_disconnected))
 
 

@@ -25,26 +25,26 @@ def json_data(body: dict) -> str:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
-def data_event(data: str) -> bytes:
-    """One `data:` event, encoded as sse-starlette would encode it (with sep "\n"): our payloads are
-    compact JSON or [DONE], never containing a line break, so one line."""
-    return f"data: {data}\n\n".encode()
+def data_frame(data: str) -> str:
+    """One `data:` event as sse-starlette would write it (with sep "\n"): our payloads are compact
+    JSON or [DONE], never holding a line break, so one line."""
+    return f"data: {data}\n\n"
 
 
-async def stream_events(events: AsyncIterator[TokenEvent], framer: Framer) -> AsyncIterator[bytes]:
-    """Yield the encoded events of one streamed response (bytes pass through sse-starlette as they are)."""
+async def stream_events(events: AsyncIterator[TokenEvent], framer: Framer) -> AsyncIterator[str]:
+    """Yield the frames of one streamed response (app/api/stream_routes.py numbers and relays them)."""
     async with aclosing(events):  # type: ignore[type-var]
         try:
             for body in framer.opening_chunks():
-                yield data_event(json_data(body))
+                yield data_frame(json_data(body))
             async for event in events:
                 for body in framer.on_event(event):
-                    yield data_event(json_data(body))
+                    yield data_frame(json_data(body))
         except Exception as exc:  # the status line is gone: report in-band
             _, body = describe(exc)
             log.warning("stream %s failed after it began: %r", framer.id, exc)
-            yield data_event(json_data(body))
-    yield data_event(DONE)
+            yield data_frame(json_data(body))
+    yield data_frame(DONE)
 
 
 async def collect(events: AsyncIterator[TokenEvent],

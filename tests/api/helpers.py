@@ -19,8 +19,8 @@ def chat_body(**overrides) -> dict:
 def parse_sse(raw: str) -> list[str]:
     """Split a whole SSE body into event data payloads, checking the exact framing on the way.
 
-    Every event must be one `data: ...` line followed by a blank line (keep-alive comments, which
-    start with ':', are allowed and skipped).
+    Every event must be an `id: n` line (n counting from 0, no gap) and one `data: ...` line, followed
+    by a blank line (keep-alive comments, which start with ':', are allowed and skipped).
     """
     assert raw.endswith("\n\n"), f"the stream must end with a blank line: {raw[-40:]!r}"
     assert "\r" not in raw, "this server frames with \\n only"
@@ -29,8 +29,9 @@ def parse_sse(raw: str) -> list[str]:
         lines = block.split("\n")
         if all(line.startswith(":") for line in lines):
             continue
-        assert len(lines) == 1 and lines[0].startswith("data: "), f"bad SSE event: {block!r}"
-        payloads.append(lines[0][len("data: "):])
+        assert len(lines) == 2 and lines[0] == f"id: {len(payloads)}" and lines[1].startswith("data: "), \
+            f"bad SSE event: {block!r}"
+        payloads.append(lines[1][len("data: "):])
     return payloads
 
 

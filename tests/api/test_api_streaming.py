@@ -281,8 +281,8 @@ async def test_leaving_the_stream_early_closes_the_engine_iterator(fake):
     fake.script = scripted_events([f"t{i}" for i in range(100)])
     events = fake.generate([1, 2, 3], SamplingParams(), "cmpl-x")
     stream_ = stream_events(events, Framer("cmpl-x", MODEL_NAME))
-    assert b"t0" in await stream_.__anext__()
-    assert b"t1" in await stream_.__anext__()
+    assert "t0" in await stream_.__anext__()
+    assert "t1" in await stream_.__anext__()
     await stream_.aclose()
     assert fake.last_call.closed_early
     assert fake.num_active_requests == 0
@@ -338,9 +338,11 @@ async def test_client_disconnect_aborts_the_request(fake, path):
 def test_events_are_encoded_exactly_as_sse_starlette_would_encode_them():
     from sse_starlette.event import ServerSentEvent
 
-    from app.api.sse import data_event, json_data
+    from app.api.sse import data_frame, json_data
+    from app.api.stream_relay import numbered
 
     for body in ({"a": "line\nbreak\r\nand\u2028separator", "b": "émoji 👋"}, {}):
         payload = json_data(body)
-        assert data_event(payload) == ServerSentEvent(data=payload, sep="\n").encode()
-    assert data_event("[DONE]") == ServerSentEvent(data="[DONE]", sep="\n").encode()
+        assert data_frame(payload).encode() == ServerSentEvent(data=payload, sep="\n").encode()
+        assert numbered(7, data_frame(payload)).encode() == ServerSentEvent(data=payload, id="7", sep="\n").encode()
+    assert data_frame("[DONE]").encode() == ServerSentEvent(data="[DONE]", sep="\n").encode()

@@ -37,8 +37,8 @@ def finish_reason(events: list[dict]) -> str | None:
 
 
 def parse_events(raw: bytes) -> list[dict]:
-    """A whole SSE body: strict UTF-8, one `data:` line per event (`:` comments allowed), exactly one
-    final [DONE], no error event; the JSON events before [DONE]."""
+    """A whole SSE body: strict UTF-8, an `id: n` line (0, 1, 2...) and one `data:` line per event (`:`
+    comments allowed), exactly one final [DONE], no error event; the JSON events before [DONE]."""
     text = raw.decode("utf-8", errors="strict")
     assert text.endswith("\n\n"), text[-80:]
     payloads = []
@@ -46,8 +46,9 @@ def parse_events(raw: bytes) -> list[dict]:
         lines = block.split("\n")
         if all(line.startswith(":") for line in lines):  # keep-alive comment
             continue
-        assert len(lines) == 1 and lines[0].startswith("data: "), f"bad SSE event: {block!r}"
-        payloads.append(lines[0].removeprefix("data: "))
+        assert len(lines) == 2 and lines[0] == f"id: {len(payloads)}" and lines[1].startswith("data: "), \
+            f"bad SSE event: {block!r}"
+        payloads.append(lines[1].removeprefix("data: "))
     assert payloads and payloads[-1] == "[DONE]" and payloads.count("[DONE]") == 1, payloads[-3:]
     events = [json.loads(p) for p in payloads[:-1]]
     assert events and not any("error" in e for e in events), events

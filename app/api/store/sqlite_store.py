@@ -1,0 +1,175 @@
+"""The store in one SQLite file (WAL): embedded, no set-up, survives a restart. Processes on one host
+may share the file. Every call runs on the store's own thread, so the event loop never waits on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from app.api.store.base import Event, EventSlice, StoreLimits
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, owner TEXT NOT NULL, value TEXT NOT NULL,
+                                    written REAL NOT NULL, bytes INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS streams (stream TEXT PRIMARY KEY, owner TEXT NOT NULL, next INTEGER NOT NULL,
+                                    ended INTEGER NOT NULL, written REAL NOT NULL, bytes INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS events (stream TEXT NOT NULL, position INTEGER NOT NULL, frame TEXT NOT NULL,
+                                   PRIMARY KEY (stream, position)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cancels (key TEXT PRIMARY KEY, written REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS records_written ON records (written);
+CREATE INDEX IF NOT EXISTS streams_written ON streams (written);
+"""
+CANCEL_TTL_S = 3600.0
+
+
+class SqliteStore:
+    def __init__(self, path: str, limits: StoreLimits = StoreLimits()) -> None:
+        self.limits = limits
+        self.path = path
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenwire-store")
+        self._db = self._thread.submit(self._connect).result()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash, one fsync per checkpoint
+        db.executescript(SCHEMA)
+        return db
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, work, self._db)
+
+    # ---- records ----------------------------------------------------------------------------------
+
+    async def put_record(self, key: str, owner: str, value: str) -> None:
+        def put(db: sqlite3.Connection) -> None:
+            db.execute("INSERT INTO records VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+                       "value = excluded.value, written = excluded.written, bytes = excluded.bytes "
+                       "WHERE records.owner = excluded.owner", (key, owner, value, time.time(), len(value)))
+        await self._run(put)
+
+    async def get_record(self, key: str, owner: str) -> str | None:
+        def get(db: sqlite3.Connection) -> str | None:
+            row = db.execute("SELECT value FROM records WHERE key = ? AND owner = ? AND written > ?",
+                             (key, owner, time.time() - self.limits.max_age_s)).fetchone()
+            return row and row[0]
+        return await self._run(get)
+
+    async def delete_record(self, key: str, owner: str) -> bool:
+        def delete(db: sqlite3.Connection) -> bool:
+            with _transaction(db):
+                gone = db.execute("DELETE FROM records WHERE key = ? AND owner = ?", (key, owner)).rowcount
+                if gone:
+                    _drop_streams(db, [key])
+            return bool(gone)
+        return await self._run(delete)
+
+    # ---- event logs -------------------------------------------------------------------------------
+
+    async def append_events(self, stream: str, owner: str, events: Sequence[Event], ended: bool = False) -> None:
+        def append(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                row = db.execute("SELECT owner, next FROM streams WHERE stream = ?", (stream,)).fetchone()
+                if row is not None and row[0] != owner:
+                    raise PermissionError(f"stream {stream} belongs to another key")
+                expected = 0 if row is None else row[1]
+                if events and events[0][0] != expected:
+                    raise ValueError(f"stream {stream}: event {events[0][0]} appended where {expected} is next")
+                size = sum(len(frame) for _, frame in events)
+                db.executemany("INSERT INTO events VALUES (?, ?, ?)",
+                               [(stream, position, frame) for position, frame in events])
+                db.execute("INSERT INTO streams VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (stream) DO UPDATE SET "
+                           "next = excluded.next, ended = excluded.ended, written = excluded.written, "
+                           "bytes = streams.bytes + excluded.bytes",
+                           (stream, owner, expected + len(events), int(ended), time.time(), size))
+        await self._run(append)
+
+    async def read_events(self, stream: str, owner: str, after: int) -> EventSlice | None:
+        def read(db: sqlite3.Connection) -> EventSlice | None:
+            row = db.execute("SELECT ended FROM streams WHERE stream = ? AND owner = ? AND written > ?",
+                             (stream, owner, time.time() - self.limits.stream_retention_s)).fetchone()
+            if row is None:
+                return None
+            events = db.execute("SELECT position, frame FROM events WHERE stream = ? AND position > ? "
+                                "ORDER BY position", (stream, after)).fetchall()
+            return EventSlice(events, bool(row[0]))
+        return await self._run(read)
+
+    # ---- cancellation -----------------------------------------------------------------------------
+
+    async def request_cancel(self, key: str) -> None:
+        await self._run(lambda db: db.execute("INSERT OR REPLACE INTO cancels VALUES (?, ?)", (key, time.time())))
+
+    async def cancel_requested(self, key: str) -> bool:
+        return await self._run(
+            lambda db: db.execute("SELECT 1 FROM cancels WHERE key = ?", (key,)).fetchone() is not None)
+
+    async def cancels_among(self, keys: Sequence[str]) -> set[str]:
+        def among(db: sqlite3.Connection) -> set[str]:
+            marks = ",".join("?" * len(keys))
+            return {row[0] for row in db.execute(f"SELECT key FROM cancels WHERE key IN ({marks})", list(keys))}
+        return await self._run(among) if keys else set()
+
+    # ---- bounds -----------------------------------------------------------------------------------
+
+    async def prune(self) -> None:
+        await self._run(self._prune)
+
+    def _prune(self, db: sqlite3.Connection) -> None:
+        now, limits = time.time(), self.limits
+        with _transaction(db):
+            db.execute("DELETE FROM records WHERE written <= ?", (now - limits.max_age_s,))
+            old = [row[0] for row in db.execute("SELECT stream FROM streams WHERE written <= ?",
+                                                (now - limits.stream_retention_s,))]
+            _drop_streams(db, old)
+            db.execute("DELETE FROM cancels WHERE written <= ?", (now - CANCEL_TTL_S,))
+            total = db.execute("SELECT (SELECT coalesce(sum(bytes), 0) FROM records) + "
+                               "(SELECT coalesce(sum(bytes), 0) FROM streams)").fetchone()[0]
+            if total <= limits.max_bytes:
+                return
+            oldest = db.execute("SELECT 'r', key, written, bytes FROM records UNION ALL "
+                                "SELECT 's', stream, written, bytes FROM streams ORDER BY written")
+            records, streams = [], []
+            for kind, key, _, size in oldest:
+                (records if kind == "r" else streams).append(key)
+                total -= size
+                if total <= limits.max_bytes * 0.9:  # some headroom, so a full store does not prune on every write
+                    break
+            db.executemany("DELETE FROM records WHERE key = ?", [(key,) for key in records])
+            _drop_streams(db, streams)
+
+    async def size_bytes(self) -> int:
+        return await self._run(lambda db: db.execute(
+            "SELECT (SELECT coalesce(sum(bytes), 0) FROM records) + (SELECT coalesce(sum(bytes), 0) FROM streams)"
+        ).fetchone()[0])
+
+    async def close(self) -> None:
+        await self._run(lambda db: db.close())
+        self._thread.shutdown(wait=True)
+
+
+def _drop_streams(db: sqlite3.Connection, streams: list[str]) -> None:
+    db.executemany("DELETE FROM events WHERE stream = ?", [(s,) for s in streams])
+    db.executemany("DELETE FROM streams WHERE stream = ?", [(s,) for s in streams])
+
+
+class _transaction:
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error): the connection runs in autocommit otherwise."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind, *_) -> None:
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")

@@ -1,0 +1,118 @@
+"""The store's contract, on both backends: SQLite in a file and a real redis-server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from app.api.store import StoreLimits, open_store, wait_events
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def make_store(request, tmp_path):
+    def make(limits: StoreLimits = StoreLimits()):
+        if request.param == "sqlite":
+            store = open_store(f"sqlite:///{tmp_path}/store.sqlite3", limits)
+        else:
+            store = open_store(request.getfixturevalue("redis_url"), limits)
+            store.ns = f"test-{uuid.uuid4().hex[:8]}:"  # each test its own keys
+        return store
+
+    return make
+
+
+async def test_records_are_seen_only_by_their_owner(make_store):
+    store = make_store()
+    await store.put_record("resp_1", "alice", '{"a": 1}')
+    assert await store.get_record("resp_1", "alice") == '{"a": 1}'
+    assert await store.get_record("resp_1", "bob") is None
+    await store.put_record("resp_1", "bob", '{"stolen": true}')  # another key cannot overwrite it
+    assert await store.get_record("resp_1", "alice") == '{"a": 1}'
+    assert not await store.delete_record("resp_1", "bob")
+    await store.put_record("resp_1", "alice", '{"a": 2}')
+    assert await store.get_record("resp_1", "alice") == '{"a": 2}'
+    assert await store.delete_record("resp_1", "alice")
+    assert await store.get_record("resp_1", "alice") is None
+    assert not await store.delete_record("resp_1", "alice")
+    await store.close()
+
+
+async def test_event_logs_append_in_order_and_read_after_a_position(make_store):
+    store = make_store()
+    assert await store.read_events("s1", "alice", -1) is None
+    await store.append_events("s1", "alice", [(0, "id: 0\ndata: a\n\n"), (1, "id: 1\ndata: b\n\n")])
+    await store.append_events("s1", "alice", [(2, "id: 2\ndata: [DONE]\n\n")], ended=True)
+    whole = await store.read_events("s1", "alice", -1)
+    assert [p for p, _ in whole.events] == [0, 1, 2] and whole.ended
+    tail = await store.read_events("s1", "alice", 1)
+    assert tail.events == [(2, "id: 2\ndata: [DONE]\n\n")]
+    assert (await store.read_events("s1", "alice", 2)).events == []
+    assert await store.read_events("s1", "bob", -1) is None
+    with pytest.raises(PermissionError):
+        await store.append_events("s1", "bob", [(3, "x")])
+    with pytest.raises(ValueError):  # a gap or a repeat would break "no gap, no duplicate"
+        await store.append_events("s1", "alice", [(5, "x")])
+    await store.close()
+
+
+async def test_a_reader_waits_for_events_another_writer_appends(make_store):
+    store = make_store()
+    await store.append_events("s2", "k", [(0, "first")])
+    seen = asyncio.create_task(wait_events(store, "s2", "k", 0, timeout_s=5))
+    await asyncio.sleep(0.1)
+    assert not seen.done()
+    await store.append_events("s2", "k", [(1, "second")])
+    assert (await asyncio.wait_for(seen, 2)).events == [(1, "second")]
+    await store.close()
+
+
+async def test_deleting_a_record_drops_its_event_log(make_store):
+    store = make_store()
+    await store.put_record("resp_2", "k", "{}")
+    await store.append_events("resp_2", "k", [(0, "e")], ended=True)
+    await store.delete_record("resp_2", "k")
+    assert await store.read_events("resp_2", "k", -1) is None
+    await store.close()
+
+
+async def test_cancel_requests_reach_any_reader(make_store):
+    store = make_store()
+    assert not await store.cancel_requested("resp_3")
+    await store.request_cancel("resp_3")
+    assert await store.cancel_requested("resp_3")
+    await store.close()
+
+
+async def test_age_bounds_records_and_event_logs(make_store):
+    store = make_store(StoreLimits(max_age_s=1, stream_retention_s=1, max_bytes=1 << 20))
+    await store.put_record("old", "k", "{}")
+    await store.append_events("old-stream", "k", [(0, "e")], ended=True)
+    await asyncio.sleep(1.3)
+    await store.put_record("new", "k", "{}")
+    await store.prune()
+    assert await store.get_record("old", "k") is None
+    assert await store.read_events("old-stream", "k", -1) is None
+    assert await store.get_record("new", "k") == "{}"
+    await store.close()
+
+
+async def test_size_bound_drops_the_least_recently_written_first(make_store):
+    store = make_store(StoreLimits(max_bytes=10_000))
+    for i in range(5):
+        await store.put_record(f"r{i}", "k", "x" * 3000)
+        await asyncio.sleep(0.01)
+    await store.prune()
+    kept = [i for i in range(5) if await store.get_record(f"r{i}", "k") is not None]
+    assert kept == [2, 3, 4]  # 15 kB over a 10 kB bound: the oldest go until 90% of it is left
+    assert await store.size_bytes() <= 9_000
+    await store.close()
+
+
+async def test_cancels_among_names_only_the_cancelled(make_store):
+    store = make_store()
+    await store.request_cancel("b")
+    assert await store.cancels_among(["a", "b", "c"]) == {"b"}
+    assert await store.cancels_among([]) == set()
+    await store.close()
