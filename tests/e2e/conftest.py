@@ -80,7 +80,10 @@ def _launch(log_dir: Path, env_overrides: dict[str, str]) -> tuple[Server, subpr
     # except the hardware choices, so `TOKENWIRE_DTYPE=bfloat16 make test` runs the e2e servers in bf16.
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWIRE_") or k in PASSED_THROUGH}
     env.update(TOKENWIRE_HOST="127.0.0.1", TOKENWIRE_PORT=str(port), TOKENWIRE_LOG_LEVEL="info",
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", TOKENWIRE_STORE_URL=f"sqlite:///{log_dir}/store.sqlite3",
+               # Many tests leave a stream early: its generation ends a second later, not after the
+               # default 15 s that lets a real client come back (test_e2e_resume.py runs the default).
+               TOKENWIRE_STREAM_UNATTENDED="1s")
     env.update(env_overrides)
     log_path = log_dir / "server.log"
     url = f"http://127.0.0.1:{port}"

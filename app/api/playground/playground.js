@@ -1,6 +1,7 @@
 // The playground: a multi-turn chat that streams from /v1/chat/completions with fetch (SSE over a
 // ReadableStream), shows each answer's time to first token, tokens/s, finish reason and usage, and
-// stops a generation for real (aborting the fetch closes the connection; the server cancels it).
+// stops a generation for real (it asks the server to cancel it, then closes the connection), and picks
+// a stream up where it broke off when the connection drops (X-Stream-Resume with Last-Event-ID).
 "use strict";
 
 (() => {
@@ -10,6 +11,8 @@
   const KEY_NAME = "tokenwire-api-key";
   const history = [];  // {role, content} of finished turns
   let model = null, running = null;  // running: the AbortController of the answer in flight
+  let resumeUrl = null;  // the answer in flight's stream, from its X-Stream-Resume header
+  const RESUME_TRIES = 3;
   // One id per chat: behind a balancer, every turn reaches the replica that holds its prefix cache.
   const newSessionId = () => (crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random());
   let sessionId = newSessionId();
@@ -118,7 +121,30 @@
   }
 
   // Yields the JSON of each `data:` event of a server-sent event stream, until [DONE].
-  async function* sseEvents(response) {
+  // The JSON events of a stream; a dropped connection is picked up again from the last event seen.
+  async function* sseEvents(response, signal) {
+    let lastId = null;
+    for (let tries = 0; ; tries++) {
+      try {
+        for await (const { id, data } of sseBlocks(response)) {
+          if (id !== null) lastId = id;
+          if (data === "[DONE]") return;
+          yield JSON.parse(data);
+        }
+        return;
+      } catch (error) {
+        if (error.name === "AbortError" || !resumeUrl || tries >= RESUME_TRIES) throw error;
+        statusLine.textContent = "connection lost: resuming…";
+        const resumeHeaders = headers();
+        if (lastId !== null) resumeHeaders["Last-Event-ID"] = lastId;
+        response = await fetch(resumeUrl, { headers: resumeHeaders, signal });
+        if (!response.ok) throw new Error(await describeFailure(response));
+        statusLine.textContent = "generating…";
+      }
+    }
+  }
+
+  async function* sseBlocks(response) {
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
@@ -130,12 +156,12 @@
       while ((end = buffer.indexOf("\n\n")) >= 0) {
         const block = buffer.slice(0, end);
         buffer = buffer.slice(end + 2);
-        for (const line of block.split("\n")) {
-          if (!line.startsWith("data:")) continue;  // ": ping" keep-alives and the like
-          const data = line.slice(5).trim();
-          if (data === "[DONE]") return;
-          yield JSON.parse(data);
+        let id = null, data = null;
+        for (const line of block.split("\n")) {  // ": ping" keep-alives carry neither
+          if (line.startsWith("id:")) id = line.slice(3).trim();
+          if (line.startsWith("data:")) data = line.slice(5).trim();
         }
+        if (data !== null) yield { id, data };
       }
     }
   }
@@ -170,7 +196,8 @@
       });
       if (!response.ok) throw new Error(await describeFailure(response));
       showLimits(response.headers);
-      for await (const event of sseEvents(response)) {
+      resumeUrl = response.headers.get("X-Stream-Resume");
+      for await (const event of sseEvents(response, running.signal)) {
         if (event.error) throw new Error(event.error.message);
         if (event.usage) usage = event.usage;
         for (const choice of event.choices || []) {
@@ -203,6 +230,7 @@
       }
     } finally {
       running = null;
+      resumeUrl = null;
       setRunning(false);
       loadModel();  // the model's status may have changed (loaded by this message)
     }
@@ -232,7 +260,12 @@
   promptBox.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); form.requestSubmit(); }
   });
-  stopButton.addEventListener("click", () => { if (running) running.abort(); });
+  stopButton.addEventListener("click", () => {
+    if (!running) return;
+    // The server would keep generating a while for a client that may come back: tell it to stop.
+    if (resumeUrl) fetch(resumeUrl + "/cancel", { method: "POST", headers: headers() }).catch(() => {});
+    running.abort();
+  });
   $("clear").addEventListener("click", () => {
     if (!running) { history.length = 0; chat.replaceChildren(); sessionId = newSessionId(); }
   });
