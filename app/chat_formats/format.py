@@ -24,6 +24,7 @@ class ChatFormat:
     name = ""
     special_markup = False  # the markup is special tokens: output must keep them to be read
     markup: tuple[str, ...] = ()  # markup a grammar should write as the token it is, where it is one
+    forced_in_markup = True  # a forced call is written in this markup (forced_grammar); else bare JSON
 
     def matches(self, template: str) -> bool:
         """Whether a chat template is this family's (its markers appear in it)."""
@@ -40,9 +41,8 @@ class ChatFormat:
     def parser(self, tool_names: Collection[str]) -> CallStream:
         raise NotImplementedError
 
-    def forced_grammar(self, functions: Functions, parallel: bool, token: TokenWriter = literal) -> str | None:
-        """Lark grammar of a forced call (one of `functions`) in this family's markup; None: the server's
-        bare JSON call grammar."""
+    def forced_grammar(self, functions: Functions, parallel: bool, token: TokenWriter = literal) -> str:
+        """Lark grammar of a forced call (one of `functions`) in this family's markup (forced_in_markup)."""
         raise NotImplementedError
 
 

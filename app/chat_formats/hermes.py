@@ -26,6 +26,7 @@ _INSTRUCTIONS = (
 
 class Hermes(ChatFormat):
     name = "hermes"
+    forced_in_markup = False  # the server's bare JSON call grammar (vLLM's way; the default model's behaviour)
 
     def matches(self, template: str) -> bool:
         return OPEN in template
@@ -39,9 +40,6 @@ class Hermes(ChatFormat):
     def parser(self, tool_names):
         # A bare JSON call answer (Llama style) is read too, as it always was here.
         return CallStream([Block(OPEN, json_calls, (CLOSE,))], tool_names, bare_json=True)
-
-    def forced_grammar(self, functions, parallel, token=None):
-        return None
 
 
 def call_block(name: str, arguments: object) -> str:

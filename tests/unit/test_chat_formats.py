@@ -199,4 +199,4 @@ def test_a_forced_call_grammar_follows_the_family_format(name, text):
 
 
 def test_hermes_forced_calls_keep_the_bare_json_grammar():
-    assert registry.format_for(_template("Qwen-Qwen3-0.6B")).forced_grammar([("get_weather", {})], True) is None
+    assert not registry.format_for(_template("Qwen-Qwen3-0.6B")).forced_in_markup
