@@ -33,4 +33,5 @@ async def chat_framer(body: ChatCompletionRequest, id_: str, model: str, engine:
     markers = None if body.is_constrained or not split_reasoning else engine.info.reasoning_markers
     return ChatFramer(id_, model, include_usage=body.include_usage, n=body.n, formatter=formatter,
                       reasoning_markers=markers, reasoning_open=reasoning_open,
-                      tool_mode=body.tool_mode, tool_names=names, parallel_tool_calls=body.parallel_tool_calls)
+                      tool_mode=body.tool_mode, tool_names=names, parallel_tool_calls=body.parallel_tool_calls,
+                      chat_format=engine.info.chat_format)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from app.api.logprob_format import CompletionLogprobs, LogprobFormatter, merge_blocks
 from app.api.output_parsers import ForcedCallParser, ReasoningSplitter, ToolCallParser
+from app.chat_formats.format import ChatFormat
+from app.chat_formats.registry import DEFAULT as DEFAULT_FORMAT
 from app.engine.types import FinishReason, TokenEvent, TokenLogprob
 
 
@@ -156,6 +158,7 @@ class ChatFramer(Framer):
     tool_mode: str | None = None  # None, "auto", "required" or "named"
     tool_names: tuple[str, ...] = ()  # offered tools; for "named", the one forced
     parallel_tool_calls: bool = True
+    chat_format: ChatFormat = DEFAULT_FORMAT  # the model family's markup: how its calls are read
     chunk_object = "chat.completion.chunk"
     response_object = "chat.completion"
 
@@ -164,10 +167,13 @@ class ChatFramer(Framer):
         if self.reasoning_markers is not None:
             reasoning = ReasoningSplitter(*self.reasoning_markers, inside=self.reasoning_open)
         tools: ToolCallParser | ForcedCallParser | None = None
+        named = self.tool_names[0] if self.tool_mode == "named" else None
         if self.tool_mode == "auto":
-            tools = ToolCallParser(set(self.tool_names), self.parallel_tool_calls)
-        elif self.tool_mode in ("named", "required"):
-            tools = ForcedCallParser(self.tool_names[0] if self.tool_mode == "named" else None)
+            tools = ToolCallParser(set(self.tool_names), self.parallel_tool_calls, self.chat_format)
+        elif self.tool_mode in ("named", "required") and not self.chat_format.forced_in_markup:
+            tools = ForcedCallParser(named)  # the server's bare JSON call grammar
+        elif self.tool_mode in ("named", "required"):  # the call was forced in the family's own markup
+            tools = ToolCallParser(set(self.tool_names), self.parallel_tool_calls, self.chat_format, named)
         return ChatChoice(index, reasoning, tools, self.formatter)
 
     def opening_chunks(self) -> list[dict]:
@@ -241,7 +247,7 @@ class ChatChoice:
     @property
     def finish_reason(self) -> str | None:
         # As OpenAI answers (vLLM matches it): "tool_calls", except for a call forced by name: "stop".
-        named = isinstance(self._tools, ForcedCallParser) and self._tools.name is not None
+        named = self._tools is not None and self._tools.forced_name is not None
         if self.calls and not named and self._last is not None and self._last.finish_reason is FinishReason.STOP:
             return "tool_calls"
         return _reason(self._last)

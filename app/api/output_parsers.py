@@ -4,10 +4,10 @@ Each parser is fed text deltas and returns what can be released now, holding bac
 may still turn out to be markup (a partial `<think>` or `<tool_call>`); `finish()` releases the rest.
 Streamed and non-streamed answers run through the same parsers, so they agree.
 
-Recognised tool-call formats (`auto`): Hermes/Qwen `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`
-blocks anywhere in the answer, and an answer that is only a JSON object `{"name": ..., "arguments" (or
-"parameters"): {...}}` naming an offered tool (Llama 3.x style). Forced calls (`required`, a named
-function) are grammar-constrained JSON: see app/api/tool_schema.py.
+Tool calls are found by the model's chat format (app/chat_formats: Hermes/Qwen blocks, Llama 3.x JSON,
+Mistral [TOOL_CALLS], harmony channels, Gemma); here they become OpenAI's `delta.tool_calls` pieces.
+Forced calls (`required`, a named function) follow the format's grammar; for Hermes (the default) that
+is bare grammar-constrained JSON, read by ForcedCallParser: see app/api/tool_schema.py.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import json
 import uuid
 from dataclasses import dataclass, field
 
+from app.chat_formats.calls import CallEvent, CallOpened
+from app.chat_formats.format import ChatFormat
+from app.chat_formats.registry import DEFAULT as DEFAULT_FORMAT
 from app.engine.stopping import partial_tail_len
-
-TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
 
 
 @dataclass(frozen=True)
@@ -65,84 +66,41 @@ class ReasoningSplitter:
 
 
 class ToolCallParser:
-    """`auto` tool choice: release answer text, turn recognised tool-call markup into calls."""
+    """`auto` tool choice (and a call forced in the family's own markup): the chat format's parser finds
+    the calls; this turns them into OpenAI's stream pieces, with ids, keeping only the calls there is
+    room for (one in all without parallel_tool_calls)."""
 
-    def __init__(self, tool_names: set[str], parallel: bool = True) -> None:
-        self.tool_names = tool_names
+    def __init__(self, tool_names: set[str], parallel: bool = True, chat_format: ChatFormat = DEFAULT_FORMAT,
+                 forced_name: str | None = None) -> None:
         self.parallel = parallel
+        self.forced_name = forced_name  # a call forced by name (its finish_reason stays "stop")
         self.calls: list[ParsedCall] = []
-        self._held = ""
-        self._inside = False
-        self._started = False  # some non-blank answer text was seen
-        self._maybe_json = False  # the answer began with "{": held whole until it ends
+        self._stream = chat_format.parser(tool_names)
+        self._ids: dict[int, str] = {}
 
     def feed(self, text: str) -> tuple[str, list[dict]]:
         """(answer text, tool-call stream pieces) that can be released after `text`."""
-        buffer, self._held = self._held + text, ""
-        if not self._started:
-            if not buffer.strip():
-                self._held = buffer
-                return "", []
-            self._started = True
-            self._maybe_json = buffer.lstrip().startswith("{")
-        if self._maybe_json:
-            self._held = buffer
-            return "", []
-        answer, new_calls = [], []
-        while buffer:
-            marker = TOOL_CLOSE if self._inside else TOOL_OPEN
-            at = buffer.find(marker)
-            if at < 0:
-                keep = len(buffer) if self._inside else partial_tail_len(buffer, (marker,))
-                if not self._inside:
-                    answer.append(buffer[:len(buffer) - keep])
-                self._held = buffer[len(buffer) - keep:]
-                break
-            if self._inside:
-                calls = self._json_calls(buffer[:at])
-                if calls is None:  # not a call after all: the model's text, shown as it was
-                    answer.append(TOOL_OPEN + buffer[:at] + TOOL_CLOSE)
-                else:  # a call, sent if there is room for it (parallel_tool_calls)
-                    new_calls.extend(self._admit(calls))
-            else:
-                answer.append(buffer[:at])
-            buffer = buffer[at + len(marker):]
-            self._inside = not self._inside
-        return "".join(answer), new_calls
+        answer, events = self._stream.feed(text)
+        return answer, self._pieces(events)
 
     def finish(self) -> tuple[str, list[dict]]:
-        held, self._held = self._held, ""
-        if not (self._maybe_json or self._inside):
-            return held, []
-        calls = self._json_calls(held)  # a bare JSON answer, or an unclosed block at the end
-        if calls is None:  # not a call: the text as it was
-            return (held if self._maybe_json else TOOL_OPEN + held), []
-        return "", self._admit(calls)
+        answer, events = self._stream.finish()
+        return answer, self._pieces(events)
 
-    def _json_calls(self, text: str) -> list[ParsedCall] | None:
-        """The calls `text` holds, or None when it is not (only) calls to offered tools."""
-        try:
-            value = json.loads(text.strip())
-        except ValueError:
-            return None
-        items = value if isinstance(value, list) else [value]
-        calls = [call for call in (self._call(item) for item in items) if call is not None]
-        return calls if calls and len(calls) == len(items) else None
-
-    def _call(self, item: object) -> ParsedCall | None:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or item["name"] not in self.tool_names:
-            return None
-        arguments = item.get("arguments", item.get("parameters", {}))
-        if isinstance(arguments, str):
-            return ParsedCall(item["name"], arguments)
-        return ParsedCall(item["name"], json.dumps(arguments, ensure_ascii=False))
-
-    def _admit(self, calls: list[ParsedCall]) -> list[dict]:
-        """Keep the calls there is room for (one in all without parallel_tool_calls); their stream pieces."""
-        room = len(calls) if self.parallel else max(1 - len(self.calls), 0)
-        first = len(self.calls)
-        self.calls.extend(calls[:room])
-        return whole_calls(first, calls[:room])
+    def _pieces(self, events: list[CallEvent]) -> list[dict]:
+        pieces = []
+        for event in events:
+            if event.index > 0 and not self.parallel:
+                continue  # a call beyond the first without parallel_tool_calls: dropped, not shown
+            if isinstance(event, CallOpened):
+                call = ParsedCall(event.name, "")
+                self._ids[event.index] = call.id
+                pieces.append(call_opening(event.index, call))
+            else:
+                pieces.append(arguments_piece(event.index, event.text))
+        self.calls = [ParsedCall(call.name, call.arguments, self._ids[index])
+                      for index, call in enumerate(self._stream.calls) if index in self._ids]
+        return pieces
 
 
 class ForcedCallParser:
@@ -152,7 +110,7 @@ class ForcedCallParser:
     call's id and name; `required` gives an array of {"name", "arguments"}, released when it ends."""
 
     def __init__(self, name: str | None) -> None:
-        self.name = name
+        self.name = self.forced_name = name
         self.calls: list[ParsedCall] = []
         self._parts: list[str] = []
 

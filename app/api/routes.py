@@ -75,8 +75,8 @@ async def run_chat(body: ChatCompletionRequest, request: Request, engine: Servin
     prompt_ids = await engine.encode_chat(body.template_messages(), tools=body.template_tools())
     framer = await chat_framer(body, completion_id(request, id_prefix), body.model, engine,
                                await engine.opens_reasoning(prompt_ids), split_reasoning)
-    events = track(request, await engine.submit(prompt_ids, body.to_sampling_params(), framer.id, share), body.model,
-                   prompt, body.n)
+    params = body.to_sampling_params(engine.info)
+    events = track(request, await engine.submit(prompt_ids, params, framer.id, share), body.model, prompt, body.n)
     return framer, events
 
 

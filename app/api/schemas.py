@@ -17,7 +17,8 @@ from app.durations import duration_seconds
 from app.api.responses_tools import (FunctionCallItem, FunctionCallOutputItem, FunctionTool, FunctionToolChoice,
                                      refuse_hosted_tools)
 from app.api.tool_schema import STRICT, NamedToolChoice, Text, Tool, ToolCall, tool_constraint
-from app.engine.types import Constraint, SamplingParams
+from app.chat_formats.registry import DEFAULT as DEFAULT_FORMAT
+from app.engine.types import Constraint, ModelInfo, SamplingParams
 
 MAX_STOP_STRINGS = 4
 MAX_STOP_LENGTH = 256
@@ -360,12 +361,17 @@ class ChatCompletionRequest(_GenerationRequest):
         return {"prompt": "messages", "max_tokens": max_tokens, "logprobs": "top_logprobs",
                 "constraint": constraint}
 
-    def to_sampling_params(self) -> SamplingParams:
+    def to_sampling_params(self, model: ModelInfo | None = None) -> SamplingParams:
+        """`model`: the served model, whose chat format shapes a forced call and may need special tokens kept."""
         params = super().to_sampling_params()
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        chat_format = model.chat_format if model is not None else DEFAULT_FORMAT
+        if chat_format.special_markup:  # its calls and channels are special tokens: the text must keep them
+            params = replace(params, skip_special_tokens=False)
         if self.forces_tool_call:
             chosen = self.tool_choice.function.name if isinstance(self.tool_choice, NamedToolChoice) else None
-            constraint = tool_constraint(self.tools or [], chosen, self.parallel_tool_calls)
+            constraint = tool_constraint(self.tools or [], chosen, self.parallel_tool_calls, chat_format,
+                                         dict(model.markup_token_ids) if model is not None else None)
             # The grammar ends the call; a stop string could only cut its arguments short.
             params = replace(params, stop=())
         else:

@@ -1,7 +1,9 @@
 """Function tools on the wire: what a request offers (`tools`, `tool_choice`), the assistant's
 earlier calls in a conversation, and the grammar that forces a call when tool_choice demands one.
 
-A forced call follows vLLM's approach: a named function's output is its arguments object, matched
+A forced call is written in the model family's markup where its chat format gives a grammar (Mistral's
+[TOOL_CALLS], harmony's commentary channel, Gemma's, Llama 3.x's object: app/chat_formats). Otherwise
+(Hermes, the default) it follows vLLM's approach: a named function's output is its arguments object, matched
 against the function's `parameters` schema (closed to undeclared keys unless the schema allows them);
 `required` is a JSON array of {"name", "arguments"} objects, one schema branch per tool (one item
 when parallel_tool_calls is false).
@@ -10,10 +12,13 @@ when parallel_tool_calls is false).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from app.chat_formats.format import ChatFormat
+from app.chat_formats.registry import DEFAULT as DEFAULT_FORMAT
 from app.engine.types import Constraint
 
 
@@ -100,8 +105,16 @@ class ToolCall(BaseModel):
                 "function": {"name": self.function.name, "arguments": arguments}}
 
 
-def tool_constraint(tools: list[Tool], chosen: str | None, parallel: bool) -> Constraint:
-    """The grammar of a forced call: the chosen function's arguments, or an array of calls."""
+def tool_constraint(tools: list[Tool], chosen: str | None, parallel: bool, chat_format: ChatFormat = DEFAULT_FORMAT,
+                    markup_token_ids: Mapping[str, int] | None = None) -> Constraint:
+    """The grammar of a forced call: in the model family's markup where its chat format has one, else
+    the chosen function's arguments, or an array of calls."""
+    if chat_format.forced_in_markup:
+        functions = [(t.function.name, t.function.arguments_schema()) for t in tools
+                     if chosen is None or t.function.name == chosen]
+        ids = markup_token_ids or {}
+        return Constraint("lark", chat_format.forced_grammar(
+            functions, parallel, lambda text: f"<[{ids[text]}]>" if text in ids else json.dumps(text)))
     if chosen is not None:
         function = next(t.function for t in tools if t.function.name == chosen)
         return Constraint("json_schema", json.dumps(function.arguments_schema()))

@@ -118,7 +118,8 @@ class Engine:
         self.encoder = PromptEncoder(loaded.tokenizer, vocab)
         self._grammars = GrammarCompiler(loaded.tokenizer, vocab, loaded.eos_token_ids)
         self.info = ModelInfo(self.config.served_model_name, max_len, vocab, loaded.eos_token_ids,
-                              self.encoder.has_chat_template, int(time.time()), self.encoder.reasoning_markers)
+                              self.encoder.has_chat_template, int(time.time()), self.encoder.reasoning_markers,
+                              self.encoder.format, self.encoder.markup_token_ids)
         self._token_bytes = Future()
         self._model_thread = ModelThread(self._core)
 
@@ -349,7 +350,7 @@ class Engine:
             prompt_ids=prompt_ids,
             params=params,
             eos_token_ids=frozenset(self._loaded.eos_token_ids),
-            detokenizer=IncrementalDetokenizer(self._detokenizer_tokenizer, prompt_ids),
+            detokenizer=IncrementalDetokenizer(self._detokenizer_tokenizer, prompt_ids, params.skip_special_tokens),
             generator=generator,
             sink=self._model_thread.outbox.sink(loop, events),
             index=index,

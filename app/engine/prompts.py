@@ -12,14 +12,16 @@ from typing import TYPE_CHECKING
 
 from jinja2.exceptions import SecurityError, TemplateError
 
+from app.chat_formats.registry import format_for
 from app.engine.errors import InvalidRequest
-from app.engine.tool_prompt import PROBE_TOOL, probe_tools, tools_in_text
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-# Reasoning delimiters a tokenizer may define as tokens (DeepSeek-R1, Qwen3, SmolLM3 and others).
-_REASONING_MARKERS = ("<think>", "</think>")
+# A one-tool list: a template that renders tools shows the probe's name somewhere.
+PROBE_TOOL = "tokenwire_probe_tool"
+_PROBE = [{"type": "function", "function": {"name": PROBE_TOOL, "description": "probe",
+                                            "parameters": {"type": "object", "properties": {}}}}]
 
 
 class PromptEncoder:
@@ -27,8 +29,12 @@ class PromptEncoder:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.renders_tools = self._renders_tools()
+        # The model family's chat format (app/chat_formats), from the markers its template holds.
+        self.format = format_for(getattr(tokenizer, "chat_template", None))
         vocab = tokenizer.get_vocab()
-        self.reasoning_markers = _REASONING_MARKERS if all(m in vocab for m in _REASONING_MARKERS) else None
+        self.reasoning_markers = self.format.reasoning_markers(vocab)
+        # The format's markup that is one token here: a forced call's grammar names those tokens.
+        self.markup_token_ids = tuple((text, vocab[text]) for text in self.format.markup if text in vocab)
 
     @property
     def has_chat_template(self) -> bool:
@@ -39,7 +45,7 @@ class PromptEncoder:
         if not self.has_chat_template:
             return False
         try:
-            text = self.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tools=probe_tools(),
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tools=_PROBE,
                                                       tokenize=False, add_generation_prompt=True)
         except Exception:  # noqa: BLE001 - a template that cannot take tools does not render them
             return False
@@ -72,13 +78,13 @@ class PromptEncoder:
     def encode_chat(self, messages: Sequence[Mapping], add_special_tokens: bool = False,
                     tools: Sequence[Mapping] | None = None) -> list[int]:
         """Render with the model's template; tools (Hugging Face's function schema) reach it natively
-        when it renders them, else written into the conversation (app/engine/tool_prompt.py)."""
+        when it renders them, else written into the conversation by the model's chat format."""
         if not self.has_chat_template:
             raise InvalidRequest("this model has no chat template; send a plain-text prompt instead", param="prompt")
         if self.renders_tools:
             messages, extra = [dict(m) for m in messages], ({"tools": list(tools)} if tools else {})
         else:
-            messages, extra = tools_in_text(messages, tools), {}
+            messages, extra = self.format.rewrite(messages, tools), {}
         try:
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
         except SecurityError:

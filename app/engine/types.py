@@ -5,6 +5,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from app.chat_formats.format import ChatFormat
+from app.chat_formats.registry import DEFAULT as DEFAULT_FORMAT
+
 
 class FinishReason(str, enum.Enum):
     """Why a sequence ended; values are OpenAI's `finish_reason` strings."""
@@ -60,6 +63,7 @@ class SamplingParams:
     logprobs: int | None = None  # None: off; k >= 0: each sampled token's logprob and the k most likely
     prompt_logprobs: int | None = None  # None: off; k >= 0: the same for every prompt token (raw model)
     constraint: Constraint | None = None  # output must match this grammar (compiled by the engine)
+    skip_special_tokens: bool = True  # False: special tokens stay in the text (markup made of them is read)
 
     @property
     def is_greedy(self) -> bool:
@@ -145,4 +149,6 @@ class ModelInfo:
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
     has_chat_template: bool = True
     created: int = 0
-    reasoning_markers: tuple[str, str] | None = None  # (start, end) when the tokenizer has both tokens
+    reasoning_markers: tuple[str, str] | None = None  # (start, end) where the model's reasoning is
+    chat_format: ChatFormat = DEFAULT_FORMAT  # its family's tool-call markup (app/chat_formats)
+    markup_token_ids: tuple[tuple[str, int], ...] = ()  # the format's markup that is one token: (text, id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -188,3 +189,39 @@ async def test_tokenize_errors_name_messages(client, fake):
     fake.encode_chat = refuse
     response = await client.post("/tokenize", json={"model": "fake-model", "messages": [{"role": "user", "content": "x"}]})
     assert response.status_code == 400 and response.json()["error"]["param"] == "messages"
+
+
+@pytest.fixture
+def mistral(client, fake):
+    """A fake model whose chat template is Mistral Small 3.2's (set once the app has started it)."""
+    from app.chat_formats.registry import format_for
+    template = (Path(__file__).resolve().parents[1] / "data" / "chat_templates" /
+                "Mistral-Small-3.2-24B-Instruct-2506.jinja").read_text()
+    fake.info = replace(fake.info, chat_format=format_for(template), markup_token_ids=(("[TOOL_CALLS]", 9), ("[ARGS]", 32)))
+    return fake
+
+
+async def test_a_family_format_reads_its_calls_and_keeps_its_special_tokens(client, mistral):
+    mistral.script = scripted_events(["Checking. [TOOL", "_CALLS]get_wea", 'ther[ARGS]{"city":', ' "Oslo"}'])
+    body = chat_body(tools=[WEATHER, TIME])
+    whole = (await client.post("/v1/chat/completions", json=body)).json()
+    assert mistral.last_call.params.skip_special_tokens is False and mistral.last_call.params.constraint is None
+    choice = whole["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] == "Checking. "
+    assert choice["message"]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city": "Oslo"}'}
+    content, calls, _ = _stream_calls(sse_json((await client.post(
+        "/v1/chat/completions", json={**body, "stream": True})).text))
+    assert content == "Checking. " and [(c["name"], c["arguments"]) for c in calls.values()] == [
+        ("get_weather", '{"city": "Oslo"}')]
+
+
+async def test_a_family_format_forces_a_call_in_its_own_markup(client, mistral):
+    mistral.script = scripted_events(['[TOOL_CALLS]get_weather[ARGS]{"city":', '"Rome"}'])
+    body = chat_body(tools=[WEATHER, TIME], tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    whole = (await client.post("/v1/chat/completions", json=body)).json()
+    constraint = mistral.last_call.params.constraint
+    assert constraint.kind == "lark" and "<[9]>" in constraint.source and '"get_weather"' in constraint.source
+    assert "get_time" not in constraint.source
+    assert whole["choices"][0]["finish_reason"] == "stop"  # forced by name, as OpenAI answers
+    assert whole["choices"][0]["message"]["tool_calls"][0]["function"] == {"name": "get_weather",
+                                                                           "arguments": '{"city":"Rome"}'}

@@ -1,6 +1,7 @@
 """The layering rule, checked on the source with `ast` (nothing is imported):
 
     app.engine  knows nothing of HTTP, settings or the server: torch and transformers only;
+    app.chat_formats  plain text <-> calls, for both: imports no other layer, nor torch;
     app.api     may import app.engine, never the app factory, settings or the server;
     app.config  may import app.engine (it builds EngineConfig), never the HTTP layer or the server,
                 not even through what it imports (checked in a fresh interpreter);
@@ -68,6 +69,21 @@ def files_under(package: str) -> list[Path]:
 def test_engine_imports_no_web_settings_or_outer_layers():
     forbidden = (*WEB, *SETTINGS, *PROCESS, "app.api", "app.config", "app.main", "app.__main__")
     assert violations(files_under("engine"), forbidden) == []
+
+
+def test_chat_formats_are_neutral():
+    """Both the engine (prompts) and the API (parsing) use them: they can import neither, nor torch."""
+    forbidden = (*WEB, *SETTINGS, *PROCESS, "torch", "transformers", "pydantic", "app.engine", "app.api",
+                 "app.config", "app.main", "app.__main__")
+    assert violations(files_under("chat_formats"), forbidden) == []
+
+
+def test_engine_code_names_no_api_fields():
+    """The engine speaks tokens and text; OpenAI's field names belong to app.api (chat templates' own
+    message fields are read in app.chat_formats)."""
+    found = [f"{path.relative_to(APP.parent)}: {name}" for path in files_under("engine")
+             for name in ('"tool_calls"', '"delta"', '"choices"') if name in path.read_text(encoding="utf-8")]
+    assert found == []
 
 
 def test_api_imports_no_factory_settings_or_server():
