@@ -53,7 +53,7 @@ COPY app ./app
 COPY --from=kernels /app/app/engine/native/_compiled ./app/engine/native/_compiled
 RUN pip install --no-deps . && rm -rf build ./*.egg-info \
     && python -m compileall -q app \
-    && mkdir models && chown 10001:10001 models
+    && mkdir models data && chown 10001:10001 models data
 
 USER 10001:10001
 
