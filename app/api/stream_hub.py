@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from app.api.store import Store, wait_events
+from app.api.store_writer import StoreWriter
 from app.api.stream_relay import Ending, StreamRelay
 
 log = logging.getLogger(__name__)
@@ -27,15 +28,18 @@ NO_EVENTS_YET = -1
 class StreamHub:
     def __init__(self, store: Store, unattended_s: float | None) -> None:
         self.store = store
+        self.writer = StoreWriter(store)
         self.unattended_s = unattended_s  # for streams that stop when nobody reads them
         self._relays: dict[str, StreamRelay] = {}
         self._watcher: asyncio.Task | None = None
 
     def open(self, key: str, owner: str, frames: AsyncIterator[str], ending: Ending,
-             attended: bool = True) -> StreamRelay:
+             attended: bool = True, stored: bool = True) -> StreamRelay:
         """Run a generation's frames through a new relay. `attended`: cancel it when nobody reads it
-        for the hub's bound (False: run to the end, as a background response does)."""
-        relay = StreamRelay(key, owner, self.store, self.unattended_s if attended else None, ending)
+        for the hub's bound (False: run to the end, as a background response does). `stored`: False keeps
+        its events in this process's memory only (a response made with `store: false`)."""
+        relay = StreamRelay(key, owner, self.writer if stored else None, self.unattended_s if attended else None,
+                            ending)
         self._relays[key] = relay
         relay.start(frames)
         relay.done.add_done_callback(lambda _: asyncio.get_running_loop().call_later(LINGER_S, self._drop, relay))
@@ -104,5 +108,6 @@ class StreamHub:
             relay.cancel(reason)
         if relays:
             await asyncio.wait([relay.done for relay in relays], timeout=10)
+        await self.writer.flush()
         if self._watcher is not None:
             self._watcher.cancel()

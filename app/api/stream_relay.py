@@ -2,7 +2,8 @@
 
 The relay runs the generation to its end whoever is connected: the first connection and every resume
 read the same numbered events (`id: n`, 0 first), from memory while the generation runs here and a
-while after, and from the store (written behind, in batches) on any replica or after a restart. With
+while after, and from the store (written behind by the process's StoreWriter) on any replica or after
+a restart. With
 no reader for `unattended_s` (None: no bound, as for background responses) the generation is cancelled,
 as a dropped connection cancelled it before, and the stream ends with the frames `ending` makes.
 """
@@ -14,7 +15,8 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 
-from app.api.store import Store
+from app.api.store.base import Event
+from app.api.store_writer import StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +29,18 @@ def numbered(position: int, frame: str) -> str:
 
 
 class StreamRelay:
-    def __init__(self, key: str, owner: str, store: Store | None, unattended_s: float | None,
+    def __init__(self, key: str, owner: str, writer: StoreWriter | None, unattended_s: float | None,
                  ending: Ending) -> None:
         self.key, self.owner = key, owner
         self.frames: list[str] = []  # numbered, position = index
         self.ended = False
         self.cancelled: str | None = None  # why, once cancelled
-        self._store, self._unattended_s, self._ending = store, unattended_s, ending
+        self._writer, self._unattended_s, self._ending = writer, unattended_s, ending
         self._readers = 0
         self._changed = asyncio.Event()
         self._unattended: asyncio.TimerHandle | None = None
         self._pump: asyncio.Task | None = None
         self._written = 0  # frames handed to the store
-        self._writer: asyncio.Task | None = None
         loop = asyncio.get_running_loop()
         self.generated = loop.create_future()  # resolved when the last frame is made
         self.done = loop.create_future()  # resolved when the last frame is also in the store
@@ -73,7 +74,6 @@ class StreamRelay:
         self.generated.set_result(None)
         self._disarm()
         self._wake()
-        self._flush()
 
     def _wake(self) -> None:
         self._changed.set()
@@ -119,23 +119,16 @@ class StreamRelay:
     # ---- the store, written behind ----------------------------------------------------------------
 
     def _flush(self) -> None:
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write())
-
-    async def _write(self) -> None:
-        """Hand every frame not yet written to the store, in batches of whatever came meanwhile."""
-        while True:
-            batch, ended = self.frames[self._written:], self.ended
-            if not batch and not (ended and not self.done.done()):
-                return
-            start = self._written
-            self._written = len(self.frames)
-            if self._store is not None:
-                try:
-                    await self._store.append_events(self.key, self.owner, list(enumerate(batch, start)),
-                                                    ended and self._written == len(self.frames))
-                except Exception as exc:  # noqa: BLE001 - the stream still serves from memory
-                    log.warning("stream %s: writing events to the store failed: %r", self.key, exc)
-            if ended and self._written == len(self.frames) and not self.done.done():
+        if self._writer is None:
+            if self.ended and not self.done.done():
                 self.done.set_result(None)
-                return
+        else:
+            self._writer.mark(self)
+
+    def unwritten(self) -> tuple[list[Event], bool]:
+        start, self._written = self._written, len(self.frames)
+        return list(enumerate(self.frames[start:], start)), self.ended
+
+    def stored(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)

@@ -116,3 +116,14 @@ async def test_cancels_among_names_only_the_cancelled(make_store):
     assert await store.cancels_among(["a", "b", "c"]) == {"b"}
     assert await store.cancels_among([]) == set()
     await store.close()
+
+
+async def test_many_streams_append_in_one_write(make_store):
+    store = make_store()
+    await store.append_many([("m1", "k", [(0, "a"), (1, "b")], False), ("m2", "k", [(0, "c")], True)])
+    await store.append_many([("m1", "k", [(2, "d")], True)])
+    assert (await store.read_events("m1", "k", -1)).events == [(0, "a"), (1, "b"), (2, "d")]
+    assert (await store.read_events("m2", "k", -1)).ended
+    with pytest.raises(ValueError):
+        await store.append_many([("m3", "k", [(0, "x")], False), ("m1", "k", [(9, "gap")], False)])
+    await store.close()

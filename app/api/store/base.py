@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 Event = tuple[int, str]  # (position in its stream, the encoded SSE frame)
+Append = tuple[str, str, Sequence[Event], bool]  # (stream, owner, events, ended): one stream's share of a write
 POLL_S = 0.05  # how often a reader of a stream another process writes looks for more
 
 
@@ -45,6 +46,10 @@ class Store(Protocol):
 
     async def append_events(self, stream: str, owner: str, events: Sequence[Event], ended: bool = False) -> None:
         """Add events at the end of the stream's log (positions follow on); `ended`: no more will come."""
+
+    async def append_many(self, appends: Sequence[Append]) -> None:
+        """Several streams' appends in one write (a transaction, a pipeline): a process's writer sends
+        whatever all its streams made meanwhile. If one fails, none is written (callers retry one by one)."""
 
     async def read_events(self, stream: str, owner: str, after: int) -> EventSlice | None:
         """The events after position `after` (-1 for all); None for an unknown stream or another owner's."""

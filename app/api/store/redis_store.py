@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from app.api.store.base import Event, EventSlice, StoreLimits
+from app.api.store.base import Append, Event, EventSlice, StoreLimits
 
 CANCEL_TTL_S = 3600
 
@@ -75,18 +75,24 @@ class RedisStore:
     # ---- event logs -------------------------------------------------------------------------------
 
     async def append_events(self, stream: str, owner: str, events: Sequence[Event], ended: bool = False) -> None:
-        head, log = f"{self.ns}s:{stream}", f"{self.ns}e:{stream}"
-        first = str(events[0][0]) if events else ""
+        await self.append_many([(stream, owner, events, ended)])
+
+    async def append_many(self, appends: Sequence[Append]) -> None:
+        """One pipeline: each stream's append is atomic (a script); a failing one is reported after the
+        others ran (Redis has no rollback across scripts), for the caller to retry one by one."""
         ttl_ms = int(self.limits.stream_retention_s * 1000)
-        result = await self._append(keys=[head, log],
-                                    args=[owner, int(ended), ttl_ms, first, *(frame for _, frame in events)])
-        if result == -1:
-            raise PermissionError(f"stream {stream} belongs to another key")
-        if result <= -2:
-            raise ValueError(f"stream {stream}: event {events[0][0]} appended where {-2 - result} is next")
         async with self._redis.pipeline(transaction=False) as pipe:
-            await self._touch(pipe, log, sum(len(frame) for _, frame in events), add=True)
-            await pipe.execute()
+            for stream, owner, events, ended in appends:
+                first = str(events[0][0]) if events else ""
+                await self._append(keys=[f"{self.ns}s:{stream}", f"{self.ns}e:{stream}"],
+                             args=[owner, int(ended), ttl_ms, first, *(frame for _, frame in events)], client=pipe)
+                await self._touch(pipe, f"{self.ns}e:{stream}", sum(len(frame) for _, frame in events), add=True)
+            results = await pipe.execute(raise_on_error=True)
+        for (stream, _, events, _), result in zip(appends, results[::3]):
+            if result == -1:
+                raise PermissionError(f"stream {stream} belongs to another key")
+            if result <= -2:
+                raise ValueError(f"stream {stream}: event {events[0][0]} appended where {-2 - result} is next")
 
     async def read_events(self, stream: str, owner: str, after: int) -> EventSlice | None:
         async with self._redis.pipeline(transaction=False) as pipe:

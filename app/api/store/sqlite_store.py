@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from app.api.store.base import Event, EventSlice, StoreLimits
+from app.api.store.base import Append, Event, EventSlice, StoreLimits
 
 T = TypeVar("T")
 
@@ -76,21 +76,13 @@ class SqliteStore:
     # ---- event logs -------------------------------------------------------------------------------
 
     async def append_events(self, stream: str, owner: str, events: Sequence[Event], ended: bool = False) -> None:
+        await self.append_many([(stream, owner, events, ended)])
+
+    async def append_many(self, appends: Sequence[Append]) -> None:
         def append(db: sqlite3.Connection) -> None:
             with _transaction(db):
-                row = db.execute("SELECT owner, next FROM streams WHERE stream = ?", (stream,)).fetchone()
-                if row is not None and row[0] != owner:
-                    raise PermissionError(f"stream {stream} belongs to another key")
-                expected = 0 if row is None else row[1]
-                if events and events[0][0] != expected:
-                    raise ValueError(f"stream {stream}: event {events[0][0]} appended where {expected} is next")
-                size = sum(len(frame) for _, frame in events)
-                db.executemany("INSERT INTO events VALUES (?, ?, ?)",
-                               [(stream, position, frame) for position, frame in events])
-                db.execute("INSERT INTO streams VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (stream) DO UPDATE SET "
-                           "next = excluded.next, ended = excluded.ended, written = excluded.written, "
-                           "bytes = streams.bytes + excluded.bytes",
-                           (stream, owner, expected + len(events), int(ended), time.time(), size))
+                for stream, owner, events, ended in appends:
+                    _append(db, stream, owner, events, ended)
         await self._run(append)
 
     async def read_events(self, stream: str, owner: str, after: int) -> EventSlice | None:
@@ -155,6 +147,20 @@ class SqliteStore:
     async def close(self) -> None:
         await self._run(lambda db: db.close())
         self._thread.shutdown(wait=True)
+
+
+def _append(db: sqlite3.Connection, stream: str, owner: str, events: Sequence[Event], ended: bool) -> None:
+    row = db.execute("SELECT owner, next FROM streams WHERE stream = ?", (stream,)).fetchone()
+    if row is not None and row[0] != owner:
+        raise PermissionError(f"stream {stream} belongs to another key")
+    expected = 0 if row is None else row[1]
+    if events and events[0][0] != expected:
+        raise ValueError(f"stream {stream}: event {events[0][0]} appended where {expected} is next")
+    db.executemany("INSERT INTO events VALUES (?, ?, ?)", [(stream, position, frame) for position, frame in events])
+    db.execute("INSERT INTO streams VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (stream) DO UPDATE SET "
+               "next = excluded.next, ended = excluded.ended, written = excluded.written, "
+               "bytes = streams.bytes + excluded.bytes",
+               (stream, owner, expected + len(events), int(ended), time.time(), sum(len(f) for _, f in events)))
 
 
 def _drop_streams(db: sqlite3.Connection, streams: list[str]) -> None:
