@@ -20,6 +20,7 @@ import torch
 
 from app.engine.attention_layers import full_attention_overrides
 from app.engine.fused_llama import FusedLlama, LlamaDims, build_fused
+from app.engine.gguf_checkpoint import GgufCheckpoint, fused_from_gguf, open_gguf
 from app.engine.hardware import CpuFeatures, RuntimeInfo, detect_cpu_features
 from app.engine.llama_checkpoint import LlamaCheckpoint, fused_from_checkpoint, open_checkpoint
 from app.engine.memory import keep_one_copy_of_cpu_kernels
@@ -198,7 +199,8 @@ def load(config: LoadConfig) -> LoadedModel:
     library = open_library(config.native_kernels and config.fused_forward, config.native_isa, cpu, device)
     native = isinstance(library, NativeLibrary)
     checkpoint = _checkpoint(config)
-    dtype, reason = resolve_dtype(config.dtype, device, cpu, native and _native_checkpoint(checkpoint))
+    gguf = _gguf(config) if checkpoint is None else None
+    dtype, reason = resolve_dtype(config.dtype, device, cpu, native and _native_checkpoint(checkpoint or gguf))
     runtime = RuntimeInfo(str(device), str(dtype).removeprefix("torch."), reason, torch.get_num_threads(),
                           cpu.names, cpu.isa_cap, torch.__version__)
     log.info("loading %s on %s as %s", config.model, device, runtime.dtype)
@@ -207,6 +209,8 @@ def load(config: LoadConfig) -> LoadedModel:
     loaded = _read_packed(checkpoint, config, tokenizer, dtype, runtime, library) if native else None
     if loaded is None and checkpoint is not None:
         loaded = _read_checkpoint(checkpoint, tokenizer, device, dtype, runtime, native)
+    if loaded is None and gguf is not None:
+        loaded = _read_gguf(gguf, config, tokenizer, device, dtype, runtime, library)
     if loaded is None:
         hf_model = load_weights(config.model, dtype, device, config.trust_remote_code, overrides)
         fused, forward = build_fused(hf_model, config.fused_forward)
@@ -255,7 +259,20 @@ def _checkpoint(config: LoadConfig) -> LlamaCheckpoint | None:
     return checkpoint
 
 
-def _native_checkpoint(checkpoint: LlamaCheckpoint | None) -> bool:
+def _gguf(config: LoadConfig) -> GgufCheckpoint | None:
+    """The GGUF file to read directly (gguf_checkpoint.py), or None where transformers must load it."""
+    if not (config.read_checkpoints and config.fused_forward) or config.trust_remote_code:
+        return None
+    if not config.model.endswith(".gguf"):
+        return None
+    gguf = open_gguf(config.model)
+    if isinstance(gguf, str):
+        log.warning("loading %s through transformers: %s", config.model, gguf)
+        return None
+    return gguf
+
+
+def _native_checkpoint(checkpoint: LlamaCheckpoint | GgufCheckpoint | None) -> bool:
     """Whether the kernels will run this checkpoint (then auto is bf16 on any CPU). A model that only
     transformers reads gets the CPU's own auto dtype, as it may end on torch's forward."""
     return checkpoint is not None and not unsupported_reason(LlamaDims.of(checkpoint.get), torch.bfloat16,
@@ -294,3 +311,27 @@ def _read_checkpoint(checkpoint: LlamaCheckpoint, tokenizer: PreTrainedTokenizer
         return None
     log.info("read %s without transformers' modeling code", checkpoint.folder)
     return _loaded_from(checkpoint, tokenizer, device, dtype, replace(runtime, forward="fused"), fused=fused)
+
+
+def _read_gguf(gguf: GgufCheckpoint, config: LoadConfig, tokenizer: PreTrainedTokenizerBase, device: torch.device,
+               dtype: torch.dtype, runtime: RuntimeInfo, library: NativeLibrary | str) -> LoadedModel | None:
+    """The model read straight from a GGUF file: on the native kernels from its blocks where they run
+    it, else as a FusedLlama of its dequantized weights; None where transformers must load it."""
+    from app.engine.native.gguf_weights import native_from_gguf
+
+    max_pos = int(gguf.get("max_position_embeddings", 0) or 2048)
+    eos = _merged_ids([gguf.eos_token_ids, gguf.eos_token_ids, tokenizer.eos_token_id])
+    dims = LlamaDims.of(gguf.get)
+    try:
+        if isinstance(library, NativeLibrary) and unsupported_reason(dims, dtype, device) is None:
+            native = native_from_gguf(gguf, library, dtype, max_pos, config.quantization)
+            runtime = replace(runtime, forward=f"native ({library.isa} build)",
+                              quantization=describe_weights(native, config.quantization))
+            log.info("read %s without transformers: %s", gguf.path, runtime.quantization)
+            return LoadedModel(None, tokenizer, eos, max_pos, device, dtype, runtime, native=native)
+        fused = fused_from_gguf(gguf, dtype, device)
+    except Exception:  # noqa: BLE001 - a file it cannot read after all (truncated): transformers' turn
+        log.warning("reading %s directly failed; loading through transformers", gguf.path, exc_info=True)
+        return None
+    log.info("read %s without transformers' modeling code", gguf.path)
+    return LoadedModel(None, tokenizer, eos, max_pos, device, dtype, replace(runtime, forward="fused"), fused=fused)

@@ -150,7 +150,7 @@ class NativeLlama:
         return logits
 
 
-def _pack(library: NativeLibrary, linear: PackedLinear, dtype: torch.dtype, quantization: str) -> PackedMatrix:
+def pack_linear(library: NativeLibrary, linear: PackedLinear, dtype: torch.dtype, quantization: str) -> PackedMatrix:
     """auto: exact Q4/Q8 where the fp32 weights lie on such a grid, else dense in `dtype`; int4/int8:
     that grid (lossy), where the shape allows; none: dense."""
     if quantization in _LOSSY:
@@ -166,7 +166,7 @@ def native_from_fused(fused: FusedLlama, library: NativeLibrary, dtype: torch.dt
                       quantization: str = "auto") -> NativeLlama:
     """NativeLlama with a FusedLlama's weights (packed: the FusedLlama can be dropped afterwards)."""
     def pack(linear: PackedLinear) -> PackedMatrix:
-        return _pack(library, linear, dtype, quantization)
+        return pack_linear(library, linear, dtype, quantization)
 
     layers = [NativeLayer(layer.input_norm.float().contiguous(), layer.post_norm.float().contiguous(),
                           pack(layer.qkv), pack(layer.o), pack(layer.gate_up), pack(layer.down))
