@@ -25,6 +25,8 @@ from app.engine.types import SamplingParams, TokenEvent
 TEST_DEVICE = os.environ.get("TOKENWIRE_TEST_DEVICE", "cpu")
 # fp32 unless TOKENWIRE_DTYPE says otherwise (`TOKENWIRE_DTYPE=bfloat16 make test` runs them in bf16 too).
 TEST_DTYPE = os.environ.get("TOKENWIRE_DTYPE", "float32")
+# The kernels' build the engine tests run (TOKENWIRE_NATIVE_ISA=avx2 tries an AVX2-only machine's here).
+TEST_NATIVE_ISA = os.environ.get("TOKENWIRE_NATIVE_ISA", "auto")
 
 
 def logit_tolerance(dtype: torch.dtype) -> dict[str, float]:
@@ -38,7 +40,8 @@ def logit_tolerance(dtype: torch.dtype) -> dict[str, float]:
 def tiny_load_config(model_dir: Path | str, dtype: str = TEST_DTYPE, **options) -> LoadConfig:
     """The tiny model on the test device, in TEST_DTYPE (fp32 by default), fused forward, no int8 copies
     (exact comparisons); `options` override LoadConfig fields."""
-    return LoadConfig(str(model_dir), device=TEST_DEVICE, dtype=dtype, **{"quantization": "none", **options})
+    return LoadConfig(str(model_dir), device=TEST_DEVICE, dtype=dtype,
+                      **{"quantization": "none", "native_isa": TEST_NATIVE_ISA, **options})
 
 
 @torch.inference_mode()
