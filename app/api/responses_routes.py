@@ -20,7 +20,7 @@ from fastapi import APIRouter, Query, Request
 
 from app.api.errors import NotFound, ResponseStateConflict
 from app.api.model_leases import hold_until
-from app.api.openapi import GENERATION_RESPONSES
+from app.api.openapi import GENERATION_RESPONSES, STORED_RESPONSE_RESPONSES
 from app.api.ownership import owner_of
 from app.api.response_records import ResponseRecords, StoredResponse
 from app.api.response_runs import ResponseRun
@@ -86,7 +86,7 @@ async def run_relayed(request: Request, body: ResponsesRequest, framer: Response
     return record.response
 
 
-@router.get(PATH, responses=GENERATION_RESPONSES)
+@router.get(PATH, responses=STORED_RESPONSE_RESPONSES)
 async def retrieve_response(response_id: str, request: Request, stream: bool = False,
                             starting_after: int | None = Query(None, ge=-1)):
     record = await stored(request, response_id)
@@ -103,7 +103,7 @@ async def retrieve_response(response_id: str, request: Request, stream: bool = F
     return sse_response(request, encoded(frames))
 
 
-@router.delete(PATH)
+@router.delete(PATH, responses=STORED_RESPONSE_RESPONSES)
 async def delete_response(response_id: str, request: Request):
     if not await records_of(request).delete(response_id, owner_of(request)):
         await stored(request, response_id)  # raises the 404
@@ -111,7 +111,7 @@ async def delete_response(response_id: str, request: Request):
     return {"id": response_id, "object": "response", "deleted": True}
 
 
-@router.post(PATH + "/cancel")
+@router.post(PATH + "/cancel", responses=STORED_RESPONSE_RESPONSES)
 async def cancel_response(response_id: str, request: Request):
     record = await stored(request, response_id)
     if not record.background:
@@ -131,7 +131,7 @@ async def settled(request: Request, record: StoredResponse) -> StoredResponse:
     return record
 
 
-@router.get(PATH + "/input_items")
+@router.get(PATH + "/input_items", responses=STORED_RESPONSE_RESPONSES)
 async def list_input_items(response_id: str, request: Request, order: Literal["asc", "desc"] = "desc",
                            after: str | None = None, limit: int = Query(20, ge=1, le=100)):
     items = (await stored(request, response_id)).input_items
