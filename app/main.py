@@ -24,6 +24,7 @@ from app.api.probes import router as probes_router
 from app.api.request_context import RequestContext
 from app.api.request_limits import RequestLimits
 from app.api.rate_limits import RateLimits
+from app.api.responses_routes import router as responses_router
 from app.api.routes import router
 from app.api.store import Store, StoreLimits, open_store
 from app.api.stream_hub import StreamHub
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
     app = FastAPI(title="tokenwire", version="0.1.0", lifespan=lifespan)
     app.state.models = models
     app.include_router(router)
+    app.include_router(responses_router)
     app.include_router(anthropic_router)
     app.include_router(model_router)
     app.include_router(stream_router)

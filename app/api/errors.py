@@ -54,6 +54,20 @@ class NotFound(Exception):
     """A stored response or a stream that does not exist, is forgotten, or belongs to another API key."""
 
 
+class PreviousResponseNotFound(Exception):
+    """`previous_response_id` names no response this API key stored (OpenAI answers 400, not 404)."""
+
+    param = "previous_response_id"
+
+    def __init__(self, response_id: str) -> None:
+        super().__init__(f"Previous response with id {response_id!r} not found.")
+
+
+class ResponseStateConflict(Exception):
+    """A stored response cannot do what was asked in its state: cancel one that is not a background
+    response, stream one whose events were not kept, chain after one still generating."""
+
+
 class StreamCancelled(Exception):
     """Reported in-band: the generation was cancelled (asked to, or no client read it for too long)."""
 
@@ -65,6 +79,8 @@ ERROR_TABLE: list[tuple[type[BaseException], int, str, str | None]] = [
     (Unauthorized, 401, "invalid_request_error", "invalid_api_key"),
     (UnknownModel, 404, "invalid_request_error", "model_not_found"),
     (NotFound, 404, "invalid_request_error", "not_found"),
+    (PreviousResponseNotFound, 400, "invalid_request_error", "previous_response_not_found"),
+    (ResponseStateConflict, 400, "invalid_request_error", None),
     (RequestTimeout, 408, "invalid_request_error", "request_timeout"),
     (BodyTooLarge, 413, "invalid_request_error", "request_too_large"),
     (HeadTooLarge, 431, "invalid_request_error", "request_header_fields_too_large"),

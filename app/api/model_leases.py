@@ -3,6 +3,9 @@ sent, a stream's last event included, so no model is unloaded under a request (a
 
 from __future__ import annotations
 
+import asyncio
+
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 
@@ -21,3 +24,11 @@ class ModelLeases:
         finally:
             for lease in leases:
                 lease.release()
+
+
+def hold_until(request: Request, done: asyncio.Future) -> None:
+    """Keep the request's models past its response, until `done`: a generation that outlives its
+    connection (a background response, a stream whose client left) is not unloaded under."""
+    leases = list(request.state.model_leases)
+    request.state.model_leases.clear()
+    done.add_done_callback(lambda _: [lease.release() for lease in leases])

@@ -135,3 +135,13 @@ def install_openapi(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+STORED_RESPONSE_RESPONSES: dict[int | str, dict] = {
+    200: {"description": "the stored Response (or the deletion object, or the input items list); "
+                         "GET with `stream=true`: its events after `starting_after`, as server-sent events",
+          "content": {"text/event-stream": {"schema": SSE_EVENT}}},
+    400: _error("a bad parameter; a cancel of a response made without `background`; a stream of a response "
+                "whose events were not kept"),
+    **UNAUTHORIZED,
+    404: _error("no stored response of that id for this API key (never stored, deleted, expired, or another key's)"),
+}

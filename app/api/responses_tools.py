@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from app.api.responses_items import ItemId, function_call_item, function_call_output_item
 from app.api.tool_schema import STRICT, FunctionName, Text
 
 CallId = Annotated[Text, Field(min_length=1, max_length=256)]
@@ -51,11 +52,11 @@ class FunctionCallItem(BaseModel):
     call_id: CallId
     name: FunctionName
     arguments: str  # JSON text
-    id: str | None = None
+    id: ItemId | None = None
     status: Literal["in_progress", "completed", "incomplete"] | None = None
 
-    def for_chat(self) -> dict:
-        return {"id": self.call_id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+    def as_item(self) -> dict:
+        return function_call_item(self.call_id, self.name, self.arguments, self.status or "completed", self.id)
 
 
 class FunctionCallOutputItem(BaseModel):
@@ -66,6 +67,10 @@ class FunctionCallOutputItem(BaseModel):
     type: Literal["function_call_output"]
     call_id: CallId
     output: Text
+    id: ItemId | None = None
+
+    def as_item(self) -> dict:
+        return function_call_output_item(self.call_id, self.output, self.id)
 
 
 def refuse_hosted_tools(tools: Any) -> Any:

@@ -9,10 +9,9 @@ from app.api.framing import ChatFramer
 from app.api.openapi import GENERATION_RESPONSES, TOKENIZER_RESPONSES
 from app.api.record import TrackedStream
 from app.api.request_context import completion_id, record_of, track
-from app.api.responses_framing import ResponsesFramer, stream_response_events
-from app.api.schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ResponsesRequest, TokenizeRequest
+from app.api.schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from app.api.sse import collect, stream_events
-from app.api.stream_routes import resumable_response, sse_response
+from app.api.stream_routes import resumable_response
 from app.api.engine_port import ServingEngine
 from app.engine.errors import EngineDead
 from app.engine.model_pool import ModelPool
@@ -69,11 +68,12 @@ async def completions(body: CompletionRequest, request: Request):
 
 
 async def run_chat(body: ChatCompletionRequest, request: Request, engine: ServingEngine, share: Share,
-                   id_prefix: str, prompt: object, split_reasoning: bool = True) -> tuple[ChatFramer, TrackedStream]:
+                   id_prefix: str, prompt: object, split_reasoning: bool = True,
+                   id_: str | None = None) -> tuple[ChatFramer, TrackedStream]:
     """Encode, frame and submit a chat request (/v1/chat/completions, and /v1/messages and /v1/responses
-    translated to one)."""
+    translated to one). `id_`: the answer's id (else the request's, with `id_prefix`)."""
     prompt_ids = await engine.encode_chat(body.template_messages(), tools=body.template_tools())
-    framer = await chat_framer(body, completion_id(request, id_prefix), body.model, engine,
+    framer = await chat_framer(body, id_ or completion_id(request, id_prefix), body.model, engine,
                                await engine.opens_reasoning(prompt_ids), split_reasoning)
     params = body.to_sampling_params(engine.info)
     events = track(request, await engine.submit(prompt_ids, params, framer.id, share), body.model, prompt, body.n)
@@ -87,17 +87,6 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     if body.stream:
         return resumable_response(request, stream_events(events, framer))
     return framer.response(await collect(events, request.is_disconnected))
-
-
-@router.post("/v1/responses", responses=GENERATION_RESPONSES)
-async def responses(body: ResponsesRequest, request: Request):
-    engine, share = await accept(body, request)
-    # No reasoning items are made: a reasoning model's thinking stays in the message text, as it was.
-    chat, events = await run_chat(body.to_chat(), request, engine, share, "resp_", body.input, split_reasoning=False)
-    framer = ResponsesFramer(chat, body.echoed_fields())
-    if body.stream:
-        return sse_response(request, stream_response_events(events, framer))
-    return framer.final_of(await collect(events, request.is_disconnected))
 
 
 @router.post("/tokenize", responses=TOKENIZER_RESPONSES)

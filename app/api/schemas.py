@@ -14,6 +14,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Fiel
                       model_validator)
 
 from app.durations import duration_seconds
+from app.api.responses_items import ItemId, chat_messages, message_input_item, new_item_id, reasoning_item
 from app.api.responses_tools import (FunctionCallItem, FunctionCallOutputItem, FunctionTool, FunctionToolChoice,
                                      refuse_hosted_tools)
 from app.api.tool_schema import STRICT, NamedToolChoice, Text, Tool, ToolCall, tool_constraint
@@ -420,7 +421,7 @@ class DetokenizeRequest(BaseModel):
     tokens: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=1 << 20)]
 
 
-# ---- the Responses API (stateless) --------------------------------------------------------------
+# ---- the Responses API --------------------------------------------------------------
 
 
 class InputText(BaseModel):
@@ -438,9 +439,36 @@ class InputMessage(BaseModel):
     type: Literal["message"] = "message"
     role: Literal["system", "developer", "user", "assistant"]
     content: Text | Annotated[list[InputText], Field(min_length=1)]
+    id: ItemId | None = None  # an earlier output message sent back keeps its id
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+    def as_item(self) -> dict:
+        return message_input_item(self.role, self.text(), self.id)
+
+
+class ReasoningText(BaseModel):
+    model_config = STRICT
+
+    type: Literal["reasoning_text", "summary_text"]
+    text: Text
+
+
+class ReasoningItem(BaseModel):
+    """A reasoning model's earlier thinking, sent back: carried to the template with the assistant turn
+    after it (most templates drop an earlier turn's thinking)."""
+
+    model_config = STRICT
+
+    type: Literal["reasoning"]
+    id: ItemId | None = None
+    summary: list[ReasoningText] = []
+    content: list[ReasoningText] | None = None
+
+    def as_item(self) -> dict:
+        text = "".join(part.text for part in self.content or self.summary)
+        return reasoning_item(self.id or new_item_id("rs_"), text, "completed")
 
 
 class TextFormat(BaseModel):
@@ -477,12 +505,15 @@ def _item_type(item: Any) -> str | None:
 
 
 InputItem = Annotated[Annotated[InputMessage, Tag("message")] | Annotated[FunctionCallItem, Tag("function_call")]
-                      | Annotated[FunctionCallOutputItem, Tag("function_call_output")], Discriminator(_item_type)]
+                      | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
+                      | Annotated[ReasoningItem, Tag("reasoning")], Discriminator(_item_type)]
 
 
 class ResponsesRequest(BaseModel):
     """Translated to the chat request /v1/chat/completions serves (`to_chat()`): its template, tools,
-    parsers and grammars; responses_framing.py turns the chat framer's output into Response items."""
+    parsers and grammars; responses_framing.py turns the chat framer's output into Response items.
+    With `store` (the default) the Response and its input items are kept (app/api/response_records.py);
+    `previous_response_id` puts the stored chain before `input`; `background` runs it with no client."""
 
     model_config = with_example({"input": "Say hello.", "max_output_tokens": 16})
 
@@ -495,8 +526,9 @@ class ResponsesRequest(BaseModel):
     stream: bool = False
     user: Text | None = None
     metadata: Annotated[dict[str, Annotated[Text, Field(max_length=512)]], Field(max_length=16)] | None = None
-    store: bool = False  # accepted; nothing is stored: the server is stateless
-    previous_response_id: Text | None = None
+    store: bool = True  # keep the Response and its input items, for GET, input_items and previous_response_id
+    previous_response_id: Annotated[Text, Field(max_length=256)] | None = None
+    background: bool = False  # answer at once (queued); the generation runs with no client connected
     tools: Annotated[list[FunctionTool], Field(max_length=MAX_TOOLS)] | None = None
     tool_choice: Literal["none", "auto", "required"] | FunctionToolChoice | None = None
     parallel_tool_calls: bool = True
@@ -506,7 +538,6 @@ class ResponsesRequest(BaseModel):
     reasoning: Any = None
     conversation: Any = None
     prompt: Any = None
-    background: Any = None
     top_logprobs: Any = None
     include: Any = None
     # Accepted and ignored: they do not change the tokens.
@@ -519,7 +550,6 @@ class ResponsesRequest(BaseModel):
     refuse_reasoning = field_validator("reasoning")(refuse("steering reasoning"))
     refuse_state = field_validator("conversation", "prompt")(
         refuse("server-side conversations and stored prompts (send the whole input)"))
-    refuse_background = field_validator("background")(refuse("background responses"))
     refuse_logprobs = field_validator("top_logprobs")(refuse("logprobs on /v1/responses"))
 
     @field_validator("include")
@@ -546,9 +576,8 @@ class ResponsesRequest(BaseModel):
 
     @model_validator(mode="after")
     def _unsupported(self) -> ResponsesRequest:
-        if self.previous_response_id:
-            raise ValueError("previous_response_id is not supported: this server stores no responses; "
-                             "send the whole conversation as input")
+        if self.background and not self.store:
+            raise ValueError("background responses are stored: they need store: true")
         if self.forces_tool_call and self._format().type != "text":
             raise ValueError("text.format cannot be combined with a forced tool_choice")
         return self
@@ -564,30 +593,16 @@ class ResponsesRequest(BaseModel):
         constraint = "tools" if self.forces_tool_call else "text.format"
         return {"prompt": "input", "max_tokens": "max_output_tokens", "constraint": constraint}
 
-    def chat_messages(self) -> list[dict]:
-        """instructions (as a system message), then the input items as chat messages: a function_call
-        joins the assistant message before it (parallel calls share one), a function_call_output is a
-        tool message named after its call."""
-        messages: list[dict] = [{"role": "system", "content": self.instructions}] if self.instructions else []
+    def input_items(self) -> list[dict]:
+        """`input` as the items OpenAI lists and stores, each with an id (msg_, fc_, fco_, rs_)."""
         if isinstance(self.input, str):
-            return messages + [{"role": "user", "content": self.input}]
-        names: dict[str, str] = {}
-        for item in self.input:
-            if isinstance(item, InputMessage):
-                messages.append({"role": item.role, "content": item.text()})
-            elif isinstance(item, FunctionCallItem):
-                names[item.call_id] = item.name
-                if not messages or messages[-1]["role"] != "assistant":
-                    messages.append({"role": "assistant", "content": None})
-                messages[-1].setdefault("tool_calls", []).append(item.for_chat())
-            else:
-                messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.output,
-                                 "name": names.get(item.call_id)})
-        return messages
+            return [message_input_item("user", self.input)]
+        return [item.as_item() for item in self.input]
 
-    def to_chat(self) -> ChatCompletionRequest:
+    def to_chat(self, conversation: list[dict]) -> ChatCompletionRequest:
+        """The chat request for `instructions` and the conversation's items (earlier turns, then input)."""
         fields: dict[str, Any] = {
-            "model": self.model, "messages": self.chat_messages(), "max_tokens": self.max_output_tokens,
+            "model": self.model, "messages": chat_messages(self.instructions, conversation), "max_tokens": self.max_output_tokens,
             "temperature": self.temperature, "top_p": self.top_p, "user": self.user, "keep_alive": self.keep_alive,
             "parallel_tool_calls": self.parallel_tool_calls, "response_format": self._response_format()}
         if self.tools:
@@ -613,7 +628,8 @@ class ResponsesRequest(BaseModel):
                 "user": self.user, "text": {"format": self._format().model_dump(by_alias=True, exclude_none=True)},
                 "tools": [tool.model_dump() for tool in self.tools or []],
                 "tool_choice": choice if isinstance(choice, str) else choice.model_dump(),
-                "parallel_tool_calls": self.parallel_tool_calls}
+                "parallel_tool_calls": self.parallel_tool_calls, "store": self.store, "background": self.background,
+                "previous_response_id": self.previous_response_id}
 
 
 CompletionRequest.model_rebuild()  # its response_format type is defined further down

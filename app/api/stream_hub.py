@@ -34,11 +34,11 @@ class StreamHub:
         self._watcher: asyncio.Task | None = None
 
     def open(self, key: str, owner: str, frames: AsyncIterator[str], ending: Ending,
-             attended: bool = True, stored: bool = True) -> StreamRelay:
+             attended: bool = True, persist: bool = True) -> StreamRelay:
         """Run a generation's frames through a new relay. `attended`: cancel it when nobody reads it
-        for the hub's bound (False: run to the end, as a background response does). `stored`: False keeps
-        its events in this process's memory only (a response made with `store: false`)."""
-        relay = StreamRelay(key, owner, self.writer if stored else None, self.unattended_s if attended else None,
+        for the hub's bound (False: run to the end, as a background response does). `persist`: write its
+        events to the store (False: nothing kept, as for `store: false`; it is followed here only)."""
+        relay = StreamRelay(key, owner, self.writer if persist else None, self.unattended_s if attended else None,
                             ending)
         self._relays[key] = relay
         relay.start(frames)

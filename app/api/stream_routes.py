@@ -66,10 +66,10 @@ def resumable_response(request: Request, frames: AsyncIterator[str]) -> EventSou
     key = f"strm_{uuid.uuid4().hex}"
     relay = streams_of(request).open(key, owner_of(request), frames, ended_by_cancel)
     request.state.generation = relay.generated  # the request is counted, and the drain waits, until it ends
-    return sse_response(request, _encoded(relay.follow()), {RESUME_HEADER: STREAMS_PATH + key})
+    return sse_response(request, encoded(relay.follow()), {RESUME_HEADER: STREAMS_PATH + key})
 
 
-async def _encoded(frames: AsyncIterator[str]) -> AsyncIterator[bytes]:
+async def encoded(frames: AsyncIterator[str]) -> AsyncIterator[bytes]:
     async for frame in frames:  # sse-starlette passes bytes through as they are
         yield frame.encode()
 
@@ -80,7 +80,7 @@ async def resume_stream(stream_id: str, request: Request, last_event_id: str | N
     frames = await streams_of(request).follow(stream_id, owner_of(request), after)
     if frames is None:
         raise NotFound(f"no stream {stream_id!r}: it never existed, was forgotten, or belongs to another key")
-    return sse_response(request, _encoded(frames))
+    return sse_response(request, encoded(frames))
 
 
 @router.post(STREAMS_PATH + "{stream_id}/cancel", include_in_schema=False)

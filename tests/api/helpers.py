@@ -37,13 +37,16 @@ def parse_sse(raw: str) -> list[str]:
 
 def named_sse_json(raw: str) -> list[tuple[str, dict]]:
     """(event name, JSON data) of each `event: ...` + `data: ...` event (the Responses API's framing);
-    the name must equal the data's `type`."""
+    the name must equal the data's `type`, and an `id: n` line before them its `sequence_number`."""
     assert raw.endswith("\n\n") and "\r" not in raw
     events = []
     for block in raw.split("\n\n")[:-1]:
         lines = [line for line in block.split("\n") if not line.startswith(":")]
         if not lines:
             continue
+        if lines[0].startswith("id: "):
+            position = int(lines.pop(0)[len("id: "):])
+            assert json.loads(lines[1][len("data: "):])["sequence_number"] == position, block
         assert len(lines) == 2 and lines[0].startswith("event: ") and lines[1].startswith("data: "), block
         name, body = lines[0][len("event: "):], json.loads(lines[1][len("data: "):])
         assert body["type"] == name

@@ -73,7 +73,7 @@ async def test_a_forced_tool_calls_grammar_error_names_tools(client, fake):
 
 @pytest.mark.parametrize(("field", "value"), [
     ("reasoning", {"effort": "high"}), ("conversation", "conv_1"), ("prompt", {"id": "pmpt_1"}),
-    ("background", True), ("top_logprobs", 3), ("include", ["message.output_text.logprobs"]),
+    ("top_logprobs", 3), ("include", ["message.output_text.logprobs"]),
     ("truncation", "auto"), ("tool_choice", "required"), ("text", {"verbosity": "low"}),
 ])
 async def test_responses_fields_this_server_cannot_honour_are_400_naming_them(client, fake, field, value):
@@ -84,7 +84,8 @@ async def test_responses_fields_this_server_cannot_honour_are_400_naming_them(cl
 
 @pytest.mark.parametrize(("field", "value"), [
     ("truncation", "disabled"), ("tool_choice", "none"), ("include", []), ("service_tier", "auto"),
-    ("parallel_tool_calls", True), ("text", {"verbosity": "medium"}), ("store", False),
+    ("parallel_tool_calls", True), ("text", {"verbosity": "medium"}), ("store", False), ("store", True),
+    ("background", False),
 ])
 async def test_responses_fields_that_do_not_change_the_tokens_are_accepted(client, fake, field, value):
     response = await client.post("/v1/responses", json={"model": MODEL_NAME, "input": "hi", field: value})

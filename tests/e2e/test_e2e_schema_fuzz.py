@@ -121,7 +121,8 @@ def test_no_server_errors(api_schema, mode):
         if mode is GenerationMode.NEGATIVE and not (operation.body or _constrained(operation)):
             continue  # nothing to make invalid (no body, no parameter but a path segment any string fills)
         seen[operation.label] = fuzz(operation, mode, api_schema.hooks)
-    generation = [label for label in seen if label.startswith("POST")]
+    # (A stored response's cancel is a POST too, but random ids only ever name no stored response: a 404.)
+    generation = [label for label in seen if label.startswith("POST") and not label.endswith("/cancel")]
     assert set(generation) == {"POST /v1/completions", "POST /v1/chat/completions", "POST /v1/responses",
                                "POST /v1/messages", "POST /v1/messages/count_tokens", "POST /tokenize",
                                "POST /detokenize", "POST /models/load", "POST /models/unload"}, seen
