@@ -16,6 +16,7 @@ from fastapi import APIRouter, Header, Request
 from sse_starlette import EventSourceResponse
 
 from app.api.errors import NotFound, StreamCancelled, describe
+from app.api.model_leases import hold_until
 from app.api.ownership import owner_of
 from app.api.sse import DONE, data_frame, json_data
 from app.api.stream_hub import NO_EVENTS_YET, StreamHub
@@ -66,6 +67,7 @@ def resumable_response(request: Request, frames: AsyncIterator[str]) -> EventSou
     key = f"strm_{uuid.uuid4().hex}"
     relay = streams_of(request).open(key, owner_of(request), frames, ended_by_cancel)
     request.state.generation = relay.generated  # the request is counted, and the drain waits, until it ends
+    hold_until(request, relay.generated)  # and its model stays loaded until then
     return sse_response(request, encoded(relay.follow()), {RESUME_HEADER: STREAMS_PATH + key})
 
 

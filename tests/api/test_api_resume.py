@@ -206,3 +206,28 @@ async def test_replicas_sharing_redis_resume_and_cancel_a_stream_the_other_gener
             assert (await other.post(url + "/cancel")).status_code == 200
             rest = "\n".join([line async for line in lines])
         assert first_fake.last_call.closed_early and '"code":"cancelled"' in rest
+
+
+async def test_a_background_response_made_on_one_replica_is_read_resumed_and_cancelled_on_another(redis_url):
+    first_fake = slow_fake(0.02, [f" w{i}" for i in range(300)])
+    async with serve_live(first_fake, store_url=redis_url) as first, serve_live(FakeEngine(), store_url=redis_url) as other:
+        made = await first.post("/v1/responses", json={"model": "fake-model", "input": "Hi", "background": True,
+                                                        "stream": False})
+        assert made.status_code == 200 and made.json()["status"] in ("queued", "in_progress")
+        response_id = made.json()["id"]
+        await asyncio.sleep(0.3)
+        seen = await other.get(f"/v1/responses/{response_id}")
+        assert seen.status_code == 200 and seen.json()["status"] == "in_progress"
+        numbers = []
+        async with other.stream("GET", f"/v1/responses/{response_id}",
+                                params={"stream": "true", "starting_after": "1"}) as resumed:
+            async for line in resumed.aiter_lines():
+                if line.startswith("data: "):
+                    numbers.append(int(line.split('"sequence_number":')[1].split(",")[0].split("}")[0]))
+                if len(numbers) == 10:
+                    break
+        assert numbers == list(range(2, 12))  # live from the other replica, in order, no gap
+        cancelled = await other.post(f"/v1/responses/{response_id}/cancel")
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        assert first_fake.last_call.closed_early and not first_fake.last_call.finished
+        assert (await first.get(f"/v1/responses/{response_id}")).json()["status"] == "cancelled"

@@ -1,6 +1,7 @@
-"""Resumable streams against real servers: a dropped stream resumed with Last-Event-ID gives the text an
-uninterrupted one gives (default settings, default model, greedy); replicas sharing Debian's redis-server
-behind the HAProxy configuration resume and cancel a stream another replica is generating."""
+"""Resumable streams against real servers (the default model): a dropped stream resumed with Last-Event-ID
+gives the text an uninterrupted one gives (default settings, greedy); replicas sharing Debian's redis-server
+behind the HAProxy configuration resume and cancel a stream, and a background response, another replica
+is generating."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from tests.conftest import start_redis
 from tests.e2e.default_model import NO_EOS
-from tests.e2e.test_e2e_balancer import HAPROXY, REPLICA_HEADER, long_tiny_model, start_balancer  # noqa: F401
+from tests.e2e.test_e2e_balancer import HAPROXY, REPLICA_HEADER, start_balancer
 
 pytestmark = pytest.mark.e2e
 
@@ -59,12 +60,11 @@ def test_a_dropped_stream_resumed_gives_the_uninterrupted_answer(start_server):
 
 
 @pytest.fixture(scope="module")
-def redis_replicas(start_server, long_tiny_model, tmp_path_factory):  # noqa: F811
+def redis_replicas(start_server, tmp_path_factory):
     if HAPROXY is None:
         pytest.skip("needs Debian's haproxy")
     redis, url = start_redis(tmp_path_factory.mktemp("redis-e2e"))
-    replicas = [start_server(TOKENWIRE_MODEL=str(long_tiny_model), TOKENWIRE_STORE_URL=url,
-                             TOKENWIRE_STREAM_UNATTENDED="15s") for _ in range(2)]
+    replicas = [start_server(TOKENWIRE_STORE_URL=url, TOKENWIRE_STREAM_UNATTENDED="15s") for _ in range(2)]
     balancer = start_balancer([r.url for r in replicas], tmp_path_factory.mktemp("haproxy-resume"))
     yield balancer, replicas
     balancer.stop()
@@ -108,6 +108,38 @@ def test_another_replica_cancels_a_stream_the_first_generates(redis_replicas):
             assert cancelled.status_code == 200
             rest = read_events(lines)
     assert rest[-1][1] == "[DONE]" and '"code":"cancelled"' in rest[-2][1]
+    deadline = time.monotonic() + 5
+    while httpx.get(first.url + "/health").json()["active_requests"]:
+        assert time.monotonic() < deadline, "the first replica kept generating"
+        time.sleep(0.1)
+
+
+def test_a_background_response_is_retrieved_resumed_and_cancelled_through_another_replica(redis_replicas):
+    """Made through one replica with the official client; read, resumed and cancelled through the other
+    (and retrieved through the balancer) while the first still generates."""
+    import openai
+
+    balancer, (first, second) = redis_replicas
+    made = openai.OpenAI(base_url=first.url + "/v1", api_key="unused").responses.create(
+        model=first.model, input="Write the numbers from 1 to 1000 separated by commas.", background=True,
+        max_output_tokens=1500, temperature=0)  # greedy, the default model counts on for all 1500 tokens
+    other = openai.OpenAI(base_url=second.url + "/v1", api_key="unused")
+    deadline = time.monotonic() + 30
+    while (seen := other.responses.retrieve(made.id)).status == "queued":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert seen.status == "in_progress"
+    through_balancer = openai.OpenAI(base_url=balancer.url + "/v1", api_key="unused").responses.retrieve(made.id)
+    assert through_balancer.id == made.id
+    numbers = []
+    with other.responses.retrieve(made.id, stream=True, starting_after=2) as events:
+        for event in events:
+            numbers.append(event.sequence_number)
+            if len(numbers) == 8:
+                break
+    assert numbers == list(range(3, 11))
+    cancelled = other.responses.cancel(made.id)
+    assert cancelled.status == "cancelled"
     deadline = time.monotonic() + 5
     while httpx.get(first.url + "/health").json()["active_requests"]:
         assert time.monotonic() < deadline, "the first replica kept generating"
