@@ -145,8 +145,25 @@ def load_tokenizer(model: str, trust_remote_code: bool = False) -> PreTrainedTok
         fast = FastTokenizer.from_folder(source)
         if not fast.unknown_special_tokens:
             return fast
+    if gguf_file is not None and (direct := _gguf_tokenizer(model)) is not None:
+        return direct
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
+
+
+def _gguf_tokenizer(path: str) -> PreTrainedTokenizerBase | None:
+    """A GGUF file's tokenizer as AutoTokenizer builds it, where that is transformers' generic class (a
+    llama-architecture file with a byte-level BPE vocabulary, the default model's kind), without the
+    config AutoTokenizer reads first: that is a second pass over the file's metadata (about 4 s for a
+    49k-token vocabulary, with every string an array view). None: AutoTokenizer's turn."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer, get_gguf_tokenizer
+
+    architecture, vocabulary, tokenizer_config = get_gguf_tokenizer(path)
+    if architecture not in _GENERIC_TOKENIZER_MODEL_TYPES or vocabulary.get("tokenizer_type") != "gpt2":
+        return None
+    backend, extra = convert_gguf_tokenizer(architecture, vocabulary)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **tokenizer_config, **extra)
 
 
 def attention_overrides(config: LoadConfig) -> dict[str, object]:

@@ -228,3 +228,25 @@ def test_the_default_gguf_read_directly_computes_what_transformers_loads(through
         assert low.native.weight_formats == {"q4": 120, "q8": 1}
         logits = _last_logits(low, ids)
         assert torch.isfinite(logits).all() and (logits - expected).abs().max() < 1.0
+
+
+@needs_default_gguf
+def test_the_default_gguf_s_tokenizer_is_autotokenizer_s_without_its_config_pass():
+    from transformers import AutoTokenizer
+
+    from app.engine.loader import _gguf_tokenizer
+
+    direct = _gguf_tokenizer(str(DEFAULT_GGUF))
+    reference = AutoTokenizer.from_pretrained(str(DEFAULT_GGUF.parent), gguf_file=DEFAULT_GGUF.name)
+    assert direct is not None and type(direct) is type(reference)
+    for text in ("Hello world", " leading space", "東京は日本の首都です。 👋🏽 café", "def f(x):\n\treturn x**2\n",
+                 "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", ""):
+        ids = reference(text)["input_ids"]
+        assert direct(text)["input_ids"] == ids, text
+        assert direct.decode(ids) == reference.decode(ids)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert direct.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == \
+        reference.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert (direct.bos_token, direct.eos_token, direct.pad_token, direct.unk_token) == \
+        (reference.bos_token, reference.eos_token, reference.pad_token, reference.unk_token)
+    assert direct.added_tokens_decoder == reference.added_tokens_decoder and len(direct) == len(reference)
