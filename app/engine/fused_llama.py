@@ -1,4 +1,4 @@
-"""FusedLlama: the forward pass of Llama-family models (Llama, Mistral, Qwen2) in a few ops per layer.
+"""FusedLlama: the forward pass of Llama-family models (Llama, Mistral, Qwen2, Qwen3, Phi-3) in a few ops per layer.
 
 transformers' modeling code runs about forty small ops and Python layers per decoder layer; on a CPU
 with a small model that overhead costs more than the matmuls (measured on SmolLM2-135M, 2 cores:
@@ -7,8 +7,9 @@ the model's own weights: q/k/v in one matmul and gate/up in another (the HF modu
 views of the fused matrices, so nothing is stored twice), one fused RMSNorm op, rotary embeddings from
 the model's own rotary module (so every RoPE scaling type it knows still applies) or, for a checkpoint
 read without transformers' modeling code (app/engine/llama_checkpoint.py), the default RoPE, and SDPA
-over the same KV cache layers transformers would use. Models it does not recognise keep transformers'
-forward.
+over the same KV cache layers transformers would use. The families it computes, and how each one's
+modules and tensors map onto it, are registered in app/engine/families/; models it does not recognise
+keep transformers' forward.
 """
 
 from __future__ import annotations
@@ -20,15 +21,12 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from app.engine.families import architectures, by_architecture
+from app.engine.families.registry import Family
 from app.engine.packed_linear import PackedLinear
 
 if TYPE_CHECKING:  # importing transformers' modeling code costs seconds at start-up
     from transformers import DynamicCache, PreTrainedModel
-
-# transformers classes whose decoder layer is exactly: RMSNorm -> attention (q/k/v/o, RoPE, GQA) ->
-# residual -> RMSNorm -> SiLU-gated MLP -> residual. Biases are allowed wherever the config puts them.
-_SUPPORTED = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"}
-
 
 def _fuse(modules: list[torch.nn.Linear]) -> PackedLinear:
     """One PackedLinear for linears that read the same input; their weights become views of it."""
@@ -48,9 +46,14 @@ def _fuse(modules: list[torch.nn.Linear]) -> PackedLinear:
 def unsupported_reason(model: PreTrainedModel) -> str | None:
     """Why FusedLlama cannot run this model, or None if it can."""
     cls = type(model)
-    if cls.__name__ not in _SUPPORTED or not cls.__module__.startswith("transformers.models."):
-        return f"{cls.__name__} is not one of {sorted(_SUPPORTED)}"
-    return config_reason(lambda key, default: getattr(model.config, key, default))
+    family = by_architecture(cls.__name__)
+    if family is None or not cls.__module__.startswith("transformers.models."):
+        return f"{cls.__name__} is not one of {architectures()}"
+
+    def get(key: str, default: object) -> object:
+        return getattr(model.config, key, default)
+
+    return family.refusal(get) or config_reason(get)
 
 
 def config_reason(get: Callable[[str, object], object]) -> str | None:
@@ -108,6 +111,8 @@ class FusedLayer:
     post_norm: torch.Tensor
     gate_up: PackedLinear
     down: PackedLinear
+    q_norm: torch.Tensor | None = None  # fp32 [head_dim]: Qwen3's RMSNorm over each head of q, before RoPE
+    k_norm: torch.Tensor | None = None  # and of k
 
 
 Rotary = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # (x, positions) -> cos, sin
@@ -154,15 +159,19 @@ class FusedLlama:
         return self.lm_head(self._norm(kept, self.final_norm)).float()
 
     def _norm(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """RMSNorm in fp32, handed to the matmuls in the weights' dtype."""
-        return F.rms_norm(hidden, (hidden.shape[-1],), weight, self.eps).to(self.dtype)
+        """RMSNorm in fp32 over the last axis, handed on in the weights' dtype."""
+        return F.rms_norm(hidden.float(), (hidden.shape[-1],), weight, self.eps).to(self.dtype)
 
     def _layer(self, layer: FusedLayer, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                kv_layer, attn_mask: torch.Tensor | None) -> torch.Tensor:
         rows, tokens, _ = hidden.shape
         heads, kv_heads, dim = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = layer.qkv(self._norm(hidden, layer.input_norm)).view(rows, tokens, heads + 2 * kv_heads, dim).transpose(1, 2)
-        qk = _rotate(qkv[:, : heads + kv_heads], cos, sin)
+        if layer.q_norm is None:
+            qk = _rotate(qkv[:, : heads + kv_heads], cos, sin)
+        else:
+            qk = _rotate(torch.cat((self._norm(qkv[:, :heads], layer.q_norm),
+                                    self._norm(qkv[:, heads: heads + kv_heads], layer.k_norm)), dim=1), cos, sin)
         keys, values = kv_layer.update(qk[:, heads:], qkv[:, heads + kv_heads:])
         attended = self._attend(qk[:, :heads], keys, values, attn_mask)
         hidden = hidden + layer.o(attended.transpose(1, 2).reshape(rows, tokens, heads * dim))
@@ -210,24 +219,32 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + torch.cat((-second, first), dim=-1) * sin
 
 
-def _fuse_layer(layer) -> FusedLayer:
+def _joined(parent: torch.nn.Module, names: tuple[str, ...]) -> PackedLinear:
+    """The family's modules for q/k/v (or gate/up) as one PackedLinear: fused now, or stored fused."""
+    return _fuse([getattr(parent, name) for name in names])
+
+
+def _fuse_layer(layer, family: Family) -> FusedLayer:
     attn, mlp = layer.self_attn, layer.mlp
     return FusedLayer(
         input_norm=layer.input_layernorm.weight.float(),
-        qkv=_fuse([attn.q_proj, attn.k_proj, attn.v_proj]),
+        qkv=_joined(attn, family.qkv),
         o=PackedLinear(attn.o_proj.weight, attn.o_proj.bias),
         post_norm=layer.post_attention_layernorm.weight.float(),
-        gate_up=_fuse([mlp.gate_proj, mlp.up_proj]),
+        gate_up=_joined(mlp, family.gate_up),
         down=PackedLinear(mlp.down_proj.weight, mlp.down_proj.bias),
+        q_norm=attn.q_norm.weight.float() if family.head_norms else None,
+        k_norm=attn.k_norm.weight.float() if family.head_norms else None,
     )
 
 
 def fused_from_model(model: PreTrainedModel) -> FusedLlama:
     """FusedLlama over a transformers model's own weights (its modules' weights become views)."""
     dims = LlamaDims.of(lambda key, default: getattr(model.config, key, default))
+    family = by_architecture(type(model).__name__)
     inner = model.model
     return FusedLlama(dims, inner.embed_tokens.weight, inner.rotary_emb,
-                      [_fuse_layer(layer) for layer in inner.layers[: dims.num_layers]],
+                      [_fuse_layer(layer, family) for layer in inner.layers[: dims.num_layers]],
                       inner.norm.weight.float(), PackedLinear(model.lm_head.weight, model.lm_head.bias))
 
 

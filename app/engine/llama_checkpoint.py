@@ -2,10 +2,10 @@
 
 Importing transformers' model classes (and, through their config classes, torch.distributed) costs
 about two seconds on a small CPU; reading config.json and the safetensors files costs a tenth of
-that. This reads only checkpoints it can compute exactly as transformers would: one of the fused
-architectures, the default RoPE, no quantization config, and exactly the tensors transformers would
-load (with the biases the config asks for). Anything else is refused with a reason, and the loader
-takes transformers' path instead.
+that. This reads only checkpoints it can compute exactly as transformers would: one of the families
+registered in app/engine/families/ (which say each one's tensor names, biases, extra norms and
+refusals), the default RoPE, no quantization config, and exactly the tensors transformers would load.
+Anything else is refused with a reason, and the loader takes transformers' path instead.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from app.engine.families import by_model_type, model_types
+from app.engine.families.registry import Family, rope_parameters
 from app.engine.fused_llama import (
     DefaultRotary,
     FusedLayer,
@@ -26,13 +28,10 @@ from app.engine.fused_llama import (
 )
 from app.engine.packed_linear import PackedLinear
 
-# model_type -> the architecture transformers would build for it, as config.json names it.
-_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
-# Keys whose class defaults differ between these model types (or from what this module assumes when
-# one is missing: as many KV heads as heads, 2,048 positions, LlamaConfig's defaults): written out.
+# Keys whose class defaults differ between the families: written out (each family adds its own, where
+# its defaults differ from what this module assumes when one is missing: LlamaConfig's).
 _REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "rms_norm_eps",
              "vocab_size")
-_REQUIRED_BEYOND_LLAMA = ("num_key_value_heads", "max_position_embeddings")
 # Left in some older checkpoints; transformers recomputes it and ignores the stored copy.
 _IGNORED_SUFFIX = "rotary_emb.inv_freq"
 
@@ -50,6 +49,10 @@ class LlamaCheckpoint:
         return self.config.get(key, default)
 
     @property
+    def family(self) -> Family:
+        return by_model_type(self.config["model_type"])
+
+    @property
     def stored_float32(self) -> bool:
         return self.dtypes == {"F32"}
 
@@ -57,7 +60,7 @@ class LlamaCheckpoint:
 def rope_theta(config: dict) -> tuple[float | None, str | None]:
     """The default RoPE's theta, or why the config asks for another RoPE. Read as transformers does:
     `rope_scaling`, when set, replaces `rope_parameters`; a value inside them beats one beside them."""
-    params = config.get("rope_scaling") or config.get("rope_parameters") or {}
+    params = rope_parameters(config.get)
     if any(isinstance(value, dict) for value in params.values()):
         return None, "RoPE parameters per layer type"
     rope_type = params.get("rope_type") or params.get("type") or "default"
@@ -90,24 +93,22 @@ def _tensor_shapes(folder: Path) -> dict[str, tuple[Path, tuple[int, ...], str]]
 
 def expected_tensors(config: dict) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
     """({name: shape} transformers would load, {name: shape} it would accept but not need)."""
-    model_type, dims = config["model_type"], LlamaDims.of(config.get)
+    family, dims = by_model_type(config["model_type"]), LlamaDims.of(config.get)
     hidden, vocab = int(config["hidden_size"]), dims.vocab_size
     q_out, kv_out, inter = dims.num_heads * dims.head_dim, dims.num_kv_heads * dims.head_dim, dims.intermediate_size
     outputs = {"q": q_out, "k": kv_out, "v": kv_out, "o": hidden, "gate": inter, "up": inter, "down": hidden}
     inputs = {"q": hidden, "k": hidden, "v": hidden, "o": q_out, "gate": hidden, "up": hidden, "down": inter}
-    # Qwen2 always has q/k/v biases; Llama has what attention_bias / mlp_bias say; Mistral none.
-    attention_biases = (("q", "k", "v") if model_type == "qwen2"
-                        else ("q", "k", "v", "o") if model_type == "llama" and config.get("attention_bias") else ())
-    mlp_biases = ("gate", "up", "down") if model_type == "llama" and config.get("mlp_bias") else ()
+    biases = family.biases(config.get)
     shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
     for i in range(dims.num_layers):
         prefix = f"model.layers.{i}."
         shapes[prefix + "input_layernorm.weight"] = shapes[prefix + "post_attention_layernorm.weight"] = (hidden,)
-        for part in ("q", "k", "v", "o", "gate", "up", "down"):
-            module = f"{prefix}{'self_attn' if part in ('q', 'k', 'v', 'o') else 'mlp'}.{part}_proj"
-            shapes[module + ".weight"] = (outputs[part], inputs[part])
-            if part in attention_biases or part in mlp_biases:
-                shapes[module + ".bias"] = (outputs[part],)
+        for module, parts in family.tensor_names().items():
+            shapes[f"{prefix}{module}.weight"] = (sum(outputs[part] for part in parts), inputs[parts[0]])
+            if all(part in biases for part in parts):
+                shapes[f"{prefix}{module}.bias"] = (sum(outputs[part] for part in parts),)
+        if family.head_norms:
+            shapes[prefix + "self_attn.q_norm.weight"] = shapes[prefix + "self_attn.k_norm.weight"] = (dims.head_dim,)
     lm_head = {"lm_head.weight": (vocab, hidden)}
     if config.get("tie_word_embeddings", False):
         return shapes, lm_head  # tied: transformers uses the embedding whatever the file holds
@@ -116,29 +117,32 @@ def expected_tensors(config: dict) -> tuple[dict[str, tuple[int, ...]], dict[str
 
 def _config_refusal(config: dict) -> str | None:
     model_type = config.get("model_type")
-    if model_type not in _ARCHITECTURES:
-        return f"model_type {model_type!r} is not one of {sorted(_ARCHITECTURES)}"
-    if config.get("architectures") not in (None, [_ARCHITECTURES[model_type]]):
+    family = by_model_type(model_type)
+    if family is None:
+        return f"model_type {model_type!r} is not one of {model_types()}"
+    if config.get("architectures") not in (None, [family.architecture]):
         return f"architectures {config.get('architectures')}"
     if config.get("quantization_config"):
         return "a quantized checkpoint"
-    required = _REQUIRED if model_type == "llama" else _REQUIRED + _REQUIRED_BEYOND_LLAMA
-    missing = [key for key in required if config.get(key) is None]
+    missing = [key for key in _REQUIRED + family.required if config.get(key) is None]
     if missing:
         return f"config.json does not name {', '.join(missing)}"
-    if model_type == "mistral" and "sliding_window" not in config:
-        return "Mistral's default sliding window"
-    defaults = {"use_sliding_window": False} if model_type == "qwen2" else {}
-    return config_reason(lambda key, default: config.get(key, defaults.get(key, default))) or rope_theta(config)[1]
+
+    def get(key: str, default: object) -> object:  # config.json, else the family's class default
+        return config.get(key, family.defaults.get(key, default))
+
+    return family.refusal(get) or config_reason(get) or rope_theta(config)[1]
 
 
-def open_checkpoint(reference: str) -> LlamaCheckpoint | str:
-    """The checkpoint at `reference` (a local folder), or why this module cannot read it."""
+def open_checkpoint(reference: str, overrides: dict[str, object] | None = None) -> LlamaCheckpoint | str:
+    """The checkpoint at `reference` (a local folder), or why this module cannot read it. `overrides`:
+    config fields set over the stored ones, as from_pretrained gets them (loader.attention_overrides:
+    a sliding window no shorter than the context, read as full attention)."""
     folder = Path(reference)
     if not (folder / "config.json").is_file():
         return "not a local folder with a config.json"
     try:
-        config = json.loads((folder / "config.json").read_text())
+        config = json.loads((folder / "config.json").read_text()) | dict(overrides or {})
         refusal = _config_refusal(config)
         stored = None if refusal else _tensor_shapes(folder)
     except Exception as exc:  # noqa: BLE001 - unreadable JSON or safetensors headers: transformers says what is wrong
@@ -176,10 +180,10 @@ class _Reader:
     def maybe(self, name: str) -> torch.Tensor | None:
         return self(name) if name in self._files else None
 
-    def fused(self, prefix: str, parts: tuple[str, ...]) -> PackedLinear:
-        """One PackedLinear for projections that read the same input (q/k/v, gate/up)."""
-        weights = [self(f"{prefix}{p}_proj.weight") for p in parts]
-        biases = [self.maybe(f"{prefix}{p}_proj.bias") for p in parts]
+    def fused(self, prefix: str, names: tuple[str, ...]) -> PackedLinear:
+        """One PackedLinear for projections that read the same input (q/k/v, gate/up), stored apart or fused."""
+        weights = [self(f"{prefix}{name}.weight") for name in names]
+        biases = [self.maybe(f"{prefix}{name}.bias") for name in names]
         bias = None if all(b is None for b in biases) else torch.cat(
             [b if b is not None else w.new_zeros(w.shape[0]) for w, b in zip(weights, biases)])
         return PackedLinear(torch.cat(weights), bias)
@@ -194,18 +198,20 @@ class _Reader:
 
 def fused_from_checkpoint(checkpoint: LlamaCheckpoint, dtype: torch.dtype, device: torch.device) -> FusedLlama:
     """FusedLlama with the checkpoint's weights in `dtype` on `device`."""
-    dims = LlamaDims.of(checkpoint.get)
+    dims, family = LlamaDims.of(checkpoint.get), checkpoint.family
     read = _Reader(checkpoint.files, dtype, device)
     layers = []
     for i in range(dims.num_layers):
         prefix = f"model.layers.{i}."
         layers.append(FusedLayer(
             input_norm=read.norm(prefix + "input_layernorm.weight"),
-            qkv=read.fused(prefix + "self_attn.", ("q", "k", "v")),
+            qkv=read.fused(prefix + "self_attn.", family.qkv),
             o=read.linear(prefix + "self_attn.o_proj"),
             post_norm=read.norm(prefix + "post_attention_layernorm.weight"),
-            gate_up=read.fused(prefix + "mlp.", ("gate", "up")),
+            gate_up=read.fused(prefix + "mlp.", family.gate_up),
             down=read.linear(prefix + "mlp.down_proj"),
+            q_norm=read.norm(prefix + "self_attn.q_norm.weight") if family.head_norms else None,
+            k_norm=read.norm(prefix + "self_attn.k_norm.weight") if family.head_norms else None,
         ))
     embed = read("model.embed_tokens.weight")
     lm_head = PackedLinear(embed) if checkpoint.get("tie_word_embeddings", False) else read.linear("lm_head")

@@ -1,9 +1,10 @@
 """The only caller of `from_pretrained`: turns a model reference into a model, tokenizer and facts.
 
 A model reference is a local folder, a Hugging Face hub id, or a path to a `.gguf` file. A local
-Llama-family safetensors folder (the default model's kind) is read straight into FusedLlama
-(app/engine/llama_checkpoint.py), or mapped as packed by an earlier start (native/packed_cache.py),
-and a Llama folder's plain fast tokenizer is FastTokenizer (app/engine/tokenizer.py): transformers'
+safetensors folder of a family FusedLlama computes (app/engine/families/: Llama, the default model's
+kind, Qwen2, Mistral, Qwen3, Phi-3) is read straight into FusedLlama (app/engine/llama_checkpoint.py),
+or mapped as packed by an earlier start (native/packed_cache.py), and a Llama folder's plain fast
+tokenizer is FastTokenizer (app/engine/tokenizer.py): transformers'
 model and config classes import its modeling code (and torch.distributed), and transformers itself
 takes half a second to import. Everything else goes through `from_pretrained` / AutoTokenizer.
 """
@@ -215,7 +216,7 @@ def load(config: LoadConfig) -> LoadedModel:
     cpu = detect_cpu_features(config.onednn_max_cpu_isa)
     library = open_library(config.native_kernels and config.fused_forward, config.native_isa, cpu, device)
     native = isinstance(library, NativeLibrary)
-    checkpoint = _checkpoint(config)
+    checkpoint = _checkpoint(config, overrides)
     gguf = _gguf(config) if checkpoint is None else None
     dtype, reason = resolve_dtype(config.dtype, device, cpu, native and _native_checkpoint(checkpoint or gguf))
     runtime = RuntimeInfo(str(device), str(dtype).removeprefix("torch."), reason, torch.get_num_threads(),
@@ -265,11 +266,12 @@ def _read_dtype(checkpoint: LlamaCheckpoint, dtype: torch.dtype, native: bool) -
     return dtype
 
 
-def _checkpoint(config: LoadConfig) -> LlamaCheckpoint | None:
-    """The checkpoint to read directly, or None where transformers must load the model."""
+def _checkpoint(config: LoadConfig, overrides: dict[str, object] | None = None) -> LlamaCheckpoint | None:
+    """The checkpoint to read directly, or None where transformers must load the model. `overrides` as
+    from_pretrained would get them (a window that never slides, read as full attention)."""
     if not (config.read_checkpoints and config.fused_forward) or config.trust_remote_code:
         return None
-    checkpoint = open_checkpoint(config.model)
+    checkpoint = open_checkpoint(config.model, overrides)
     if isinstance(checkpoint, str):
         log.info("loading through transformers: %s", checkpoint)
         return None

@@ -18,7 +18,7 @@ from app.engine.native.build import build
 
 log = logging.getLogger(__name__)
 
-ABI_VERSION = 3  # tw_abi_version() of the csrc/forward.c these structures mirror
+ABI_VERSION = 4  # tw_abi_version() of the csrc/forward.c these structures mirror
 
 # Weight formats (csrc/matmul.h: TW_F32 ...), KV-cache formats, and the arithmetic of Q4/Q8 matmuls.
 F32, BF16, Q4, Q8 = 0, 1, 2, 3
@@ -38,7 +38,7 @@ class Matrix(ctypes.Structure):
 
 
 class Layer(ctypes.Structure):
-    _fields_ = [("input_norm", c_void_p), ("post_norm", c_void_p),
+    _fields_ = [("input_norm", c_void_p), ("post_norm", c_void_p), ("q_norm", c_void_p), ("k_norm", c_void_p),
                 ("qkv", Matrix), ("o", Matrix), ("gate_up", Matrix), ("down", Matrix)]
 
 

@@ -1,7 +1,7 @@
 """NativeLlama: a Llama-family forward pass in one call to the native kernels, the same for any batch.
 
-It computes FusedLlama's function (RMSNorm, RoPE, GQA attention, SiLU-gated MLP, fp32 residual
-stream) with every value's arithmetic fixed (csrc/): a token's logits depend on its sequence
+It computes FusedLlama's function (RMSNorm, Qwen3's per-head q/k norms, RoPE, GQA attention,
+SiLU-gated MLP, fp32 residual stream) with every value's arithmetic fixed (csrc/): a token's logits depend on its sequence
 alone, never on the other rows of the step, their padding, how its prompt was chunked or whether
 its prefix came from the cache. Tokens of all rows go in as one flat list, so padded rows cost
 nothing. Weights are packed once (weights.py); KV stays in KVStore's slabs, whose buffers the
@@ -61,10 +61,15 @@ class NativeLayer:
     o: PackedMatrix
     gate_up: PackedMatrix
     down: PackedMatrix
+    q_norm: torch.Tensor | None = None  # fp32 [head_dim]: an RMSNorm over each head of q before RoPE (Qwen3)
+    k_norm: torch.Tensor | None = None  # and of k
 
     def struct(self) -> Layer:
-        return Layer(self.input_norm.data_ptr(), self.post_norm.data_ptr(), self.qkv.struct(), self.o.struct(),
-                     self.gate_up.struct(), self.down.struct())
+        def pointer(norm: torch.Tensor | None) -> int | None:
+            return None if norm is None else norm.data_ptr()
+
+        return Layer(self.input_norm.data_ptr(), self.post_norm.data_ptr(), pointer(self.q_norm), pointer(self.k_norm),
+                     self.qkv.struct(), self.o.struct(), self.gate_up.struct(), self.down.struct())
 
     def matrices(self) -> list[PackedMatrix]:
         return [self.qkv, self.o, self.gate_up, self.down]
@@ -168,8 +173,11 @@ def native_from_fused(fused: FusedLlama, library: NativeLibrary, dtype: torch.dt
     def pack(linear: PackedLinear) -> PackedMatrix:
         return pack_linear(library, linear, dtype, quantization)
 
-    layers = [NativeLayer(layer.input_norm.float().contiguous(), layer.post_norm.float().contiguous(),
-                          pack(layer.qkv), pack(layer.o), pack(layer.gate_up), pack(layer.down))
+    def norm(weight: torch.Tensor | None) -> torch.Tensor | None:
+        return None if weight is None else weight.float().contiguous()
+
+    layers = [NativeLayer(norm(layer.input_norm), norm(layer.post_norm), pack(layer.qkv), pack(layer.o),
+                          pack(layer.gate_up), pack(layer.down), norm(layer.q_norm), norm(layer.k_norm))
               for layer in fused.layers]
     embed = pack(PackedLinear(fused.embed_weight))
     tied = fused.lm_head.weight is fused.embed_weight and fused.lm_head.bias is None

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 FOLDER = ".tokenwire"
 LAYOUT = f"native-weights-v1-abi{ABI_VERSION}"
 MATRICES = ("qkv", "o", "gate_up", "down")
+HEAD_NORMS = ("q_norm", "k_norm")  # Qwen3's, where the layers have them
 _DTYPES = {"U8": torch.uint8, "F32": torch.float32}
 # The code that decides what a pack holds (grids, tile layout): a change to it makes new packs.
 _PACKER_SOURCES = (Path(__file__).with_name("weights.py"), Path(__file__).with_name("csrc") / "pack.h")
@@ -78,6 +79,9 @@ def save(native: NativeLlama, path: Path) -> None:
     for index, layer in enumerate(native.layers):
         tensors[f"layers.{index}.input_norm"] = layer.input_norm
         tensors[f"layers.{index}.post_norm"] = layer.post_norm
+        for name in HEAD_NORMS:
+            if getattr(layer, name) is not None:
+                tensors[f"layers.{index}.{name}"] = getattr(layer, name)
         for name in MATRICES:
             put(f"layers.{index}.{name}", getattr(layer, name))
     put("embed", native.embed)
@@ -140,7 +144,10 @@ def load(path: Path, library: NativeLibrary, dims: LlamaDims, dtype: torch.dtype
         return PackedMatrix(fmt, n, k, tensors[name], tensors.get(f"{name}.bias"))
 
     layers = [NativeLayer(tensors[f"layers.{i}.input_norm"], tensors[f"layers.{i}.post_norm"],
-                          *[matrix(f"layers.{i}.{name}") for name in MATRICES]) for i in range(dims.num_layers)]
+                          *[matrix(f"layers.{i}.{name}") for name in MATRICES],
+                          *[tensors.get(f"layers.{i}.{name}") for name in HEAD_NORMS]) for i in range(dims.num_layers)]
+    if any((layer.q_norm is not None) != checkpoint.family.head_norms for layer in layers):
+        return None  # not a pack of this family's layers
     embed = matrix("embed")
     lm_head = matrix("lm_head") if "lm_head" in shapes else embed
     rotary = DefaultRotary(rope_theta(checkpoint.config)[0], dims.head_dim, torch.device("cpu"))

@@ -23,11 +23,12 @@
 #include "pack.h"
 #include "layers.h"
 
-#define TW_ABI_VERSION 3
+#define TW_ABI_VERSION 4
 enum { TW_FLOAT_ARITHMETIC = 0, TW_INT8_ACTIVATIONS = 1 };
 
 typedef struct {
     const float *input_norm, *post_norm;
+    const float *q_norm, *k_norm; /* [head_dim] each, or NULL: an RMSNorm over each head of q and k before RoPE (Qwen3) */
     tw_matrix qkv, o, gate_up, down;
 } tw_layer;
 
@@ -76,10 +77,12 @@ static void project(tw_ctx *ctx, const forward_job *s, const tw_matrix *w, const
     }
 }
 
-/* RoPE on q and k, k and v into the cache at each token's column, then attention. */
+/* The per-head q/k norms (where the model has them) and RoPE on q and k, k and v into the cache at
+ * each token's column, then attention. */
 static void attention_layer(tw_ctx *ctx, const forward_job *s, int layer) {
     const tw_model *m = s->m;
     const tw_batch *b = s->b;
+    const float *q_norm = m->layers[layer].q_norm, *k_norm = m->layers[layer].k_norm;
     const int n_tokens = b->n_tokens, heads = m->n_heads, kv_heads = m->n_kv_heads, dim = m->head_dim, half = dim / 2;
     const int qkv_width = (heads + 2 * kv_heads) * dim, group = heads / kv_heads;
     const int kv_bytes = m->kv_format == TW_KV_F32 ? 4 : 2;
@@ -89,7 +92,11 @@ static void attention_layer(tw_ctx *ctx, const forward_job *s, int layer) {
         float *row = s->qkv + i * qkv_width;
         const int64_t position = b->positions[i], kv_row = b->token_rows[i];
         const float *cos_row = m->rope_cos + position * half, *sin_row = m->rope_sin + position * half;
-        for (int h = 0; h < heads + kv_heads; h++) rotate(row + h * dim, cos_row, sin_row, half);
+        for (int h = 0; h < heads + kv_heads; h++) {
+            const float *head_norm = h < heads ? q_norm : k_norm;
+            if (head_norm) rms_norm(row + h * dim, head_norm, dim, m->eps, row + h * dim); /* in place: reads x[i] before writing it */
+            rotate(row + h * dim, cos_row, sin_row, half);
+        }
         const int64_t column = b->first_columns[kv_row] + position;
         for (int h = 0; h < kv_heads; h++) {
             const int64_t offset = (kv_row * b->kv_row_stride + h * b->kv_head_stride + column * dim) * kv_bytes;
