@@ -1,10 +1,15 @@
 """Whether batched decoding can serve a model, decided from its config before any weight is read.
 
-Left-padded batched decoding (kv_store.py) needs a plain full-attention KV cache on every layer;
-`check_plain_cache` refuses anything else, but only once the weights are loaded. This reads the fields
-transformers' DynamicCache builds its layers from (cache_utils.get_layer_types_and_kwargs) and refuses
-first. A sliding window at least as long as the context never slides, so that model is loaded as full
-attention, with the overrides returned here.
+Left-padded batched decoding (kv_store.py) keeps every position's keys and values on every layer.
+Full-attention layers need nothing else; sliding-window layers (Mistral/Qwen2 windows, Gemma 2/3's and
+Cohere2's local layers, GPT-OSS's alternating ones) are served the same way, on transformers' forward,
+with transformers' sliding-window mask limiting each query to the last `sliding_window` positions
+(slab_cache.slab_cache makes their cache layers full slabs). Layers that keep other state cannot be:
+chunked attention, linear attention and recurrent layers, layers sharing another layer's KV. This
+reads the fields transformers' DynamicCache builds its layers from (cache_utils.get_layer_types_and_kwargs)
+and refuses those first; `check_plain_cache` refuses them again once the weights are loaded. A sliding
+window at least as long as the context never slides, so that model is loaded as full attention, with the
+overrides returned here (and may then run on the fused forward).
 """
 
 from __future__ import annotations
@@ -12,17 +17,19 @@ from __future__ import annotations
 from app.engine.errors import ModelRefused
 
 _FULL, _SLIDING = "full_attention", "sliding_attention"
-_NEEDS = "batched decoding needs full attention on every layer"
+_SERVED = (_FULL, _SLIDING)
+_NEEDS = "batched decoding serves full and sliding-window attention layers only"
 
 
 def full_attention_overrides(config: dict, max_model_len: int, source: str = "config.json") -> dict[str, object]:
-    """Config fields to pass to from_pretrained so that every layer is full attention ({}: none needed).
-    Raises ModelRefused, naming the field and its value, where a layer would attend otherwise."""
+    """Config fields to pass to from_pretrained so that a window that never slides is full attention
+    ({}: none needed; sliding layers whose window is shorter than the context are served as they are).
+    Raises ModelRefused, naming the field and its value, where a layer keeps a cache the KV store cannot."""
     text = config.get("text_config") or config
     positions = int(text.get("max_position_embeddings") or 2048)
     context = min(max_model_len or positions, positions)
     layer_types = text.get("layer_types")
-    others = sorted({kind for kind in layer_types or () if kind not in (_FULL, _SLIDING)})
+    others = sorted({kind for kind in layer_types or () if kind not in _SERVED})
     if others:
         raise ModelRefused(f"{source} layer_types has {', '.join(others)}: {_NEEDS}")
     sharing = text.get("kv_sharing_modes")
@@ -38,7 +45,6 @@ def full_attention_overrides(config: dict, max_model_len: int, source: str = "co
     if window is None:
         raise ModelRefused(f"{source} layer_types has {_SLIDING} with no sliding_window: {_NEEDS}")
     if window < context:
-        layers = f"layer_types has {_SLIDING}, and " if layer_types else ""
-        raise ModelRefused(f"{source} {layers}sliding_window={window} is shorter than the context ({context}): {_NEEDS}")
+        return {}  # served sliding: every column kept, the mask slides
     # Where the config lists layer types, the modeling code slides on those; elsewhere on the window.
     return {"layer_types": [_FULL] * len(layer_types)} if layer_types else {"sliding_window": None}

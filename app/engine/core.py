@@ -48,7 +48,7 @@ def build_core(loaded: LoadedModel, scheduler: SchedulerConfig,
     prefix_cache None: every prompt is prefilled in full. speculation: prompt-lookup drafts for a
     lone stream, where the forward makes them exact (the native kernels)."""
     runner = ModelRunner(loaded.model, loaded.device, loaded.fused, loaded.native)
-    check_plain_cache(runner.new_cache())  # refuse sliding/linear-attention models up front
+    check_plain_cache(runner.new_cache())  # refuse linear/recurrent/chunked-attention caches up front
     config = replace(scheduler, kv_bytes_per_token=kv_bytes_per_token(loaded))
     cache = None if prefix_cache is None else PrefixCache(prefix_cache)
     return EngineCore(runner, config, loaded.dims.vocab_size, cache, speculation and runner.can_verify_drafts)

@@ -3,7 +3,10 @@
 Rows are left-padded to a common width, with each row's length (its real columns end there) and
 position (TGI's CausalLMBatch is the model). The store is the one place that knows row i belongs to sequence s:
 rows join with their own prefilled cache, leave by sequence, and hand out a row's KV for the prefix
-cache. Every layer is a SlabLayer with spare columns, and the moves keep that spare room. Under load
+cache. Every layer is a SlabLayer with spare columns, and the moves keep that spare room; a sliding-window
+layer is one too, holding every position (the model's sliding-window mask keeps each query to the last
+`window` columns, which left padding makes the row's last positions; see ARCHITECTURE.md). A ring of
+`window` columns would bound such a layer's memory and attention; it is not built. Under load
 rows come and go one at a time, so a move must not cost the whole batch: a leaver's slot is filled by
 a row from the end (one row copied per layer) and the buffers keep the freed rows; a joiner that fits
 in them is written there, otherwise each layer is copied once into a buffer with room for all rows.
@@ -25,16 +28,18 @@ from app.engine.slab_cache import LayerCache, SlabLayer, slab_class_of, spare_bu
 if TYPE_CHECKING:
     from transformers import DynamicCache
 
-# Full-attention layers (transformers' plain one, and ours): what left padding is sound for.
+# Layers keeping every position's KV (transformers' plain one, and ours): what left padding is sound for.
+# Sliding-window layers are SlabLayers too (slab_cache.slab_cache): transformers' mask does the sliding.
 _PLAIN_LAYERS = frozenset({"DynamicLayer", "SlabLayer", "HFSlabLayer"})
 
 
 def check_plain_cache(cache: DynamicCache | LayerCache) -> None:
-    """Left padding is only sound for full-attention layers; sliding or linear layers keep other state."""
+    """Left padding is only sound for layers that keep every column; transformers' window rings,
+    linear-attention or recurrent layers keep other state."""
     for layer in cache.layers:
         if type(layer).__name__ not in _PLAIN_LAYERS:
             raise NotImplementedError(
-                f"batched decoding supports full-attention KV caches only, not {type(layer).__name__}"
+                f"batched decoding supports KV caches that keep every position only, not {type(layer).__name__}"
             )
 
 

@@ -170,12 +170,22 @@ def slab_class_of(layer) -> type[SlabLayer]:
 
 
 def slab_cache(config) -> DynamicCache:
-    """A DynamicCache for `config` whose full-attention layers are SlabLayers (others are kept)."""
+    """A DynamicCache for `config` whose attention layers, full or sliding, are SlabLayers (others are
+    kept, and check_plain_cache refuses them).
+
+    A sliding-window layer keeps every column too (the "mask" way): transformers' sliding-window mask
+    (masking_utils.create_sliding_window_causal_mask, built from each layer's column counts) keeps each
+    query to the last `sliding_window` columns, which under left padding are the row's last positions.
+    So left padding, row moves and the prefix cache (every position's KV) work as for full attention,
+    and the model computes exactly what its own DynamicSlidingWindowLayer would: the window ring drops
+    only columns no query can see.
+    """
     from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
     cache = DynamicCache(config=config)
-    cache.layers = [hf_slab_layer()() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    attention = (DynamicLayer, DynamicSlidingWindowLayer)
+    cache.layers = [hf_slab_layer()() if type(layer) in attention else layer for layer in cache.layers]
     return cache
 
 

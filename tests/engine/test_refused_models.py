@@ -1,6 +1,6 @@
-"""Models batched decoding cannot serve are refused from their config before any weight is read; a
-sliding window at least as long as the context is served as full attention, exactly as transformers
-computes it."""
+"""Models batched decoding cannot serve (chunked, linear or shared-KV layers) are refused from their
+config before any weight is read; a sliding window at least as long as the context is served as full
+attention, exactly as transformers computes it (shorter ones: tests/engine/test_sliding_window.py)."""
 
 from __future__ import annotations
 
@@ -44,17 +44,26 @@ def _garbage_weights(folder: Path) -> Path:
     return folder
 
 
-def test_a_window_shorter_than_the_context_is_refused_before_the_weights(tmp_path, tiny_model_dir):
-    folder = _garbage_weights(_folder(tmp_path, tiny_model_dir, MistralForCausalLM,
-                                      MistralConfig(**SIZES, sliding_window=64)))
-    with pytest.raises(ModelRefused, match=r"sliding_window=64 is shorter than the context \(128\)"):
+def _with_fields(folder: Path, **fields) -> Path:
+    """The folder's config.json with `fields` set (a kind of layer batched decoding cannot serve)."""
+    path = folder / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+    return folder
+
+
+def test_chunked_attention_is_refused_before_the_weights(tmp_path, tiny_model_dir):
+    folder = _with_fields(_garbage_weights(_folder(tmp_path, tiny_model_dir, MistralForCausalLM,
+                                                   MistralConfig(**SIZES, sliding_window=None))),
+                          attention_chunk_size=64)
+    with pytest.raises(ModelRefused, match=r"attention_chunk_size=64 \(chunked attention\)"):
         load(tiny_load_config(folder, dtype="float32"))
 
 
-def test_sliding_layer_types_are_refused_naming_the_field(tmp_path, tiny_model_dir):
+def test_other_layer_types_are_refused_naming_the_field(tmp_path, tiny_model_dir):
     config = Gemma2Config(**SIZES, head_dim=16, sliding_window=32, layer_types=["sliding_attention", "full_attention"])
-    folder = _garbage_weights(_folder(tmp_path, tiny_model_dir, Gemma2ForCausalLM, config))
-    with pytest.raises(ModelRefused, match="layer_types has sliding_attention, and sliding_window=32"):
+    folder = _with_fields(_garbage_weights(_folder(tmp_path, tiny_model_dir, Gemma2ForCausalLM, config)),
+                          layer_types=["sliding_attention", "linear_attention"])
+    with pytest.raises(ModelRefused, match="layer_types has linear_attention"):
         load(tiny_load_config(folder, dtype="float32"))
 
 
@@ -81,17 +90,18 @@ def test_a_window_as_long_as_the_context_is_served_as_transformers_computes_it(t
 
 
 async def test_an_on_demand_refused_model_fails_at_once_and_is_checked_again(tmp_path, tiny_model_dir):
-    windowed = _garbage_weights(_folder(tmp_path / "models" / "windowed", tiny_model_dir, MistralForCausalLM,
-                                        MistralConfig(**SIZES, sliding_window=64)))
+    windowed = _with_fields(_garbage_weights(_folder(tmp_path / "models" / "windowed", tiny_model_dir,
+                                                     MistralForCausalLM, MistralConfig(**SIZES, sliding_window=None))),
+                            attention_chunk_size=64)
     config = EngineConfig(tiny_load_config(tiny_model_dir, dtype="float32"), "tiny")
     pool = ModelPool(ModelCatalog(config, str(tmp_path / "models")), PoolConfig())
     await pool.start()
     try:
         started = time.monotonic()
-        with pytest.raises(ModelRefused, match="sliding_window=64"):
+        with pytest.raises(ModelRefused, match="attention_chunk_size=64"):
             await pool.acquire("windowed")
         assert time.monotonic() - started < 1.0
-        assert "sliding_window=64 is shorter than the context (128)" in pool.view("windowed").error
+        assert "attention_chunk_size=64 (chunked attention)" in pool.view("windowed").error
         # The folder changed: the next request reads it again.
         _folder(windowed, tiny_model_dir, MistralForCausalLM, MistralConfig(**SIZES, sliding_window=None))
         (await pool.acquire("windowed")).release()
