@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from app.api.response_records import ResponseRecords, StoredResponse
-from app.api.responses_framing import ResponsesFramer, event_frame, stream_response_events
+from app.api.responses_framing import TERMINAL, ResponsesFramer, event_frame, stream_response_events
 from app.api.stream_relay import StreamRelay
 from app.engine.types import TokenEvent
 
@@ -29,13 +29,19 @@ class ResponseRun:
         self._saving: set[asyncio.Task] = set()
 
     async def frames(self) -> AsyncIterator[str]:
+        ended: dict | None = None  # the final Response, once its event is out
         try:
             async for body in stream_response_events(self.events, self.framer, self.queued):
-                if "response" in body:
-                    await self._save(body["response"])
+                # Sent before its record is saved: a cancel during the save cannot leave a numbered event unsent.
                 yield event_frame(body)
+                if "response" in body:
+                    ended = body["response"] if body["response"]["status"] in TERMINAL else None
+                    await self._save(body["response"])
         except asyncio.CancelledError:  # the relay was cancelled: end the response here, and store how
-            self._last_frames, final = self._cut(self.relay.cancelled if self.relay else None)
+            if ended is not None:  # it had ended already: only its record was still being saved
+                self._last_frames, final = [], ended
+            else:
+                self._last_frames, final = self._cut(self.relay.cancelled if self.relay else None)
             await self._save(final)
             raise
 

@@ -105,9 +105,11 @@ async def retrieve_response(response_id: str, request: Request, stream: bool = F
 
 @router.delete(PATH, responses=STORED_RESPONSE_RESPONSES)
 async def delete_response(response_id: str, request: Request):
+    await stored(request, response_id)  # another key's, or none: 404
+    # Cancelled first: the delete drops its events, by which another replica would find it still running.
+    await streams_of(request).cancel(response_id, owner_of(request))
     if not await records_of(request).delete(response_id, owner_of(request)):
-        await stored(request, response_id)  # raises the 404
-    await streams_of(request).cancel(response_id, owner_of(request))  # one still generating stops
+        await stored(request, response_id)  # deleted meanwhile: 404
     return {"id": response_id, "object": "response", "deleted": True}
 
 

@@ -21,6 +21,7 @@ from app.api.store_writer import StoreWriter
 log = logging.getLogger(__name__)
 
 Ending = Callable[[str], list[str]]  # a cancel's reason -> the last frames (without their `id:` lines)
+FIRST_READER_GRACE_S = 1.0  # however short the unattended bound, the first connection gets this long to start reading
 
 
 def numbered(position: int, frame: str) -> str:
@@ -47,8 +48,16 @@ class StreamRelay:
 
     def start(self, frames: AsyncIterator[str]) -> None:
         self._pump = asyncio.create_task(self._run(frames), name=f"relay {self.key}")
-        if self._unattended_s is not None:
-            self._arm()  # a client that never reads (or left before the first frame) is unattended too
+        self._pump.add_done_callback(self._pump_done)
+        if self._unattended_s is not None:  # a client that left before its response began is unattended too
+            self._arm(max(self._unattended_s, FIRST_READER_GRACE_S))
+
+    def _pump_done(self, _: asyncio.Task) -> None:
+        """A pump cancelled before it first ran never reached its `finally`: end the stream here."""
+        if not self.ended:
+            for frame in self._ending(self.cancelled or "cancelled"):
+                self._add(frame)
+            self._end()
 
     async def _run(self, frames: AsyncIterator[str]) -> None:
         try:
@@ -107,9 +116,10 @@ class StreamRelay:
             self.cancelled = reason
             self._pump.cancel()
 
-    def _arm(self) -> None:
+    def _arm(self, delay_s: float | None = None) -> None:
         self._disarm()
-        self._unattended = asyncio.get_running_loop().call_later(self._unattended_s, self.cancel, "unattended")
+        delay_s = self._unattended_s if delay_s is None else delay_s
+        self._unattended = asyncio.get_running_loop().call_later(delay_s, self.cancel, "unattended")
 
     def _disarm(self) -> None:
         if self._unattended is not None:
@@ -128,6 +138,9 @@ class StreamRelay:
     def unwritten(self) -> tuple[list[Event], bool]:
         start, self._written = self._written, len(self.frames)
         return list(enumerate(self.frames[start:], start)), self.ended
+
+    def unwrite(self, position: int) -> None:
+        self._written = min(self._written, position)
 
     def stored(self) -> None:
         if not self.done.done():

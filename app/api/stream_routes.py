@@ -78,7 +78,8 @@ async def encoded(frames: AsyncIterator[str]) -> AsyncIterator[bytes]:
 
 @router.get(STREAMS_PATH + "{stream_id}", include_in_schema=False)
 async def resume_stream(stream_id: str, request: Request, last_event_id: str | None = Header(None)):
-    after = int(last_event_id) if last_event_id and last_event_id.strip().isdigit() else NO_EVENTS_YET
+    text = (last_event_id or "").strip()
+    after = int(text) if text.isascii() and text.isdigit() else NO_EVENTS_YET  # a malformed id: from the start
     frames = await streams_of(request).follow(stream_id, owner_of(request), after)
     if frames is None:
         raise NotFound(f"no stream {stream_id!r}: it never existed, was forgotten, or belongs to another key")

@@ -86,14 +86,19 @@ async def test_cancel_requests_reach_any_reader(make_store):
 
 
 async def test_age_bounds_records_and_event_logs(make_store):
-    store = make_store(StoreLimits(max_age_s=1, stream_retention_s=1, max_bytes=1 << 20))
+    store = make_store(StoreLimits(max_age_s=3, stream_retention_s=1, max_bytes=1 << 20))
     await store.put_record("old", "k", "{}")
     await store.append_events("old-stream", "k", [(0, "e")], ended=True)
+    await store.append_events("running", "k", [(0, "e")])  # a stream still being written
     await asyncio.sleep(1.3)
     await store.put_record("new", "k", "{}")
     await store.prune()
+    assert await store.read_events("old-stream", "k", -1) is None  # ended: kept for the retention
+    assert (await store.read_events("running", "k", -1)).events == [(0, "e")]  # running: for the age bound
+    await store.append_events("running", "k", [(1, "f")])
+    await asyncio.sleep(2.0)
+    await store.prune()
     assert await store.get_record("old", "k") is None
-    assert await store.read_events("old-stream", "k", -1) is None
     assert await store.get_record("new", "k") == "{}"
     await store.close()
 
@@ -124,6 +129,9 @@ async def test_many_streams_append_in_one_write(make_store):
     await store.append_many([("m1", "k", [(2, "d")], True)])
     assert (await store.read_events("m1", "k", -1)).events == [(0, "a"), (1, "b"), (2, "d")]
     assert (await store.read_events("m2", "k", -1)).ended
-    with pytest.raises(ValueError):
-        await store.append_many([("m3", "k", [(0, "x")], False), ("m1", "k", [(9, "gap")], False)])
+    outcomes = await store.append_many([("m3", "k", [(0, "x")], False), ("m1", "k", [(9, "gap")], False),
+                                        ("m2", "other", [(1, "y")], False)])
+    assert outcomes[0] is None and isinstance(outcomes[1], ValueError) and isinstance(outcomes[2], PermissionError)
+    assert (await store.read_events("m3", "k", -1)).events == [(0, "x")]  # the refused ones did not undo it
+    assert [p for p, _ in (await store.read_events("m1", "k", -1)).events] == [0, 1, 2]
     await store.close()

@@ -47,9 +47,11 @@ class Store(Protocol):
     async def append_events(self, stream: str, owner: str, events: Sequence[Event], ended: bool = False) -> None:
         """Add events at the end of the stream's log (positions follow on); `ended`: no more will come."""
 
-    async def append_many(self, appends: Sequence[Append]) -> None:
+    async def append_many(self, appends: Sequence[Append]) -> list[Exception | None]:
         """Several streams' appends in one write (a transaction, a pipeline): a process's writer sends
-        whatever all its streams made meanwhile. If one fails, none is written (callers retry one by one)."""
+        whatever all its streams made meanwhile. Each append stands alone: the answer holds, for each,
+        None or why it was refused (ValueError: not the next position; PermissionError: another key's
+        stream), and the others are written. Raises when the store could not be written at all."""
 
     async def read_events(self, stream: str, owner: str, after: int) -> EventSlice | None:
         """The events after position `after` (-1 for all); None for an unknown stream or another owner's."""

@@ -1,12 +1,14 @@
 """The store in Redis, so replicas share it: a response made through one replica is read, resumed and
-cancelled through another. Keys expire by themselves (the age bounds); a sorted set of every key by its
-last write, with their sizes, lets `prune` drop the least recently written beyond the size bound.
+cancelled through another. Keys expire by themselves (the age bounds: a record after max_age, an ended
+stream after the retention, a stream still being written after max_age). Two sorted sets index records
+and streams by their last write, with their sizes and a running total, so `prune` reads only what
+expired and, past the size bound, the oldest few: its work does not grow with what is stored.
 
     {ns}r:{key}  hash owner, value          a record
     {ns}s:{id}   hash owner, ended           a stream's head
     {ns}e:{id}   list of frames              its events: the list index is the position
     {ns}c:{key}  "1"                          a cancel request
-    {ns}age      zset redis key -> last write time; {ns}bytes hash redis key -> size
+    {ns}age:r, {ns}age:s  zset redis key -> last write time; {ns}bytes hash redis key -> size; {ns}total
 """
 
 from __future__ import annotations
@@ -32,21 +34,46 @@ return expected
 """
 
 
+# Index a write: its time, its size (added, or replacing the last one), the running total.
+_TOUCH = """
+local old = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+local new = tonumber(ARGV[3])
+if ARGV[4] == '1' then new = old + new end
+redis.call('HSET', KEYS[2], ARGV[1], new)
+redis.call('INCRBY', KEYS[3], new - old)
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+"""
+# Forget keys' index entries (KEYS: the two indexes, sizes, total; ARGV: the keys).
+_UNINDEX = """
+for i = 1, #ARGV do
+  local size = tonumber(redis.call('HGET', KEYS[3], ARGV[i]) or '0')
+  redis.call('DECRBY', KEYS[4], size)
+  redis.call('HDEL', KEYS[3], ARGV[i]); redis.call('ZREM', KEYS[1], ARGV[i]); redis.call('ZREM', KEYS[2], ARGV[i])
+end
+"""
+PRUNE_BATCH = 500
+
+
 class RedisStore:
     def __init__(self, url: str, limits: StoreLimits = StoreLimits(), namespace: str = "tokenwire:") -> None:
         import redis.asyncio as redis  # imported only when a Redis URL is configured
 
         self.limits = limits
         self.ns = namespace
-        self._redis = redis.from_url(url, decode_responses=True)
+        # Timeouts: an unreachable Redis fails a write (retried later) instead of hanging a stream or the shutdown.
+        self._redis = redis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
         self._append = self._redis.register_script(_APPEND)
+        self._index = self._redis.register_script(_TOUCH)
+        self._unindex_script = self._redis.register_script(_UNINDEX)
+        self._records_age, self._streams_age = f"{namespace}age:r", f"{namespace}age:s"
 
     def _record(self, key: str) -> str:
         return f"{self.ns}r:{key}"
 
     async def _touch(self, pipe, redis_key: str, size: int, add: bool = False) -> None:
-        pipe.zadd(f"{self.ns}age", {redis_key: time.time()})
-        (pipe.hincrby if add else pipe.hset)(f"{self.ns}bytes", redis_key, size)
+        age = self._streams_age if redis_key.startswith(f"{self.ns}e:") else self._records_age
+        await self._index(keys=[age, f"{self.ns}bytes", f"{self.ns}total"],
+                          args=[redis_key, time.time(), size, int(add)], client=pipe)
 
     # ---- records ----------------------------------------------------------------------------------
 
@@ -75,24 +102,22 @@ class RedisStore:
     # ---- event logs -------------------------------------------------------------------------------
 
     async def append_events(self, stream: str, owner: str, events: Sequence[Event], ended: bool = False) -> None:
-        await self.append_many([(stream, owner, events, ended)])
+        refused = (await self.append_many([(stream, owner, events, ended)]))[0]
+        if refused is not None:
+            raise refused
 
-    async def append_many(self, appends: Sequence[Append]) -> None:
-        """One pipeline: each stream's append is atomic (a script); a failing one is reported after the
-        others ran (Redis has no rollback across scripts), for the caller to retry one by one."""
-        ttl_ms = int(self.limits.stream_retention_s * 1000)
+    async def append_many(self, appends: Sequence[Append]) -> list[Exception | None]:
+        """One pipeline; each stream's append is atomic (a script) and checked alone."""
+        running_ms, ended_ms = int(self.limits.max_age_s * 1000), int(self.limits.stream_retention_s * 1000)
         async with self._redis.pipeline(transaction=False) as pipe:
             for stream, owner, events, ended in appends:
                 first = str(events[0][0]) if events else ""
                 await self._append(keys=[f"{self.ns}s:{stream}", f"{self.ns}e:{stream}"],
-                             args=[owner, int(ended), ttl_ms, first, *(frame for _, frame in events)], client=pipe)
+                                   args=[owner, int(ended), ended_ms if ended else running_ms, first,
+                                         *(frame for _, frame in events)], client=pipe)
                 await self._touch(pipe, f"{self.ns}e:{stream}", sum(len(frame) for _, frame in events), add=True)
             results = await pipe.execute(raise_on_error=True)
-        for (stream, _, events, _), result in zip(appends, results[::3]):
-            if result == -1:
-                raise PermissionError(f"stream {stream} belongs to another key")
-            if result <= -2:
-                raise ValueError(f"stream {stream}: event {events[0][0]} appended where {-2 - result} is next")
+        return [_refusal(stream, events, result) for (stream, _, events, _), result in zip(appends, results[::2])]
 
     async def read_events(self, stream: str, owner: str, after: int) -> EventSlice | None:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -123,30 +148,48 @@ class RedisStore:
     # ---- bounds -----------------------------------------------------------------------------------
 
     async def prune(self) -> None:
-        """Forget the index entries of keys Redis expired, then the least recently written past the size bound."""
-        age = f"{self.ns}age"
-        stale = await self._redis.zrangebyscore(age, "-inf", time.time() - min(self.limits.stream_retention_s,
-                                                                               self.limits.max_age_s))
-        if stale:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for name in stale:
-                    pipe.exists(name)
-                alive = await pipe.execute()
-            await self._unindex([name for name, exists in zip(stale, alive) if not exists])
-        sizes = await self._redis.hgetall(f"{self.ns}bytes")
-        total = sum(int(size) for size in sizes.values())
-        if total <= self.limits.max_bytes:
-            return
+        """Unindex what Redis expired, then drop the least recently written ended streams and records
+        while the total is past the size bound."""
+        now = time.time()
+        for index, bound in ((self._records_age, self.limits.max_age_s), (self._streams_age, self.limits.stream_retention_s)):
+            stale = await self._redis.zrangebyscore(index, "-inf", now - bound, start=0, num=PRUNE_BATCH)
+            if stale:  # a stream still being written outlives the retention: it stays indexed
+                alive = await self._exist(stale)
+                await self._unindex([name for name, exists in zip(stale, alive) if not exists])
+        total = int(await self._redis.get(f"{self.ns}total") or 0)
+        if total > self.limits.max_bytes:
+            await self._make_room(total)
+
+    async def _make_room(self, total: int) -> None:
+        sizes_key = f"{self.ns}bytes"
+        oldest = sorted([*await self._redis.zrange(self._records_age, 0, PRUNE_BATCH - 1, withscores=True),
+                         *await self._redis.zrange(self._streams_age, 0, PRUNE_BATCH - 1, withscores=True)],
+                        key=lambda entry: entry[1])
+        names = [name for name, _ in oldest]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hget(sizes_key, name)
+                pipe.hget(f"{self.ns}s:" + name.removeprefix(f"{self.ns}e:"), "ended")
+            answers = await pipe.execute()
         victims = []
-        for name in await self._redis.zrange(age, 0, -1):  # oldest first
+        for i, name in enumerate(names):
+            size, ended = answers[2 * i], answers[2 * i + 1]
+            if name.startswith(f"{self.ns}e:") and ended != "1":
+                continue  # a stream still being written is never evicted for room
             victims.append(name)
-            total -= int(sizes.get(name, 0))
+            total -= int(size or 0)
             if total <= self.limits.max_bytes * 0.9:
                 break
         await self._forget(_with_heads(victims, self.ns))
 
+    async def _exist(self, names: list[str]) -> list[int]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.exists(name)
+            return await pipe.execute()
+
     async def size_bytes(self) -> int:
-        return sum(int(size) for size in (await self._redis.hgetall(f"{self.ns}bytes")).values())
+        return int(await self._redis.get(f"{self.ns}total") or 0)
 
     async def _forget(self, names: list[str]) -> None:
         if names:
@@ -155,13 +198,19 @@ class RedisStore:
 
     async def _unindex(self, names: list[str]) -> None:
         if names:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.zrem(f"{self.ns}age", *names)
-                pipe.hdel(f"{self.ns}bytes", *names)
-                await pipe.execute()
+            await self._unindex_script(keys=[self._records_age, self._streams_age, f"{self.ns}bytes",
+                                             f"{self.ns}total"], args=names)
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _refusal(stream: str, events: Sequence[Event], result: int) -> Exception | None:
+    if result == -1:
+        return PermissionError(f"stream {stream} belongs to another key")
+    if result <= -2:
+        return ValueError(f"stream {stream}: event {events[0][0]} appended where {-2 - result} is next")
+    return None
 
 
 def _with_heads(names: list[str], ns: str) -> list[str]:

@@ -27,6 +27,9 @@ CREATE INDEX IF NOT EXISTS records_written ON records (written);
 CREATE INDEX IF NOT EXISTS streams_written ON streams (written);
 """
 CANCEL_TTL_S = 3600.0
+# An ended stream is kept for the retention after its last event; one still being written (a queued
+# background response makes no event for a while) for the records' age bound.
+_EXPIRED = "((ended = 1 AND written <= ?) OR written <= ?)"
 
 
 class SqliteStore:
@@ -76,25 +79,40 @@ class SqliteStore:
     # ---- event logs -------------------------------------------------------------------------------
 
     async def append_events(self, stream: str, owner: str, events: Sequence[Event], ended: bool = False) -> None:
-        await self.append_many([(stream, owner, events, ended)])
+        refused = (await self.append_many([(stream, owner, events, ended)]))[0]
+        if refused is not None:
+            raise refused
 
-    async def append_many(self, appends: Sequence[Append]) -> None:
-        def append(db: sqlite3.Connection) -> None:
+    async def append_many(self, appends: Sequence[Append]) -> list[Exception | None]:
+        def append(db: sqlite3.Connection) -> list[Exception | None]:
+            outcomes: list[Exception | None] = []
             with _transaction(db):
                 for stream, owner, events, ended in appends:
-                    _append(db, stream, owner, events, ended)
-        await self._run(append)
+                    db.execute("SAVEPOINT one")  # a refused append is undone alone
+                    try:
+                        _append(db, stream, owner, events, ended)
+                        outcomes.append(None)
+                    except (ValueError, PermissionError) as refused:
+                        db.execute("ROLLBACK TO one")
+                        outcomes.append(refused)
+                    db.execute("RELEASE one")
+            return outcomes
+        return await self._run(append)
 
     async def read_events(self, stream: str, owner: str, after: int) -> EventSlice | None:
         def read(db: sqlite3.Connection) -> EventSlice | None:
-            row = db.execute("SELECT ended FROM streams WHERE stream = ? AND owner = ? AND written > ?",
-                             (stream, owner, time.time() - self.limits.stream_retention_s)).fetchone()
+            row = db.execute(f"SELECT ended FROM streams WHERE stream = ? AND owner = ? AND NOT ({_EXPIRED})",
+                             (stream, owner, *self._expiry())).fetchone()
             if row is None:
                 return None
             events = db.execute("SELECT position, frame FROM events WHERE stream = ? AND position > ? "
                                 "ORDER BY position", (stream, after)).fetchall()
             return EventSlice(events, bool(row[0]))
         return await self._run(read)
+
+    def _expiry(self) -> tuple[float, float]:
+        now = time.time()
+        return now - self.limits.stream_retention_s, now - self.limits.max_age_s
 
     # ---- cancellation -----------------------------------------------------------------------------
 
@@ -120,16 +138,16 @@ class SqliteStore:
         now, limits = time.time(), self.limits
         with _transaction(db):
             db.execute("DELETE FROM records WHERE written <= ?", (now - limits.max_age_s,))
-            old = [row[0] for row in db.execute("SELECT stream FROM streams WHERE written <= ?",
-                                                (now - limits.stream_retention_s,))]
+            old = [row[0] for row in db.execute(f"SELECT stream FROM streams WHERE {_EXPIRED}", self._expiry())]
             _drop_streams(db, old)
             db.execute("DELETE FROM cancels WHERE written <= ?", (now - CANCEL_TTL_S,))
             total = db.execute("SELECT (SELECT coalesce(sum(bytes), 0) FROM records) + "
                                "(SELECT coalesce(sum(bytes), 0) FROM streams)").fetchone()[0]
             if total <= limits.max_bytes:
                 return
+            # A stream still being written is never evicted for room (its generation would lose its log).
             oldest = db.execute("SELECT 'r', key, written, bytes FROM records UNION ALL "
-                                "SELECT 's', stream, written, bytes FROM streams ORDER BY written")
+                                "SELECT 's', stream, written, bytes FROM streams WHERE ended = 1 ORDER BY written")
             records, streams = [], []
             for kind, key, _, size in oldest:
                 (records if kind == "r" else streams).append(key)
