@@ -13,10 +13,10 @@ from tests.e2e.conftest import DEFAULT_MODEL_DIR, REPO_ROOT, free_port
 
 
 def test_a_refused_default_model_exits_at_once_with_one_line(tmp_path: Path):
-    folder = tmp_path / "windowed-mistral"
+    folder = tmp_path / "chunked-llama"
     folder.mkdir()
     config = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())
-    config.update(model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=512)
+    config.update(attention_chunk_size=512)  # chunked attention (Llama 4's): sliding windows are served
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "model.safetensors").write_bytes(b"never read")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWIRE_")}
@@ -26,7 +26,7 @@ def test_a_refused_default_model_exits_at_once_with_one_line(tmp_path: Path):
     output = result.stdout + result.stderr
     assert result.returncode == 3, output
     assert "Traceback" not in output, output
-    lines = [line for line in output.splitlines() if "sliding_window" in line]
+    lines = [line for line in output.splitlines() if "attention_chunk_size" in line]
     assert len(lines) == 1, output
-    assert f"sliding_window=512 is shorter than the context ({config['max_position_embeddings']})" in lines[0]
+    assert "attention_chunk_size=512 (chunked attention)" in lines[0]
     assert "ERROR" in lines[0], output
