@@ -2,7 +2,8 @@
 previous write ran go to the store in one call (one SQLite transaction, one Redis pipeline), so a busy
 server pays one store round trip per batch of many streams' events, not one per event or per stream
 (and waits COALESCE_S before each, so even one fast stream writes several events at a time: the store's
-copy trails the stream by about that much; the stream itself never waits).
+copy trails the stream by about that much; the stream itself never waits). A stream's first frames are
+written at once, so another replica can find it (resume, cancel) as soon as its client has a frame.
 
 A store that cannot be written (locked, unreachable) gets the same frames again RETRY_S later, up to
 MAX_RETRIES times: no frame is skipped, so a stored stream never has a gap. A stream the store refuses
@@ -50,6 +51,7 @@ class StoreWriter:
         self._waiting: dict[str, Written] = {}  # to write again after RETRY_S
         self._failures: dict[str, int] = {}  # consecutive failed writes, by stream
         self._refused: set[str] = set()  # written no more
+        self._known: set[str] = set()  # streams the store has heard of
         self._task: asyncio.Task | None = None
         self._retry: asyncio.TimerHandle | None = None
 
@@ -67,7 +69,8 @@ class StoreWriter:
 
     async def _run(self) -> None:
         while self._dirty:
-            await asyncio.sleep(COALESCE_S)
+            if self._dirty.keys() <= self._known:  # a new stream is written at once: other replicas can find it
+                await asyncio.sleep(COALESCE_S)
             relays, self._dirty = list(self._dirty.values()), {}
             appends = [(relay.key, relay.owner, *relay.unwritten()) for relay in relays]
             try:
@@ -77,6 +80,7 @@ class StoreWriter:
                 continue
             for relay, (_, _, _, ended), refused in zip(relays, appends, outcomes):
                 self._failures.pop(relay.key, None)
+                self._known.add(relay.key)
                 if refused is not None:
                     log.warning("stream %s: the store refused its events; kept in memory only: %r", relay.key, refused)
                     self._refused.add(relay.key)
@@ -109,6 +113,7 @@ class StoreWriter:
 
     def _done(self, relay: Written) -> None:
         self._failures.pop(relay.key, None)
+        self._known.discard(relay.key)
         self._refused.discard(relay.key)
         relay.stored()
 
