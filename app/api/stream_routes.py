@@ -24,6 +24,7 @@ from app.api.stream_hub import NO_EVENTS_YET, StreamHub
 router = APIRouter()
 
 RESUME_HEADER = "X-Stream-Resume"
+STREAM_PREFIX = "strm_"
 STREAMS_PATH = "/v1/streams/"
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # proxies pass tokens through as they come
 
@@ -52,6 +53,11 @@ def sse_response(request: Request, sse_events, headers: dict | None = None) -> E
                                headers={**STREAM_HEADERS, **(headers or {})})
 
 
+def _ours(stream_id: str) -> bool:
+    """A chat or completion stream's id (a stored response's stream has routes of its own, with its rules)."""
+    return stream_id.startswith(STREAM_PREFIX)
+
+
 def streams_of(request: Request) -> StreamHub:
     return request.app.state.streams
 
@@ -64,7 +70,7 @@ def ended_by_cancel(reason: str) -> list[str]:
 
 def resumable_response(request: Request, frames: AsyncIterator[str]) -> EventSourceResponse:
     """Run the stream through a relay (it goes on if the connection drops) and answer its events."""
-    key = f"strm_{uuid.uuid4().hex}"
+    key = f"{STREAM_PREFIX}{uuid.uuid4().hex}"
     relay = streams_of(request).open(key, owner_of(request), frames, ended_by_cancel)
     request.state.generation = relay.generated  # the request is counted, and the drain waits, until it ends
     hold_until(request, relay.generated)  # and its model stays loaded until then
@@ -80,7 +86,7 @@ async def encoded(frames: AsyncIterator[str]) -> AsyncIterator[bytes]:
 async def resume_stream(stream_id: str, request: Request, last_event_id: str | None = Header(None)):
     text = (last_event_id or "").strip()
     after = int(text) if text.isascii() and text.isdigit() else NO_EVENTS_YET  # a malformed id: from the start
-    frames = await streams_of(request).follow(stream_id, owner_of(request), after)
+    frames = await streams_of(request).follow(stream_id, owner_of(request), after) if _ours(stream_id) else None
     if frames is None:
         raise NotFound(f"no stream {stream_id!r}: it never existed, was forgotten, or belongs to another key")
     return sse_response(request, encoded(frames))
@@ -88,6 +94,6 @@ async def resume_stream(stream_id: str, request: Request, last_event_id: str | N
 
 @router.post(STREAMS_PATH + "{stream_id}/cancel", include_in_schema=False)
 async def cancel_stream(stream_id: str, request: Request):
-    if not await streams_of(request).cancel(stream_id, owner_of(request)):
+    if not _ours(stream_id) or not await streams_of(request).cancel(stream_id, owner_of(request)):
         raise NotFound(f"no stream {stream_id!r}: it never existed, was forgotten, or belongs to another key")
     return {"id": stream_id, "object": "stream", "cancelled": True}

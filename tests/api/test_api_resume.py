@@ -231,3 +231,11 @@ async def test_a_background_response_made_on_one_replica_is_read_resumed_and_can
         assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
         assert first_fake.last_call.closed_early and not first_fake.last_call.finished
         assert (await first.get(f"/v1/responses/{response_id}")).json()["status"] == "cancelled"
+
+
+async def test_a_stored_response_s_stream_is_not_reachable_through_the_chat_streams_routes():
+    async with serve(slow_fake(0)) as (_, client):
+        made = await client.post("/v1/responses", json={"model": "fake-model", "input": "hi", "stream": True})
+        response_id = made.text.split('"id":"resp_')[1].split('"')[0]
+        assert (await client.get(f"/v1/streams/resp_{response_id}")).status_code == 404
+        assert (await client.post(f"/v1/streams/resp_{response_id}/cancel")).status_code == 404
