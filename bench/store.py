@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from app.api.store import StoreLimits, open_store
+from bench.run import free_port
 
 # A chat chunk as the server streams it (one token), numbered.
 FRAME = ('id: {n}\ndata: {{"id":"chatcmpl-0123456789abcdef0123456789abcdef","object":"chat.completion.chunk",'
@@ -121,9 +122,7 @@ async def redis_run(args, url: str) -> dict:
 
 def start_redis() -> tuple[subprocess.Popen, str]:
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(100):

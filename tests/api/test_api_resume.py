@@ -36,13 +36,11 @@ async def serve(engine: FakeEngine, **settings) -> AsyncIterator[tuple[object, h
 async def serve_live(engine: FakeEngine, **settings) -> AsyncIterator[httpx.AsyncClient]:
     """The app behind a real uvicorn on a loopback port (httpx's in-process transport would hand over a
     streamed body only once it ended), on this event loop."""
-    import socket
-
     import uvicorn
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    from tests.e2e.conftest import free_port
+
+    port = free_port()
     app = create_app(Settings(_env_file=None, **settings), engine=engine)  # type: ignore[arg-type]
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     running = asyncio.create_task(server.serve())
