@@ -55,9 +55,7 @@ class StreamRelay:
     def _pump_done(self, _: asyncio.Task) -> None:
         """A pump cancelled before it first ran never reached its `finally`: end the stream here."""
         if not self.ended:
-            for frame in self._ending(self.cancelled or "cancelled"):
-                self._add(frame)
-            self._end()
+            self._cut_short(self.cancelled or "cancelled")
 
     async def _run(self, frames: AsyncIterator[str]) -> None:
         try:
@@ -65,14 +63,19 @@ class StreamRelay:
                 async for frame in frames:
                     self._add(frame)
         except asyncio.CancelledError:
-            for frame in self._ending(self.cancelled or "cancelled"):
-                self._add(frame)
+            self._cut_short(self.cancelled or "cancelled")
         except Exception:  # the frame source reports its own failures in-band; this is a bug
             log.exception("stream %s failed", self.key)
-            for frame in self._ending("error"):
-                self._add(frame)
+            self._cut_short("error")
         finally:
-            self._end()
+            if not self.ended:
+                self._end()
+
+    def _cut_short(self, reason: str) -> None:
+        """The `ending` frames for `reason`, then the end."""
+        for frame in self._ending(reason):
+            self._add(frame)
+        self._end()
 
     def _add(self, frame: str) -> None:
         self.frames.append(numbered(len(self.frames), frame))
