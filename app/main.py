@@ -26,7 +26,7 @@ from app.api.request_limits import RequestLimits
 from app.api.rate_limits import RateLimits
 from app.api.responses_routes import router as responses_router
 from app.api.routes import router
-from app.api.store import Store, StoreLimits, open_store
+from app.api.store import Store, StoreLimits, end_if_cancelled, open_store
 from app.api.stream_hub import StreamHub
 from app.api.stream_routes import RESUME_HEADER, router as stream_router
 from app.api.tenants import KeyTable
@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None,
         finally:
             try:
                 await app.state.streams.stop()
-                pruning.cancel()
+                await stop_task(pruning)  # before the store closes: a call cut by the close is no clean end
                 await models.stop()
             finally:
                 await store.close()
@@ -101,8 +101,17 @@ async def keep_pruned(store: Store) -> None:
         try:
             await store.prune()
         except Exception as exc:  # noqa: BLE001 - a store hiccup must not stop the pruning
+            end_if_cancelled(exc)
             logging.getLogger(__name__).warning("pruning the store failed: %r", exc)
+        end_if_cancelled()
         await asyncio.sleep(PRUNE_EVERY_S)
+
+
+async def stop_task(task: asyncio.Task, timeout_s: float = 5.0) -> None:
+    """Cancel the task and wait (at most timeout_s) until it has ended."""
+    task.cancel()
+    await asyncio.wait([task], timeout=timeout_s)
+
 
 
 def model_pool(settings: Settings, engine: Engine | None = None) -> ModelPool:

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Sequence
 from typing import Protocol
 
-from app.api.store import Store
+from app.api.store import Store, end_if_cancelled
 from app.api.store.base import Event
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ class StoreWriter:
             try:
                 outcomes: Sequence[Exception | None] = await self.store.append_many(appends)
             except Exception as exc:  # noqa: BLE001 - the store is down or locked: the same frames again later
+                end_if_cancelled(exc)
                 self._failed(relays, appends, exc)
                 continue
             for relay, (_, _, _, ended), refused in zip(relays, appends, outcomes):

@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-from app.api.store import Store, wait_events
+from app.api.store import Store, end_if_cancelled, wait_events
 from app.api.store_writer import StoreWriter
 from app.api.stream_relay import Ending, StreamRelay
 
@@ -94,7 +94,9 @@ class StreamHub:
                     if (relay := self._relays.get(key)) is not None:
                         relay.cancel()
             except Exception as exc:  # noqa: BLE001 - a store hiccup must not end the watch
+                end_if_cancelled(exc)
                 log.warning("reading cancel requests from the store failed: %r", exc)
+            end_if_cancelled()
             await asyncio.sleep(CANCEL_POLL_S)
 
     @property
@@ -111,3 +113,4 @@ class StreamHub:
         await self.writer.flush()
         if self._watcher is not None:
             self._watcher.cancel()
+            await asyncio.wait([self._watcher], timeout=10)

@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from app.api.store import StoreLimits, open_store, wait_events
+from app.main import keep_pruned, stop_task
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -135,3 +136,40 @@ async def test_many_streams_append_in_one_write(make_store):
     assert (await store.read_events("m3", "k", -1)).events == [(0, "x")]  # the refused ones did not undo it
     assert [p for p, _ in (await store.read_events("m1", "k", -1)).events] == [0, 1, 2]
     await store.close()
+
+
+class CancelNotPassedOn:
+    """A store whose call, when cancelled, raises its own error or returns as if nothing happened (redis-py
+    does either, depending on where the cancel finds the call)."""
+
+    def __init__(self, swallow: bool) -> None:
+        self.swallow = swallow
+
+    async def prune(self) -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            if not self.swallow:
+                raise ConnectionError("Connection closed by server.") from None
+
+
+@pytest.mark.parametrize("swallow", [False, True])
+async def test_the_pruning_loop_ends_when_cancelled_though_the_store_did_not_pass_the_cancel_on(swallow):
+    pruning = asyncio.create_task(keep_pruned(CancelNotPassedOn(swallow)))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    await stop_task(pruning, timeout_s=2)
+    assert pruning.cancelled()
+
+
+async def test_the_pruning_loop_on_redis_ends_with_its_cancel_wherever_the_cancel_finds_it(redis_url):
+    # Cancelled and closed after n steps of the loop: connecting, the handshake, a command in flight.
+    # redis-py turns some of these cancels into ConnectionError, which the loop must not outlive.
+    for steps in range(32):
+        store = open_store(redis_url)
+        pruning = asyncio.create_task(keep_pruned(store))
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        pruning.cancel()
+        await store.close()
+        await asyncio.wait([pruning], timeout=2)
+        assert pruning.done(), f"the pruning loop outlived a cancel after {steps} steps"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from app.api.store.base import EventSlice, Store, StoreLimits, wait_events
+from app.api.store.base import EventSlice, Store, StoreLimits, end_if_cancelled, wait_events
 
-__all__ = ["EventSlice", "Store", "StoreLimits", "open_store", "wait_events"]
+__all__ = ["EventSlice", "Store", "StoreLimits", "end_if_cancelled", "open_store", "wait_events"]
 
 
 def open_store(url: str, limits: StoreLimits = StoreLimits()) -> Store:

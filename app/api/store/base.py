@@ -19,6 +19,15 @@ Append = tuple[str, str, Sequence[Event], bool]  # (stream, owner, events, ended
 POLL_S = 0.05  # how often a reader of a stream another process writes looks for more
 
 
+def end_if_cancelled(cause: Exception | None = None) -> None:
+    """Raise CancelledError when the running task was cancelled: a store client may turn a cancel into
+    its own error or swallow it (redis-py does both, depending on where the cancel finds the call), and
+    a loop that outlives store errors must still end when it is cancelled."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from cause
+
+
 @dataclass(frozen=True)
 class StoreLimits:
     max_age_s: float = 30 * 86400  # a record is dropped this long after its last write
