@@ -15,9 +15,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from app.durations import duration_seconds
 from app.engine.engine import EngineConfig
 from app.engine.model_pool import PoolConfig
-from app.engine.loader import LoadConfig
-from app.engine.prefix_cache import PrefixCacheConfig
-from app.engine.scheduler import SchedulerConfig
+from app.engine.models.loader import LoadConfig
+from app.engine.kv.prefix_cache import PrefixCacheConfig
+from app.engine.scheduling.scheduler import SchedulerConfig
 
 DEFAULT_MODEL = "models/SmolLM2-135M-Instruct"
 MEMORY_SHARE = 0.8  # of the machine's memory, for the loaded models when TOKENWIRE_MODELS_MEMORY_MB is 0

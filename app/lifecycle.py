@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from app.api.drain import drain
 from app.config import Settings
 from app.engine.errors import ModelRefused
-from app.engine.loader import attention_overrides
+from app.engine.models.loader import attention_overrides
 from app.http_protocol import h11_with_head_deadline
 
 log = logging.getLogger(__name__)

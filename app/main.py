@@ -33,7 +33,7 @@ from app.api.tenants import KeyTable
 from app.api.tracing import RequestTracer
 from app.config import Settings
 from app.engine.engine import Engine
-from app.engine.model_catalog import ModelCatalog
+from app.engine.models.model_catalog import ModelCatalog
 from app.engine.model_pool import ModelPool
 
 

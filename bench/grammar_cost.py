@@ -20,11 +20,11 @@ import torch
 from app.config import Settings
 from app.engine import core as core_module
 from app.engine.core import build_core
-from app.engine.detokenizer import IncrementalDetokenizer
-from app.engine.grammar import CompiledGrammar, GrammarCompiler
-from app.engine.loader import LoadedModel, load
-from app.engine.prompts import PromptEncoder
-from app.engine.sequence import Sequence
+from app.engine.text.detokenizer import IncrementalDetokenizer
+from app.engine.text.grammar import CompiledGrammar, GrammarCompiler
+from app.engine.models.loader import LoadedModel, load
+from app.engine.text.prompts import PromptEncoder
+from app.engine.scheduling.sequence import Sequence
 from app.engine.types import Constraint, SamplingParams
 from bench.stats import percentile
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from app.config import Settings
-from app.engine.loader import LoadConfig, LoadedModel, load
+from app.engine.models.loader import LoadConfig, LoadedModel, load
 from app.engine.runner import ModelRunner
 from bench.ppl_text import TEXT
 

@@ -22,11 +22,11 @@ import torch
 
 from app.config import Settings
 from app.engine.core import build_core
-from app.engine.detokenizer import IncrementalDetokenizer
-from app.engine.loader import LoadedModel, load
-from app.engine.prompts import PromptEncoder
+from app.engine.text.detokenizer import IncrementalDetokenizer
+from app.engine.models.loader import LoadedModel, load
+from app.engine.text.prompts import PromptEncoder
 from app.engine.sampler import make_generator
-from app.engine.sequence import Sequence
+from app.engine.scheduling.sequence import Sequence
 from app.engine.types import SamplingParams
 from bench.client import numbered
 from bench.ppl_text import TEXT

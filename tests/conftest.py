@@ -59,7 +59,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @functools.cache
 def _load_tiny(model_dir: Path, dtype: str, forward: str = "native", quantization: str = "none"):
-    from app.engine.loader import load
+    from app.engine.models.loader import load
     from tests.engine.helpers import tiny_load_config
 
     return load(tiny_load_config(model_dir, dtype=dtype, native_kernels=forward == "native", quantization=quantization))
@@ -106,7 +106,7 @@ def tiny_loaded_fp32(tiny_model_dir: Path):
 
 @functools.cache
 def _reference_tiny(model_dir: Path, dtype: str):
-    from app.engine.loader import load_weights, resolve_dtype, resolve_device
+    from app.engine.models.loader import load_weights, resolve_dtype, resolve_device
     from tests.engine.helpers import TEST_DEVICE
 
     device = resolve_device(TEST_DEVICE)

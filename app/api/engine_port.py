@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Protocol
 
-from app.engine.hardware import RuntimeInfo
-from app.engine.prefix_cache import PrefixCacheStats
+from app.engine.models.hardware import RuntimeInfo
+from app.engine.kv.prefix_cache import PrefixCacheStats
 from app.engine.types import EngineState, ModelInfo, SamplingParams, Share, TokenEvent
 
 

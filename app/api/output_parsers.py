@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from app.chat_formats.calls import CallEvent, CallOpened
 from app.chat_formats.format import ChatFormat
 from app.chat_formats.registry import DEFAULT as DEFAULT_FORMAT
-from app.engine.stopping import partial_tail_len
+from app.engine.text.stopping import partial_tail_len
 
 
 @dataclass(frozen=True)

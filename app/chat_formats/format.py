@@ -48,5 +48,5 @@ class ChatFormat:
 
 def json_rule(name: str, schema: Mapping) -> str:
     """A Lark rule for compact JSON following `schema` (llguidance's %json; free whitespace lets a small
-    model emit newlines until max_tokens, as app/engine/grammar.py notes)."""
+    model emit newlines until max_tokens, as app/engine/text/grammar.py notes)."""
     return f"{name}: %json {json.dumps({**schema, 'x-guidance': {'whitespace_flexible': False}})}"

@@ -19,17 +19,17 @@ from dataclasses import replace
 import torch
 
 from app.engine import sampler
-from app.engine.grammar import apply_grammars
-from app.engine.held_memory import HeldMemory
-from app.engine.kv_store import KVStore, cache_bytes, check_plain_cache, row_views, select_rows
-from app.engine.slab_cache import LayerCache
-from app.engine.loader import LoadedModel
-from app.engine.prefix_cache import PrefixCache, PrefixCacheConfig, PrefixCacheStats
+from app.engine.text.grammar import apply_grammars
+from app.engine.kv.held_memory import HeldMemory
+from app.engine.kv.kv_store import KVStore, cache_bytes, check_plain_cache, row_views, select_rows
+from app.engine.kv.slab_cache import LayerCache
+from app.engine.models.loader import LoadedModel
+from app.engine.kv.prefix_cache import PrefixCache, PrefixCacheConfig, PrefixCacheStats
 from app.engine.runner import ModelRunner
 from app.engine.sampler import PenaltyState, SamplingTensors
-from app.engine.scheduler import PrefillChunk, Scheduler, SchedulerConfig, StepPlan, group_by_length
-from app.engine.sequence import Sequence, SequenceStatus
-from app.engine.speculation import Drafter
+from app.engine.scheduling.scheduler import PrefillChunk, Scheduler, SchedulerConfig, StepPlan, group_by_length
+from app.engine.scheduling.sequence import Sequence, SequenceStatus
+from app.engine.scheduling.speculation import Drafter
 from app.engine.types import TokenLogprob
 
 # Finished normally: its KV row is whole and may be stored (aborted ones never are).

@@ -18,23 +18,23 @@ from concurrent.futures import wait as futures_wait
 from collections.abc import Mapping, Sequence as Seq
 from dataclasses import dataclass, field, replace
 
-from app.engine.chores import Chore
+from app.engine.scheduling.chores import Chore
 from app.engine.core import EngineCore, build_core
-from app.engine.detokenizer import IncrementalDetokenizer
+from app.engine.text.detokenizer import IncrementalDetokenizer
 from app.engine.errors import ContextLengthExceeded, EngineDead, InvalidRequest, Overloaded
-from app.engine.fair_queue import may_exceed
-from app.engine.grammar import CompiledGrammar, GrammarCompiler
-from app.engine.hardware import RuntimeInfo
-from app.engine.loader import LoadConfig, LoadedModel, load
-from app.engine.model_thread import ModelThread
-from app.engine.prefix_cache import PrefixCacheConfig, PrefixCacheStats
-from app.engine.prompts import PromptEncoder
+from app.engine.scheduling.fair_queue import may_exceed
+from app.engine.text.grammar import CompiledGrammar, GrammarCompiler
+from app.engine.models.hardware import RuntimeInfo
+from app.engine.models.loader import LoadConfig, LoadedModel, load
+from app.engine.scheduling.model_thread import ModelThread
+from app.engine.kv.prefix_cache import PrefixCacheConfig, PrefixCacheStats
+from app.engine.text.prompts import PromptEncoder
 from app.engine.sampler import make_generator
-from app.engine.scheduler import SchedulerConfig
-from app.engine.sequence import Sequence
+from app.engine.scheduling.scheduler import SchedulerConfig
+from app.engine.scheduling.sequence import Sequence
 from app.engine.stream import RequestStream
-from app.engine.token_bytes import token_byte_slices
-from app.engine.tokenizer import FastTokenizer
+from app.engine.text.token_bytes import token_byte_slices
+from app.engine.text.tokenizer import FastTokenizer
 from app.engine.types import EngineState, ModelInfo, SamplingParams, Share, TokenEvent
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ class Engine:
 
     @property
     def chores_left(self) -> int:
-        """Start-up chores (app/engine/chores.py) the model thread has still to finish."""
+        """Start-up chores (app/engine/scheduling/chores.py) the model thread has still to finish."""
         return 0 if self._model_thread is None else self._model_thread.chores_left
 
     @property

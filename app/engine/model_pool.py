@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 from app.engine.engine import Engine, EngineConfig
 from app.engine.errors import EngineError, ModelLoadFailed, Overloaded, UnknownModel
-from app.engine.memory import keep_large_buffers_out_of_the_heap, release_free_memory
-from app.engine.model_catalog import CatalogEntry, ModelCatalog
+from app.engine.models.memory import keep_large_buffers_out_of_the_heap, release_free_memory
+from app.engine.models.model_catalog import CatalogEntry, ModelCatalog
 from app.engine.types import EngineState
 
 log = logging.getLogger(__name__)

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from app.engine.chores import Slices, run_to_end
-from app.engine.fused_llama import FusedLlama
-from app.engine.kv_store import KVStore, start_with_prefix
-from app.engine.packed_linear import PackedLinear
-from app.engine.slab_cache import LayerCache, slab_cache, slab_cache_of
+from app.engine.scheduling.chores import Slices, run_to_end
+from app.engine.models.fused_llama import FusedLlama
+from app.engine.kv.kv_store import KVStore, start_with_prefix
+from app.engine.models.packed_linear import PackedLinear
+from app.engine.kv.slab_cache import LayerCache, slab_cache, slab_cache_of
 
 if TYPE_CHECKING:
     from transformers import DynamicCache, PreTrainedModel

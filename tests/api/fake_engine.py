@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from app.engine.errors import EngineDead, InvalidRequest
-from app.engine.hardware import RuntimeInfo
-from app.engine.prefix_cache import PrefixCacheStats
+from app.engine.models.hardware import RuntimeInfo
+from app.engine.kv.prefix_cache import PrefixCacheStats
 from app.engine.types import EngineState, FinishReason, ModelInfo, SamplingParams, Share, TokenEvent
 
 MODEL_NAME = "fake-model"

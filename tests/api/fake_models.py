@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from app.engine.engine import EngineConfig
-from app.engine.loader import LoadConfig
-from app.engine.scheduler import SchedulerConfig
+from app.engine.models.loader import LoadConfig
+from app.engine.scheduling.scheduler import SchedulerConfig
 from app.engine.types import ModelInfo
 from tests.api.fake_engine import FakeEngine
 

@@ -14,7 +14,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from app.config import Settings
-from app.engine.model_catalog import ModelCatalog
+from app.engine.models.model_catalog import ModelCatalog
 from app.engine.model_pool import ModelPool, PoolConfig
 from app.main import create_app
 from tests.api.fake_models import Factory, default_config, models_folder

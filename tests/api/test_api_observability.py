@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
 from app.engine.errors import ContextLengthExceeded, EngineError, Overloaded
-from app.engine.prefix_cache import PrefixCacheStats
+from app.engine.kv.prefix_cache import PrefixCacheStats
 from app.engine.types import FinishReason
 from app.main import create_app
 from tests.api.fake_engine import MODEL_NAME, FakeEngine, scripted_events

@@ -23,7 +23,7 @@ from app.config import Settings
 from app.engine.errors import Overloaded
 from app.engine.types import FinishReason
 from app.main import create_app
-from app.engine.model_catalog import ModelCatalog
+from app.engine.models.model_catalog import ModelCatalog
 from app.engine.model_pool import ModelPool, PoolConfig
 from tests.api.fake_engine import FakeEngine, scripted_events
 from tests.api.fake_models import Factory, default_config, models_folder

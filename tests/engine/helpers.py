@@ -11,14 +11,14 @@ from pathlib import Path
 import torch
 
 from app.engine.core import EngineCore, build_core
-from app.engine.detokenizer import IncrementalDetokenizer
+from app.engine.text.detokenizer import IncrementalDetokenizer
 from app.engine.engine import choice_seed
-from app.engine.grammar import CompiledGrammar
-from app.engine.loader import LoadConfig
-from app.engine.prefix_cache import PrefixCacheConfig
+from app.engine.text.grammar import CompiledGrammar
+from app.engine.models.loader import LoadConfig
+from app.engine.kv.prefix_cache import PrefixCacheConfig
 from app.engine.sampler import make_generator
-from app.engine.scheduler import SchedulerConfig
-from app.engine.sequence import Sequence
+from app.engine.scheduling.scheduler import SchedulerConfig
+from app.engine.scheduling.sequence import Sequence
 from app.engine.types import SamplingParams, TokenEvent
 
 # Engine tests run on the CPU; TOKENWIRE_TEST_DEVICE=cuda runs the same tests on a GPU.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.engine.kv_store import KVStore
+from app.engine.kv.kv_store import KVStore
 from app.engine.types import SamplingParams
 from tests.engine.helpers import make_core, make_sequence, output_of, run_alone, run_to_end
 
@@ -214,7 +214,7 @@ def test_steps_cut_short_for_arrivals_delay_prompts_by_one_step_and_change_no_an
 def test_a_second_tenants_next_turn_from_the_prefix_cache_goes_ahead_and_changes_no_answer(tiny_loaded):
     # The light tenant's second turn reuses its first prompt's KV and prefills only the rest, before the
     # heavy tenant's decode forward: the answer equals a fresh solo run's.
-    from app.engine.prefix_cache import PrefixCacheConfig
+    from app.engine.kv.prefix_cache import PrefixCacheConfig
     from app.engine.types import Share
 
     first_turn = _ids(tiny_loaded, PROMPTS[1])

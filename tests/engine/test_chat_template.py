@@ -1,5 +1,5 @@
 """Chat templates come from the model's files and render in an ImmutableSandboxedEnvironment (transformers'
-own, or app/engine/chat_template.py's copy of it):
+own, or app/engine/text/chat_template.py's copy of it):
 message text is data, never template code, and a template cannot reach Python internals."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import jinja2
 import pytest
 
 from app.engine.errors import InvalidRequest
-from app.engine.prompts import PromptEncoder
+from app.engine.text.prompts import PromptEncoder
 
 TEMPLATE_SYNTAX = [
     "{{ 7*7 }}",

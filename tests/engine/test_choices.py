@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from app.engine.engine import choice_seed
-from app.engine.scheduler import Scheduler, SchedulerConfig
+from app.engine.scheduling.scheduler import Scheduler, SchedulerConfig
 from app.engine.types import SamplingParams
 from tests.engine.helpers import make_core, make_request, make_sequence, output_of, run_alone, run_to_end
 

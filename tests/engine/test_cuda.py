@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from app.engine.engine import Engine, EngineConfig
-from app.engine.loader import LoadConfig
-from app.engine.scheduler import SchedulerConfig
+from app.engine.models.loader import LoadConfig
+from app.engine.scheduling.scheduler import SchedulerConfig
 from app.engine.types import SamplingParams
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

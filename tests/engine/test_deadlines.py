@@ -10,7 +10,7 @@ import time
 import pytest
 
 from app.engine.engine import Engine, EngineConfig
-from app.engine.sequence import SequenceStatus
+from app.engine.scheduling.sequence import SequenceStatus
 from app.engine.types import FinishReason, SamplingParams
 from tests.engine.helpers import make_core, make_sequence, output_of, run_alone, run_to_end, tiny_load_config
 

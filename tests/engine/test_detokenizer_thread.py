@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from app.engine.engine import Engine, EngineConfig
-from app.engine.scheduler import SchedulerConfig
+from app.engine.scheduling.scheduler import SchedulerConfig
 from app.engine.types import SamplingParams
 from tests.engine.helpers import tiny_load_config
 

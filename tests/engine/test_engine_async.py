@@ -12,7 +12,7 @@ import pytest
 
 from app.engine.engine import Engine, EngineConfig
 from app.engine.errors import ContextLengthExceeded, EngineDead, InvalidRequest, Overloaded
-from app.engine.scheduler import SchedulerConfig
+from app.engine.scheduling.scheduler import SchedulerConfig
 from app.engine.types import SamplingParams
 from tests.engine.helpers import tiny_load_config
 

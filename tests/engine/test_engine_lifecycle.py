@@ -13,7 +13,7 @@ from asgi_lifespan import LifespanManager
 from app.config import Settings
 from app.engine.engine import Engine, EngineConfig
 from app.engine.errors import EngineDead
-from app.engine.scheduler import SchedulerConfig
+from app.engine.scheduling.scheduler import SchedulerConfig
 from app.engine.types import EngineState, SamplingParams
 from app.main import create_app
 from tests.engine.helpers import tiny_load_config

@@ -1,4 +1,4 @@
-"""Each family in the registry (app/engine/families/) read straight from its safetensors computes what
+"""Each family in the registry (app/engine/models/families/) read straight from its safetensors computes what
 transformers' own model does: on torch's fused forward and on the native kernels, in fp32 and bf16;
 the kernels batch it exactly as they run it alone; a checkpoint on the Q4_1 grid packs to 4 bits with
 the dense logits; what the fast path cannot compute keeps transformers' forward.
@@ -17,9 +17,9 @@ import torch
 from transformers import Phi3Config, Phi3ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from app.engine import families
-from app.engine.llama_checkpoint import open_checkpoint
-from app.engine.loader import load
+from app.engine.models import families
+from app.engine.models.llama_checkpoint import open_checkpoint
+from app.engine.models.loader import load
 from app.engine.types import SamplingParams
 from tests.engine.helpers import (
     TEST_DTYPE,
@@ -223,7 +223,7 @@ def test_a_window_no_shorter_than_the_context_is_read_as_full_attention(tmp_path
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_every_kernel_build_and_thread_count_computes_the_same_logits(family_dir, dtype):
     """The per-head norms are the kernels' fixed arithmetic too: AVX-512, AVX2 and plain C builds agree bit for bit."""
-    from app.engine.hardware import detect_cpu_features
+    from app.engine.models.hardware import detect_cpu_features
     from app.engine.native.library import ISA_NEEDS
 
     flags = detect_cpu_features().flags

@@ -12,9 +12,9 @@ import pytest
 from jinja2.exceptions import SecurityError, TemplateError
 from transformers import AutoTokenizer
 
-from app.engine import chat_template
-from app.engine.loader import load_tokenizer
-from app.engine.tokenizer import FastTokenizer, applies_to
+from app.engine.text import chat_template
+from app.engine.models.loader import load_tokenizer
+from app.engine.text.tokenizer import FastTokenizer, applies_to
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT = REPO / "models" / "SmolLM2-135M-Instruct"
@@ -139,10 +139,10 @@ def test_serving_the_default_model_never_imports_transformers(tiny_model_dir):
     script = (
         "import sys\n"
         "import app.main, app.lifecycle\n"
-        "from app.engine.loader import LoadConfig, load\n"
+        "from app.engine.models.loader import LoadConfig, load\n"
         "from app.engine.core import build_core\n"
-        "from app.engine.scheduler import SchedulerConfig\n"
-        "from app.engine.prompts import PromptEncoder\n"
+        "from app.engine.scheduling.scheduler import SchedulerConfig\n"
+        "from app.engine.text.prompts import PromptEncoder\n"
         f"loaded = load(LoadConfig({str(tiny_model_dir)!r}))\n"
         "core = build_core(loaded, SchedulerConfig())\n"
         "PromptEncoder(loaded.tokenizer, 400).encode_chat([{'role': 'user', 'content': 'hi'}])\n"

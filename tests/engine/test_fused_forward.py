@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from app.engine.fused_llama import FusedLlama, unsupported_reason
-from app.engine.loader import load
+from app.engine.models.fused_llama import FusedLlama, unsupported_reason
+from app.engine.models.loader import load
 from tests.engine.helpers import logit_tolerance, make_core, reference_logits, tiny_load_config
 
 PROMPTS = ["The capital of France", "Hello world! How are you today?", "東京は日本の", "def main():\n"]

@@ -1,4 +1,4 @@
-"""A GGUF file read directly (app/engine/gguf_checkpoint.py, native/gguf_weights.py) computes what
+"""A GGUF file read directly (app/engine/models/gguf_checkpoint.py, native/gguf_weights.py) computes what
 the same file loaded through transformers' from_pretrained(gguf_file=...) computes, and a GGUF written
 from a model computes what its safetensors folder computes; what the reader cannot serve is refused
 with a line naming the field, and then goes through transformers."""
@@ -16,9 +16,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 gguf = pytest.importorskip("gguf")
 from gguf.quants import quantize  # noqa: E402
 
-from app.engine.gguf_checkpoint import fused_from_gguf, open_gguf  # noqa: E402
-from app.engine.llama_checkpoint import fused_from_checkpoint, open_checkpoint  # noqa: E402
-from app.engine.loader import LoadedModel, load  # noqa: E402
+from app.engine.models.gguf_checkpoint import fused_from_gguf, open_gguf  # noqa: E402
+from app.engine.models.llama_checkpoint import fused_from_checkpoint, open_checkpoint  # noqa: E402
+from app.engine.models.loader import LoadedModel, load  # noqa: E402
 from app.engine.native.gguf_weights import native_from_gguf  # noqa: E402
 from app.engine.native.library import native_library  # noqa: E402
 from app.engine.native.model import native_from_fused  # noqa: E402
@@ -234,7 +234,7 @@ def test_the_default_gguf_read_directly_computes_what_transformers_loads(through
 def test_the_default_gguf_s_tokenizer_is_autotokenizer_s_without_its_config_pass():
     from transformers import AutoTokenizer
 
-    from app.engine.loader import _gguf_tokenizer
+    from app.engine.models.loader import _gguf_tokenizer
 
     direct = _gguf_tokenizer(str(DEFAULT_GGUF))
     reference = AutoTokenizer.from_pretrained(str(DEFAULT_GGUF.parent), gguf_file=DEFAULT_GGUF.name)

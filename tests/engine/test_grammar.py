@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from app.engine.errors import InvalidRequest
-from app.engine.grammar import GrammarCompiler, apply_grammars, unpack_bitmask
+from app.engine.text.grammar import GrammarCompiler, apply_grammars, unpack_bitmask
 from app.engine.types import Constraint, FinishReason, SamplingParams
 from tests.engine.helpers import make_core, make_request, output_of, run_to_end
 

@@ -15,10 +15,10 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from app.engine.fused_llama import DefaultRotary
-from app.engine.llama_checkpoint import open_checkpoint
-from app.engine.loader import load, load_tokenizer
-from app.engine.tokenizer import FastTokenizer
+from app.engine.models.fused_llama import DefaultRotary
+from app.engine.models.llama_checkpoint import open_checkpoint
+from app.engine.models.loader import load, load_tokenizer
+from app.engine.text.tokenizer import FastTokenizer
 from tests.conftest import build_tiny_model
 from tests.engine.helpers import reference_logits, tiny_load_config
 
@@ -201,7 +201,7 @@ def test_loading_the_tiny_model_imports_no_transformers_model_code(tiny_model_di
     transformers' config classes pull in) costs seconds of start-up. Checked in a fresh interpreter."""
     script = (
         "import sys\n"
-        "from app.engine.loader import LoadConfig, load\n"
+        "from app.engine.models.loader import LoadConfig, load\n"
         "import app.main, app.lifecycle\n"
         f"loaded = load(LoadConfig({str(tiny_model_dir)!r}, dtype='float32', quantization='none'))\n"
         "assert loaded.model is None\n"

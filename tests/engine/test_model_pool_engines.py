@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from app.engine.engine import EngineConfig
-from app.engine.model_catalog import ModelCatalog
+from app.engine.models.model_catalog import ModelCatalog
 from app.engine.model_pool import ModelPool, PoolConfig
 from app.engine.types import SamplingParams
 from tests.conftest import build_tiny_model
@@ -72,8 +72,8 @@ async def test_a_model_loaded_again_answers_as_before(tiny_model_dir, models_dir
 RSS_SCRIPT = textwrap.dedent("""
     import asyncio, json, sys
     from app.engine.engine import EngineConfig
-    from app.engine.loader import LoadConfig
-    from app.engine.model_catalog import ModelCatalog
+    from app.engine.models.loader import LoadConfig
+    from app.engine.models.model_catalog import ModelCatalog
     from app.engine.model_pool import ModelPool, PoolConfig
 
     def rss():

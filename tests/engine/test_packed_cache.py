@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from app.engine.loader import LoadConfig, load
+from app.engine.models.loader import LoadConfig, load
 from app.engine.native import packed_cache
 from tests.engine.helpers import make_core
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from app.engine.core import kv_bytes_per_token
-from app.engine.prefix_cache import PrefixCacheConfig
-from app.engine.sequence import SequenceStatus
+from app.engine.kv.prefix_cache import PrefixCacheConfig
+from app.engine.scheduling.sequence import SequenceStatus
 from app.engine.types import SamplingParams
 from tests.engine.helpers import make_core, make_sequence, output_of, run_alone, run_to_end
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from app import prepare_model
-from app.engine import loader
+from app.engine.models import loader
 
 pytestmark = pytest.mark.slow
 
@@ -89,11 +89,11 @@ def test_eos_ids_include_end_of_turn(saved) -> None:
 
 
 def test_the_folder_is_read_directly_and_computes_what_transformers_does(folder: Path, saved) -> None:
-    """Start-up reads the default model without transformers' model classes (app/engine/llama_checkpoint.py):
+    """Start-up reads the default model without transformers' model classes (app/engine/models/llama_checkpoint.py):
     same tokenizer as AutoTokenizer builds, same EOS ids, logits within fp32 rounding of transformers'."""
     from transformers import AutoTokenizer
 
-    from app.engine.tokenizer import FastTokenizer
+    from app.engine.text.tokenizer import FastTokenizer
 
     from tests.engine.helpers import make_core, reference_logits
 

@@ -15,8 +15,8 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from app.engine.engine import EngineConfig
 from app.engine.errors import ModelRefused
-from app.engine.loader import load
-from app.engine.model_catalog import ModelCatalog
+from app.engine.models.loader import load
+from app.engine.models.model_catalog import ModelCatalog
 from app.engine.model_pool import ModelPool, PoolConfig
 from app.engine.types import SamplingParams
 from tests.engine.helpers import run_alone, tiny_load_config

@@ -17,10 +17,10 @@ from transformers import AutoModelForCausalLM, Cohere2Config, Cohere2ForCausalLM
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, GptOssConfig, GptOssForCausalLM, MistralConfig
 from transformers import MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from app.engine.kv_store import check_plain_cache
-from app.engine.loader import load
-from app.engine.prefix_cache import PrefixCacheConfig
-from app.engine.slab_cache import SlabLayer
+from app.engine.kv.kv_store import check_plain_cache
+from app.engine.models.loader import load
+from app.engine.kv.prefix_cache import PrefixCacheConfig
+from app.engine.kv.slab_cache import SlabLayer
 from app.engine.types import SamplingParams
 from tests.engine.helpers import make_core, make_sequence, output_of, run_alone, run_to_end, tiny_load_config
 from tests.engine.test_parity import _hf_greedy

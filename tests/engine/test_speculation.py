@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from app.engine.speculation import MAX_DRAFT, PROBE_EVERY, Drafter, draft_length
+from app.engine.scheduling.speculation import MAX_DRAFT, PROBE_EVERY, Drafter, draft_length
 from app.engine.types import SamplingParams
 from tests.engine.helpers import make_core, make_sequence, output_of, run_to_end
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import json
 
-from app.engine.prompts import PromptEncoder
+from app.engine.text.prompts import PromptEncoder
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather now",
                                             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}

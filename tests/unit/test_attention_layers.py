@@ -1,10 +1,10 @@
-"""Which configs batched decoding serves, decided from the config alone (app/engine/attention_layers.py)."""
+"""Which configs batched decoding serves, decided from the config alone (app/engine/models/attention_layers.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from app.engine.attention_layers import full_attention_overrides
+from app.engine.models.attention_layers import full_attention_overrides
 from app.engine.errors import ModelLoadFailed, ModelRefused
 
 MISTRAL = {"model_type": "mistral", "max_position_embeddings": 8192, "sliding_window": 4096}

@@ -14,7 +14,7 @@ from tokenizers import AddedToken
 
 from app.chat_formats import registry
 from app.chat_formats.calls import ArgumentsPiece, CallOpened
-from app.engine.chat_template import render
+from app.engine.text.chat_template import render
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "data" / "chat_templates"
 SMOL = Path(__file__).resolve().parents[2] / "models" / "SmolLM2-135M-Instruct"

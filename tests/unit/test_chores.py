@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from app.engine.chores import Chore, run_to_end
+from app.engine.scheduling.chores import Chore, run_to_end
 
 
 def _counting(slices: int, result: object = "done"):

@@ -11,7 +11,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from app.engine.detokenizer import IncrementalDetokenizer
+from app.engine.text.detokenizer import IncrementalDetokenizer
 
 BYTE_DECODER = {char: byte for byte, char in bytes_to_unicode().items()}
 

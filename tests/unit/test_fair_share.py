@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from app.engine.errors import Overloaded
-from app.engine.fair_queue import FairQueue, TenantUsage, may_exceed, share_of
-from app.engine.scheduler import Scheduler, SchedulerConfig
-from app.engine.sequence import Sequence, SequenceStatus
+from app.engine.scheduling.fair_queue import FairQueue, TenantUsage, may_exceed, share_of
+from app.engine.scheduling.scheduler import Scheduler, SchedulerConfig
+from app.engine.scheduling.sequence import Sequence, SequenceStatus
 from app.engine.types import Priority, SamplingParams, Share
 
 BATCH_JOB = Share("batch-job", 1.0)
@@ -248,7 +248,7 @@ def test_the_engine_shares_places_in_flight_the_same_way():
 def test_only_a_request_of_a_tenant_holding_no_row_may_end_a_step_early():
     from types import SimpleNamespace
 
-    from app.engine.model_thread import ModelThread
+    from app.engine.scheduling.model_thread import ModelThread
 
     added = []
     core = SimpleNamespace(add=added.append, prefix_cache_stats=None)

@@ -10,7 +10,7 @@ import pytest
 gguf = pytest.importorskip("gguf")
 from gguf.quants import dequantize, quantize  # noqa: E402
 
-from app.engine.gguf_checkpoint import unpermute_rows  # noqa: E402
+from app.engine.models.gguf_checkpoint import unpermute_rows  # noqa: E402
 from app.engine.native.gguf_weights import Q4_0, Q4_1, Q8_0, q4_parts, q8_parts  # noqa: E402
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from app.config import Settings
-from app.engine.hardware import CpuFeatures, RuntimeInfo, detect_cpu_features, read_cpu_flags
-from app.engine.loader import resolve_dtype
+from app.engine.models.hardware import CpuFeatures, RuntimeInfo, detect_cpu_features, read_cpu_flags
+from app.engine.models.loader import resolve_dtype
 
 CPU = torch.device("cpu")
 EPYC_AVX2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma f16c bmi2\n"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from app.engine.held_memory import HeldMemory
-from app.engine.kv_store import KVStore
-from app.engine.prefix_cache import PrefixCache, PrefixCacheConfig
+from app.engine.kv.held_memory import HeldMemory
+from app.engine.kv.kv_store import KVStore
+from app.engine.kv.prefix_cache import PrefixCache, PrefixCacheConfig
 
 
 def _store_with_a_free_row() -> KVStore:

@@ -41,7 +41,7 @@ def test_the_core_and_the_runner_leave_the_kv_layers_to_their_owner(module):
 
 def test_the_scan_sees_a_reach(tmp_path):
     module = tmp_path / "core.py"
-    module.write_text("from app.engine.slab_cache import spare_buffer\n"
+    module.write_text("from app.engine.kv.slab_cache import spare_buffer\n"
                       "for layer in store.cache.layers:\n    layer.set_filled(3)\nd.values()\nentry.layers\n")
     assert reaches(module) == ["core.py:1 imports spare_buffer", "core.py:2 store.cache.layers",
                                "core.py:3 layer.set_filled"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from app.engine.kv_store import KVStore
-from app.engine.slab_cache import GROW_COLUMNS
+from app.engine.kv.kv_store import KVStore
+from app.engine.kv.slab_cache import GROW_COLUMNS
 
 
 def _cache(length: int, value: float, layers: int = 2) -> DynamicCache:

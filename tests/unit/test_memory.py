@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from app.engine.memory import keep_one_copy_of_cpu_kernels
+from app.engine.models.memory import keep_one_copy_of_cpu_kernels
 
 
 def test_ideep_kernel_cache_is_turned_off_by_default(monkeypatch):

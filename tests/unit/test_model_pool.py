@@ -9,7 +9,7 @@ import pytest
 
 from app.engine import model_pool
 from app.engine.errors import ModelLoadFailed, Overloaded, UnknownModel
-from app.engine.model_catalog import ModelCatalog
+from app.engine.models.model_catalog import ModelCatalog
 from app.engine.model_pool import ModelPool, ModelStatus, PoolConfig
 from tests.api.fake_models import Factory, default_config, model_folder, models_folder
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.engine.hardware import detect_cpu_features
+from app.engine.models.hardware import detect_cpu_features
 from app.engine.native.library import (
     BF16,
     F32,

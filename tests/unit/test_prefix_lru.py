@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from app.engine.prefix_cache import PrefixCache, PrefixCacheConfig
+from app.engine.kv.prefix_cache import PrefixCache, PrefixCacheConfig
 
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from app.engine.errors import Overloaded
-from app.engine.scheduler import Scheduler, SchedulerConfig, group_by_length
-from app.engine.sequence import Sequence, SequenceStatus
+from app.engine.scheduling.scheduler import Scheduler, SchedulerConfig, group_by_length
+from app.engine.scheduling.sequence import Sequence, SequenceStatus
 from app.engine.types import SamplingParams
 
 

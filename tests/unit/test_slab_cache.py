@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from app.engine.slab_cache import GROW_COLUMNS, SlabLayer
+from app.engine.kv.slab_cache import GROW_COLUMNS, SlabLayer
 
 
 def test_updates_across_growth_equal_plain_concatenation():

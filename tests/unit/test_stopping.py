@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from app.engine.stopping import StopMatcher, check_token_stop
+from app.engine.text.stopping import StopMatcher, check_token_stop
 
 
 def feed(matcher: StopMatcher, deltas: list[str]) -> tuple[list[str], bool]:

@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from app.engine.fused_llama import FusedLlama, LlamaDims
-from app.engine.hardware import CpuFeatures
+from app.engine.models.fused_llama import FusedLlama, LlamaDims
+from app.engine.models.hardware import CpuFeatures
 from app.engine.native.library import NativeLibrary, choose_isa, native_library
 from app.engine.native.model import NativeLlama, native_from_fused, unsupported_reason
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from app.engine.fused_llama import LlamaDims
-from app.engine.gguf_checkpoint import GgufCheckpoint, dequantized, layer_names, row_blocks
+from app.engine.models.fused_llama import LlamaDims
+from app.engine.models.gguf_checkpoint import GgufCheckpoint, dequantized, layer_names, row_blocks
 from app.engine.native.library import Q4, Q8, NativeLibrary
 from app.engine.native.model import NativeLayer, NativeLlama, RopeTable, pack_linear
 from app.engine.native.weights import GROUP, TILE, PackedMatrix
-from app.engine.packed_linear import PackedLinear
+from app.engine.models.packed_linear import PackedLinear
 
 Q4_0, Q4_1, Q8_0 = 2, 3, 8  # gguf.GGMLQuantizationType
 _GRID = {Q4_0: Q4, Q4_1: Q4, Q8_0: Q8}
@@ -152,7 +152,7 @@ def native_from_gguf(checkpoint: GgufCheckpoint, library: NativeLibrary, dtype: 
                                   *[matrix(names[part]) for part in ("qkv", "o", "gate_up", "down")]))
     embed = matrix(["token_embd"])
     lm_head = embed if checkpoint.get("tie_word_embeddings") else matrix(["output"])
-    from app.engine.fused_llama import DefaultRotary
+    from app.engine.models.fused_llama import DefaultRotary
 
     rope = RopeTable.of(DefaultRotary(float(checkpoint.get("rope_theta")), dims.head_dim, torch.device("cpu")),
                         dims.head_dim, positions)

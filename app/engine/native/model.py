@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from app.engine.fused_llama import FusedLlama, LlamaDims
+from app.engine.models.fused_llama import FusedLlama, LlamaDims
 from app.engine.native.library import (
     BF16,
     FLOAT_ARITHMETIC,
@@ -32,7 +32,7 @@ from app.engine.native.library import (
     NativeLibrary,
 )
 from app.engine.native.weights import FORMAT_NAMES, PackedMatrix, pack_dense, pack_exact, pack_grid
-from app.engine.packed_linear import PackedLinear
+from app.engine.models.packed_linear import PackedLinear
 
 KV_FORMATS = {torch.float32: KV_F32, torch.bfloat16: KV_BF16}
 # fp32 arithmetic throughout; bfloat16 also lets 4- and 8-bit weights take 8-bit activations (csrc/qmatmul.h).

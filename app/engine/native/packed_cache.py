@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from app.engine.fused_llama import DefaultRotary, LlamaDims
-from app.engine.llama_checkpoint import LlamaCheckpoint, rope_theta
+from app.engine.models.fused_llama import DefaultRotary, LlamaDims
+from app.engine.models.llama_checkpoint import LlamaCheckpoint, rope_theta
 from app.engine.native.library import ABI_VERSION, Q4, Q8, NativeLibrary
 from app.engine.native.model import NativeLayer, NativeLlama, RopeTable
 from app.engine.native.weights import PackedMatrix
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     would (the image build and `make model` do it for the default model), so that start maps it."""
     import argparse
 
-    from app.engine.loader import LoadConfig, load
+    from app.engine.models.loader import LoadConfig, load
 
     parser = argparse.ArgumentParser(prog="python -m app.engine.native.packed_cache", description=main.__doc__)
     parser.add_argument("model", help="a local model folder")

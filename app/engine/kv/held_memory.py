@@ -6,8 +6,8 @@ as they only save a copy), and the prefix cache's entries (least recently used f
 
 from __future__ import annotations
 
-from app.engine.kv_store import KVStore
-from app.engine.prefix_cache import PrefixCache
+from app.engine.kv.kv_store import KVStore
+from app.engine.kv.prefix_cache import PrefixCache
 
 
 class HeldMemory:

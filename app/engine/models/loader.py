@@ -1,10 +1,10 @@
 """The only caller of `from_pretrained`: turns a model reference into a model, tokenizer and facts.
 
 A model reference is a local folder, a Hugging Face hub id, or a path to a `.gguf` file. A local
-safetensors folder of a family FusedLlama computes (app/engine/families/: Llama, the default model's
-kind, Qwen2, Mistral, Qwen3, Phi-3) is read straight into FusedLlama (app/engine/llama_checkpoint.py),
+safetensors folder of a family FusedLlama computes (app/engine/models/families/: Llama, the default model's
+kind, Qwen2, Mistral, Qwen3, Phi-3) is read straight into FusedLlama (app/engine/models/llama_checkpoint.py),
 or mapped as packed by an earlier start (native/packed_cache.py), and a Llama folder's plain fast
-tokenizer is FastTokenizer (app/engine/tokenizer.py): transformers'
+tokenizer is FastTokenizer (app/engine/text/tokenizer.py): transformers'
 model and config classes import its modeling code (and torch.distributed), and transformers itself
 takes half a second to import. Everything else goes through `from_pretrained` / AutoTokenizer.
 """
@@ -19,18 +19,18 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from app.engine.attention_layers import full_attention_overrides
-from app.engine.fused_llama import FusedLlama, LlamaDims, build_fused
-from app.engine.gguf_checkpoint import GgufCheckpoint, fused_from_gguf, open_gguf
-from app.engine.hardware import CpuFeatures, RuntimeInfo, detect_cpu_features
-from app.engine.llama_checkpoint import LlamaCheckpoint, fused_from_checkpoint, open_checkpoint
-from app.engine.memory import keep_one_copy_of_cpu_kernels
+from app.engine.models.attention_layers import full_attention_overrides
+from app.engine.models.fused_llama import FusedLlama, LlamaDims, build_fused
+from app.engine.models.gguf_checkpoint import GgufCheckpoint, fused_from_gguf, open_gguf
+from app.engine.models.hardware import CpuFeatures, RuntimeInfo, detect_cpu_features
+from app.engine.models.llama_checkpoint import LlamaCheckpoint, fused_from_checkpoint, open_checkpoint
+from app.engine.models.memory import keep_one_copy_of_cpu_kernels
 from app.engine.native import packed_cache
 from app.engine.native.backend import attach, describe_weights, open_library
 from app.engine.native.library import NativeLibrary
 from app.engine.native.model import NativeLlama, unsupported_reason
-from app.engine import tokenizer as fast_tokenizer
-from app.engine.tokenizer import FastTokenizer
+from app.engine.text import tokenizer as fast_tokenizer
+from app.engine.text.tokenizer import FastTokenizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

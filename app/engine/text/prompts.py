@@ -1,7 +1,7 @@
 """Prompt encoding: text, token ids and chat messages -> validated prompt token ids.
 
 Chat templates come from the model's own tokenizer files; they render in a sandboxed Jinja
-environment (app/engine/chat_template.py, or transformers' for tokenizers it loads), so template
+environment (app/engine/text/chat_template.py, or transformers' for tokenizers it loads), so template
 syntax inside a message is plain text.
 """
 

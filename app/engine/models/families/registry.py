@@ -70,7 +70,7 @@ class Family:
 def _registered() -> dict[str, Family]:
     families = {}
     for name in _MODULES:
-        family = importlib.import_module(f"app.engine.families.{name}").FAMILY
+        family = importlib.import_module(f"app.engine.models.families.{name}").FAMILY
         families[family.model_type] = family
     return families
 

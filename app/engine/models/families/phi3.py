@@ -3,7 +3,7 @@
 table: a partial_rotary_factor below 1 (Phi-4-mini) and LongRoPE (Phi-3-*-128k, whose tables switch
 with the sequence length) keep transformers' forward."""
 
-from app.engine.families.registry import Family, Getter, rope_parameters
+from app.engine.models.families.registry import Family, Getter, rope_parameters
 
 
 def _refusal(get: Getter) -> str | None:

@@ -12,7 +12,7 @@ import asyncio
 import collections
 import logging
 
-from app.engine.sequence import EventSink
+from app.engine.scheduling.sequence import EventSink
 
 log = logging.getLogger(__name__)
 

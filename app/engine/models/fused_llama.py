@@ -6,9 +6,9 @@ with a small model that overhead costs more than the matmuls (measured on SmolLM
 the model's own weights: q/k/v in one matmul and gate/up in another (the HF modules' weights become
 views of the fused matrices, so nothing is stored twice), one fused RMSNorm op, rotary embeddings from
 the model's own rotary module (so every RoPE scaling type it knows still applies) or, for a checkpoint
-read without transformers' modeling code (app/engine/llama_checkpoint.py), the default RoPE, and SDPA
+read without transformers' modeling code (app/engine/models/llama_checkpoint.py), the default RoPE, and SDPA
 over the same KV cache layers transformers would use. The families it computes, and how each one's
-modules and tensors map onto it, are registered in app/engine/families/; models it does not recognise
+modules and tensors map onto it, are registered in app/engine/models/families/; models it does not recognise
 keep transformers' forward.
 """
 
@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from app.engine.families import architectures, by_architecture
-from app.engine.families.registry import Family
-from app.engine.packed_linear import PackedLinear
+from app.engine.models.families import architectures, by_architecture
+from app.engine.models.families.registry import Family
+from app.engine.models.packed_linear import PackedLinear
 
 if TYPE_CHECKING:  # importing transformers' modeling code costs seconds at start-up
     from transformers import DynamicCache, PreTrainedModel

@@ -2,9 +2,9 @@
 
 Everything reaches it as a command on a queue, applied between steps: add a sequence, abort one, fail
 every request in flight, stop. Events go back through each sequence's sink into the outbox, flushed to
-the event loop after each forward and each turn (app/engine/outbox.py); after each step the load
+the event loop after each forward and each turn (app/engine/scheduling/outbox.py); after each step the load
 (running, waiting, KV bytes) is published as one tuple that probes read without waiting on the thread.
-Between steps it also works through its chores (app/engine/chores.py), one slice per loop turn.
+Between steps it also works through its chores (app/engine/scheduling/chores.py), one slice per loop turn.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import threading
 
 import torch
 
-from app.engine.chores import Chore
+from app.engine.scheduling.chores import Chore
 from app.engine.core import EngineCore
 from app.engine.errors import EngineDead, EngineError
-from app.engine.memory import release_free_memory
-from app.engine.outbox import Outbox
-from app.engine.sequence import Sequence
+from app.engine.models.memory import release_free_memory
+from app.engine.scheduling.outbox import Outbox
+from app.engine.scheduling.sequence import Sequence
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from app.engine.chores import Slices
+from app.engine.scheduling.chores import Slices
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from app.engine.slab_cache import LayerCache, SlabLayer, slab_class_of, spare_buffer
+from app.engine.kv.slab_cache import LayerCache, SlabLayer, slab_class_of, spare_buffer
 
 if TYPE_CHECKING:
     from transformers import DynamicCache

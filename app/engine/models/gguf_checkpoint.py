@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.engine.fused_llama import DefaultRotary, FusedLayer, FusedLlama, LlamaDims
-from app.engine.packed_linear import PackedLinear
+from app.engine.models.fused_llama import DefaultRotary, FusedLayer, FusedLlama, LlamaDims
+from app.engine.models.packed_linear import PackedLinear
 
 # GGUF value types (gguf.GGUFValueType) -> struct format of one value.
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
@@ -42,7 +42,7 @@ _NUMPY = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: n
           7: np.bool_, 10: np.uint64, 11: np.int64, 12: np.float64}
 _DEFAULT_ALIGNMENT = 32
 
-# GGUF architecture -> transformers model_type (both are FusedLlama's: app/engine/llama_checkpoint.py).
+# GGUF architecture -> transformers model_type (both are FusedLlama's: app/engine/models/llama_checkpoint.py).
 _ARCHITECTURES = ("llama", "qwen2")
 # `{arch}.<key>` -> config key, as transformers' GGUF_CONFIG_MAPPING has them for llama and qwen2.
 _CONFIG_KEYS = {

@@ -3,7 +3,7 @@
 Importing transformers' model classes (and, through their config classes, torch.distributed) costs
 about two seconds on a small CPU; reading config.json and the safetensors files costs a tenth of
 that. This reads only checkpoints it can compute exactly as transformers would: one of the families
-registered in app/engine/families/ (which say each one's tensor names, biases, extra norms and
+registered in app/engine/models/families/ (which say each one's tensor names, biases, extra norms and
 refusals), the default RoPE, no quantization config, and exactly the tensors transformers would load.
 Anything else is refused with a reason, and the loader takes transformers' path instead.
 """
@@ -17,16 +17,16 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from app.engine.families import by_model_type, model_types
-from app.engine.families.registry import Family, rope_parameters
-from app.engine.fused_llama import (
+from app.engine.models.families import by_model_type, model_types
+from app.engine.models.families.registry import Family, rope_parameters
+from app.engine.models.fused_llama import (
     DefaultRotary,
     FusedLayer,
     FusedLlama,
     LlamaDims,
     config_reason,
 )
-from app.engine.packed_linear import PackedLinear
+from app.engine.models.packed_linear import PackedLinear
 
 # Keys whose class defaults differ between the families: written out (each family adds its own, where
 # its defaults differ from what this module assumes when one is missing: LlamaConfig's).

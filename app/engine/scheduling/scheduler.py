@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from app.engine.errors import Overloaded
-from app.engine.fair_queue import FairQueue, may_exceed, share_of, weights_of
-from app.engine.sequence import Sequence, SequenceStatus
+from app.engine.scheduling.fair_queue import FairQueue, may_exceed, share_of, weights_of
+from app.engine.scheduling.sequence import Sequence, SequenceStatus
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def tenant_rows(sequences: list[Sequence], tenant: str) -> int:
 
 
 class ReclaimableMemory(Protocol):
-    """Memory inside the KV budget that can be given back on demand (app/engine/held_memory.py: rows
+    """Memory inside the KV budget that can be given back on demand (app/engine/kv/held_memory.py: rows
     kept for joiners, the prefix cache)."""
 
     @property

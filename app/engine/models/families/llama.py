@@ -1,6 +1,6 @@
 """Llama (LlamaForCausalLM): biases where attention_bias / mlp_bias say (q/k/v/o; gate/up/down)."""
 
-from app.engine.families.registry import Family, Getter
+from app.engine.models.families.registry import Family, Getter
 
 
 def _biases(get: Getter) -> tuple[str, ...]:

@@ -14,10 +14,10 @@ from typing import Callable
 
 import torch
 
-from app.engine.detokenizer import IncrementalDetokenizer
-from app.engine.grammar import GrammarMatcher
+from app.engine.text.detokenizer import IncrementalDetokenizer
+from app.engine.text.grammar import GrammarMatcher
 from app.engine.sampler import PenaltyState
-from app.engine.stopping import StopMatcher, check_token_stop
+from app.engine.text.stopping import StopMatcher, check_token_stop
 from app.engine.types import FinishReason, RequestTimings, SamplingParams, Share, TokenEvent, TokenLogprob
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from app.engine.sequence import Sequence
+    from app.engine.scheduling.sequence import Sequence
     from app.engine.types import Share
 
 HALF_LIFE_S = 30.0

@@ -1,0 +1,1 @@
+"""Text in and out: tokenizing, chat templates and prompts, detokenizing, stop strings, grammars."""
