@@ -61,6 +61,9 @@ _REQUIRED = ("block_count", "embedding_length", "feed_forward_length", "attentio
 # Fields that only restate a size (checked against it) or are off when they hold these values.
 _SIZE_FIELDS = ("rope.dimension_count", "attention.key_length", "attention.value_length")
 _OFF = {"rope.scaling.type": ("none",), "expert_count": (0,), "expert_used_count": (0,)}
+# Fields transformers ignores, harmless when they reach the context length (llama.cpp's Phi-3
+# conversion writes its context length as the window when the model has none).
+_WHOLE_CONTEXT = ("attention.sliding_window", "rope.scaling.original_context_length")
 
 
 
@@ -205,6 +208,9 @@ def _config(fields: dict, arch: str, tensors: dict[str, tuple]) -> tuple[dict, s
         elif short in _OFF:
             if value not in _OFF[short]:
                 return {}, f"GGUF field {key}={value!r}: the direct GGUF reader serves dense models with the default RoPE"
+        elif short in _WHOLE_CONTEXT and isinstance(value, (int, np.integer)):
+            if value < fields.get(field_name("context_length"), LAYOUTS[arch].defaults["max_position_embeddings"]):
+                return {}, f"GGUF field {key}={value}: less than {field_name('context_length')} (transformers ignores it)"
         elif short not in _SIZE_FIELDS:
             return {}, f"GGUF field {key}={_short(value)} is not one the direct GGUF reader knows"
     for key in ("num_attention_heads", "num_key_value_heads"):
