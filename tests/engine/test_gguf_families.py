@@ -116,3 +116,21 @@ def test_a_window_reaching_the_context_is_read(tmp_path, tiny_family):
     arch, _, model = tiny_family
     fields = {f"{arch}.attention.sliding_window": 128, f"{arch}.rope.scaling.original_context_length": 128}
     assert not isinstance(open_gguf(write_gguf(tmp_path / "w.gguf", model, F32_TYPES, fields)), str)
+
+
+def test_transformers_own_gguf_loading_computes_what_the_direct_read_does(tmp_path, tiny_loaded):
+    """from_pretrained(gguf_file=...) builds each family from the file alone (Phi-3 with its class's
+    32,000 pad id, so a vocabulary that holds it): the directly read weights compute its logits."""
+    from transformers import AutoModelForCausalLM
+
+    for arch, build in FAMILIES.items():
+        torch.manual_seed(0)
+        model = build() if arch != "phi3" else Phi3ForCausalLM(Phi3Config(**{**SIZES, "vocab_size": 32064}))
+        path = write_gguf(tmp_path / f"{arch}.gguf", model.eval(), F32_TYPES)
+        through = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name, dtype=torch.float32)
+        assert type(through) is type(model)
+        with torch.no_grad():
+            expected = through.eval()(torch.tensor([IDS])).logits[0, -1]
+        direct = fused_from_gguf(open_gguf(path), torch.float32, torch.device("cpu"))
+        torch.testing.assert_close(_logits(tiny_loaded, IDS, fused=direct, dtype=torch.float32), expected,
+                                   atol=1e-4, rtol=1e-4)
