@@ -93,3 +93,29 @@ def write_gguf(path: Path, model, types: dict, fields: dict | None = None, extra
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+# A Llama-2-style sentencepiece vocabulary (tokenizer.ggml.model "llama"): <unk>, <s>, </s>, the 256
+# byte tokens <0x00>..<0xFF> (byte fallback), then pieces with "▁" for a space, scored best first.
+SPM_PIECES = ["▁", "e", "t", "a", "o", "n", "i", "s", "h", "r", "l", "d", "c", "u", "w", "f", "H", "W", "T",
+              "é", "東", "京", "▁t", "he", "▁the", "in", "er", "▁a", "on", "re", "▁w", "or", "ll", "▁H", "▁W",
+              "an", "en", "▁c", "▁f", "at", "is", "▁is", "▁wor", "ld", "▁world", "▁He", "llo", "▁Hello", "\n",
+              "▁▁", "▁▁▁", "。", "東京"]
+SPM_SPECIALS = ["<|user|>", "<|end|>"]  # control tokens, as chat models add them
+
+
+def spm_tokenizer(writer) -> int:
+    """Writes the sentencepiece vocabulary into `writer`; returns its size."""
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{byte:02X}>" for byte in range(256)] + SPM_PIECES + SPM_SPECIALS
+    types = [2, 3, 3] + [6] * 256 + [1] * len(SPM_PIECES) + [3] * len(SPM_SPECIALS)  # unknown, control, byte, normal
+    scores = [0.0] * 259 + [-float(rank) for rank in range(len(SPM_PIECES))] + [0.0] * len(SPM_SPECIALS)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+    return len(tokens)
