@@ -134,3 +134,29 @@ def test_transformers_own_gguf_loading_computes_what_the_direct_read_does(tmp_pa
         direct = fused_from_gguf(open_gguf(path), torch.float32, torch.device("cpu"))
         torch.testing.assert_close(_logits(tiny_loaded, IDS, fused=direct, dtype=torch.float32), expected,
                                    atol=1e-4, rtol=1e-4)
+
+
+def test_the_loader_reads_each_family_s_gguf_without_transformers_models(tmp_path):
+    """load() of a Qwen3 / Phi-3 GGUF (with a sentencepiece vocabulary) takes the direct path, on the
+    kernels where they run, and computes the safetensors model's logits and greedy tokens (fp32)."""
+    from app.engine.loader import load
+    from tests.engine.gguf_files import SPM_PIECES, SPM_SPECIALS, spm_tokenizer
+    from tests.engine.helpers import tiny_load_config
+
+    vocab = 3 + 256 + len(SPM_PIECES) + len(SPM_SPECIALS)
+    for arch, build in FAMILIES.items():
+        torch.manual_seed(0)
+        config = {**SIZES, "vocab_size": vocab}
+        model = (Qwen3ForCausalLM(Qwen3Config(**config, head_dim=128)) if arch == "qwen3"
+                 else Phi3ForCausalLM(Phi3Config(**config))).eval()
+        path = write_gguf(tmp_path / f"{arch}.gguf", model, F32_TYPES, tokenizer=spm_tokenizer)
+        loaded = load(tiny_load_config(path, dtype="float32"))
+        assert loaded.model is None and (loaded.native or loaded.fused) is not None, loaded.runtime.forward
+        assert loaded.eos_token_ids == (2,) and loaded.max_position_embeddings == 128
+        ids = loaded.tokenizer.encode("Hello world")
+        with torch.no_grad():
+            expected = model(torch.tensor([ids])).logits[0, -1]
+            reference = model.generate(torch.tensor([ids]), max_new_tokens=5, do_sample=False)[0, len(ids):].tolist()
+        forward = {"native": loaded.native, "fused": loaded.fused}
+        torch.testing.assert_close(_logits(loaded, ids, **forward), expected, atol=1e-4, rtol=1e-4)
+        assert _greedy(loaded, ids, **forward) == reference
