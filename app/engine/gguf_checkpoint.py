@@ -12,8 +12,9 @@ with its default sliding window), `qwen2`, `qwen3` and `phi3` (gguf_layout.py: h
 config is the one transformers' GGUF loader makes (integrations/ggml.py's key mapping; `tie_word_embeddings`
 when there is no `output.weight`), and the tensors are exactly the ones it loads: llama.cpp's converter
 permutes the rows of Llama's Q and K projections for its RoPE layout, undone here as transformers'
-LlamaTensorProcessor does (a row permutation, so it applies to quantized blocks unchanged). Anything else is refused with a one-line
-reason naming the GGUF field or tensor, and the loader takes transformers' path.
+LlamaTensorProcessor does (a row permutation, so it applies to quantized blocks unchanged). Anything
+else is refused with a one-line reason naming the GGUF field or tensor, and the loader takes
+transformers' path.
 
 For the native kernels, a fused matrix (q/k/v, gate/up, o, down, the embedding) whose parts are all
 Q4_0/Q4_1 blocks is packed straight from them as the kernels' Q4 (scale, minimum and nibbles are
@@ -209,8 +210,9 @@ def _config(fields: dict, arch: str, tensors: dict[str, tuple]) -> tuple[dict, s
             if value not in _OFF[short]:
                 return {}, f"GGUF field {key}={value!r}: the direct GGUF reader serves dense models with the default RoPE"
         elif short in _WHOLE_CONTEXT and isinstance(value, (int, np.integer)):
-            if value < fields.get(field_name("context_length"), LAYOUTS[arch].defaults["max_position_embeddings"]):
-                return {}, f"GGUF field {key}={value}: less than {field_name('context_length')} (transformers ignores it)"
+            context = fields.get(field_name("context_length"), LAYOUTS[arch].defaults["max_position_embeddings"])
+            if value < context:
+                return {}, f"GGUF field {key}={value}: less than the context, {context} (transformers ignores it)"
         elif short not in _SIZE_FIELDS:
             return {}, f"GGUF field {key}={_short(value)} is not one the direct GGUF reader knows"
     for key in ("num_attention_heads", "num_key_value_heads"):

@@ -107,7 +107,8 @@ SPM_SPECIALS = ["<|user|>", "<|end|>"]  # control tokens, as chat models add the
 def spm_tokenizer(writer) -> int:
     """Writes the sentencepiece vocabulary into `writer`; returns its size."""
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{byte:02X}>" for byte in range(256)] + SPM_PIECES + SPM_SPECIALS
-    types = [2, 3, 3] + [6] * 256 + [1] * len(SPM_PIECES) + [3] * len(SPM_SPECIALS)  # unknown, control, byte, normal
+    # token types: 2 unknown, 3 control, 6 byte, 1 normal; pieces scored best first, as sentencepiece does
+    types = [2, 3, 3] + [6] * 256 + [1] * len(SPM_PIECES) + [3] * len(SPM_SPECIALS)
     scores = [0.0] * 259 + [-float(rank) for rank in range(len(SPM_PIECES))] + [0.0] * len(SPM_SPECIALS)
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)

@@ -60,7 +60,8 @@ def test_a_float_gguf_reads_to_the_safetensors_weights_and_transformers_logits(t
     head_dim = getattr(model.config, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads
     assert checkpoint.config["model_type"] == arch and checkpoint.config["head_dim"] == head_dim
     cpu, fp32 = torch.device("cpu"), torch.float32
-    mine, theirs = fused_from_gguf(checkpoint, fp32, cpu), fused_from_checkpoint(open_checkpoint(str(folder)), fp32, cpu)
+    mine = fused_from_gguf(checkpoint, fp32, cpu)
+    theirs = fused_from_checkpoint(open_checkpoint(str(folder)), fp32, cpu)
     assert mine.dims == theirs.dims
     for a, b in zip(mine.linears(), theirs.linears(), strict=True):
         assert torch.equal(a.weight, b.weight)
