@@ -14,7 +14,6 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 gguf = pytest.importorskip("gguf")
-from gguf.quants import quantize  # noqa: E402
 
 from app.engine.models.gguf_checkpoint import fused_from_gguf, open_gguf  # noqa: E402
 from app.engine.models.llama_checkpoint import fused_from_checkpoint, open_checkpoint  # noqa: E402
@@ -22,6 +21,7 @@ from app.engine.models.loader import LoadedModel, load  # noqa: E402
 from app.engine.native.gguf_weights import native_from_gguf  # noqa: E402
 from app.engine.native.library import native_library  # noqa: E402
 from app.engine.native.model import native_from_fused  # noqa: E402
+from tests.engine.gguf_files import F32_TYPES, GRID_TYPES, write_gguf  # noqa: E402
 from tests.engine.helpers import TEST_DTYPE, logit_tolerance, make_core, tiny_load_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,68 +29,6 @@ DEFAULT_GGUF = REPO / "models" / ".cache" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 SIZES = dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=128, initializer_range=0.5, rope_theta=50000.0,
              rms_norm_eps=2.0 ** -17, tie_word_embeddings=False)  # eps: a float32 (as GGUF stores it); tied: the default GGUF
-T = gguf.GGMLQuantizationType
-F32_TYPES = dict.fromkeys(("q", "k", "v", "output", "gate", "up", "down", "embed"), T.F32)
-GRID_TYPES = {"q": T.Q4_0, "k": T.Q4_0, "v": T.Q4_0, "output": T.Q4_1, "gate": T.Q4_1, "up": T.Q4_1,
-              "down": T.Q8_0, "embed": T.Q8_0}
-
-
-def _permute(weights: np.ndarray, heads: int) -> np.ndarray:
-    """llama.cpp's convert_hf_to_gguf.py LlamaModel.permute."""
-    return weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(
-        weights.shape)
-
-
-def write_gguf(path: Path, model: LlamaForCausalLM, types: dict[str, T], fields: dict | None = None,
-               extra: dict[str, np.ndarray] | None = None) -> Path:
-    """The model as llama.cpp's converter writes a Llama GGUF (Q/K rows permuted), each matrix in `types`."""
-    config = model.config
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
-    writer.add_rope_dimension_count(config.head_dim)
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_vocab_size(config.vocab_size)
-    for key, value in (fields or {}).items():
-        writer.add_string(key, value) if isinstance(value, str) else writer.add_uint32(key, value)
-
-    def put(name: str, tensor: torch.Tensor, kind: T = T.F32) -> None:
-        values = tensor.detach().float().numpy()
-        if kind == T.F32:
-            writer.add_tensor(name, values)
-        else:
-            writer.add_tensor(name, quantize(values, kind), raw_dtype=kind)
-
-    state = model.state_dict()
-    put("token_embd.weight", state["model.embed_tokens.weight"], types["embed"])
-    put("output_norm.weight", state["model.norm.weight"])
-    if not config.tie_word_embeddings:
-        put("output.weight", state["lm_head.weight"], types["embed"])
-    for i in range(config.num_hidden_layers):
-        prefix = f"model.layers.{i}."
-        put(f"blk.{i}.attn_norm.weight", state[prefix + "input_layernorm.weight"])
-        put(f"blk.{i}.ffn_norm.weight", state[prefix + "post_attention_layernorm.weight"])
-        for part, heads in (("q", config.num_attention_heads), ("k", config.num_key_value_heads)):
-            weight = _permute(state[f"{prefix}self_attn.{part}_proj.weight"].numpy(), heads)
-            put(f"blk.{i}.attn_{part}.weight", torch.from_numpy(weight), types[part])
-        put(f"blk.{i}.attn_v.weight", state[prefix + "self_attn.v_proj.weight"], types["v"])
-        put(f"blk.{i}.attn_output.weight", state[prefix + "self_attn.o_proj.weight"], types["output"])
-        for part in ("gate", "up", "down"):
-            put(f"blk.{i}.ffn_{part}.weight", state[f"{prefix}mlp.{part}_proj.weight"], types[part])
-    for name, values in (extra or {}).items():
-        writer.add_tensor(name, values)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory) -> tuple[Path, LlamaForCausalLM]:
     torch.manual_seed(0)

@@ -8,12 +8,13 @@ are memory-mapped, and only what must be dequantized is, with gguf's own numpy c
 
 What it reads: the architectures FusedLlama computes whose GGUF metadata says everything transformers
 would build them from: `llama` (not one named "mistral", which transformers turns into a MistralConfig
-with its default sliding window) and `qwen2`. The config is the one transformers' GGUF loader makes
-(integrations/ggml.py's key mapping; `tie_word_embeddings` when there is no `output.weight`), and the
-tensors are exactly the ones it loads: llama.cpp's converter permutes the rows of Llama's Q and K
-projections for its RoPE layout, undone here as transformers' LlamaTensorProcessor does (a row
-permutation, so it applies to quantized blocks unchanged). Anything else is refused with a one-line
-reason naming the GGUF field or tensor, and the loader takes transformers' path.
+with its default sliding window), `qwen2`, `qwen3` and `phi3` (gguf_layout.py: how each is stored). The
+config is the one transformers' GGUF loader makes (integrations/ggml.py's key mapping; `tie_word_embeddings`
+when there is no `output.weight`), and the tensors are exactly the ones it loads: llama.cpp's converter
+permutes the rows of Llama's Q and K projections for its RoPE layout, undone here as transformers'
+LlamaTensorProcessor does (a row permutation, so it applies to quantized blocks unchanged). Anything
+else is refused with a one-line reason naming the GGUF field or tensor, and the loader takes
+transformers' path.
 
 For the native kernels, a fused matrix (q/k/v, gate/up, o, down, the embedding) whose parts are all
 Q4_0/Q4_1 blocks is packed straight from them as the kernels' Q4 (scale, minimum and nibbles are
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 
 from app.engine.models.fused_llama import DefaultRotary, FusedLayer, FusedLlama, LlamaDims
+from app.engine.models.gguf_layout import LAYOUTS, GgufLayout
 from app.engine.models.packed_linear import PackedLinear
 
 # GGUF value types (gguf.GGUFValueType) -> struct format of one value.
@@ -42,9 +44,8 @@ _NUMPY = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: n
           7: np.bool_, 10: np.uint64, 11: np.int64, 12: np.float64}
 _DEFAULT_ALIGNMENT = 32
 
-# GGUF architecture -> transformers model_type (both are FusedLlama's: app/engine/models/llama_checkpoint.py).
-_ARCHITECTURES = ("llama", "qwen2")
-# `{arch}.<key>` -> config key, as transformers' GGUF_CONFIG_MAPPING has them for llama and qwen2.
+_ARCHITECTURES = tuple(LAYOUTS)
+# `{arch}.<key>` -> config key, as transformers' GGUF_CONFIG_MAPPING has them for these architectures.
 _CONFIG_KEYS = {
     "context_length": "max_position_embeddings",
     "block_count": "num_hidden_layers",
@@ -61,9 +62,10 @@ _REQUIRED = ("block_count", "embedding_length", "feed_forward_length", "attentio
 # Fields that only restate a size (checked against it) or are off when they hold these values.
 _SIZE_FIELDS = ("rope.dimension_count", "attention.key_length", "attention.value_length")
 _OFF = {"rope.scaling.type": ("none",), "expert_count": (0,), "expert_used_count": (0,)}
+# Fields transformers ignores, harmless when they reach the context length (llama.cpp's Phi-3
+# conversion writes its context length as the window when the model has none).
+_WHOLE_CONTEXT = ("attention.sliding_window", "rope.scaling.original_context_length")
 
-_ATTENTION = ("q", "k", "v", "output")
-_MLP = ("gate", "up", "down")
 
 
 @dataclass
@@ -93,6 +95,10 @@ class GgufCheckpoint:
 
     def get(self, key: str, default: object = None) -> object:
         return self.config.get(key, default)
+
+    @property
+    def layout(self) -> GgufLayout:
+        return LAYOUTS[self.config["model_type"]]
 
     @property
     def folder(self) -> Path:
@@ -203,30 +209,33 @@ def _config(fields: dict, arch: str, tensors: dict[str, tuple]) -> tuple[dict, s
         elif short in _OFF:
             if value not in _OFF[short]:
                 return {}, f"GGUF field {key}={value!r}: the direct GGUF reader serves dense models with the default RoPE"
+        elif short in _WHOLE_CONTEXT and isinstance(value, (int, np.integer)):
+            context = fields.get(field_name("context_length"), LAYOUTS[arch].defaults["max_position_embeddings"])
+            if value < context:
+                return {}, f"GGUF field {key}={value}: less than the context, {context} (transformers ignores it)"
         elif short not in _SIZE_FIELDS:
             return {}, f"GGUF field {key}={_short(value)} is not one the direct GGUF reader knows"
     for key in ("num_attention_heads", "num_key_value_heads"):
         if not isinstance(config.get(key, 0), int):
             return {}, f"GGUF field {arch}.attention.head_count{'_kv' if 'key' in key else ''} varies per layer"
-    heads = config["num_attention_heads"]
+    heads, layout = config["num_attention_heads"], LAYOUTS[arch]
     config.setdefault("num_key_value_heads", heads)
-    if heads <= 0 or config["hidden_size"] % heads:
+    if heads <= 0 or (config["hidden_size"] % heads and "head_dim" not in layout.defaults):
         return {}, f"GGUF field {arch}.attention.head_count={heads} does not divide {arch}.embedding_length"
-    head_dim = config["hidden_size"] // heads
-    for short in _SIZE_FIELDS:
+    head_dim = layout.head_dim(config["hidden_size"], heads)
+    for short in _SIZE_FIELDS:  # transformers ignores these: the head size it builds must be what they say
         if field_name(short) in fields and int(fields[field_name(short)]) != head_dim:
-            return {}, (f"GGUF field {field_name(short)}={int(fields[field_name(short)])} is not "
-                        f"embedding_length / head_count ({head_dim})")
-    if arch == "llama":
-        config["head_dim"] = head_dim  # transformers maps rope.dimension_count onto head_dim (checked equal)
+            return {}, (f"GGUF field {field_name(short)}={int(fields[field_name(short)])} is not the head size "
+                        f"transformers builds ({head_dim})")
+    config["head_dim"] = head_dim
     if "vocab_size" not in config:  # transformers counts the tokenizer's tokens then
         tokens = fields.get("tokenizer.ggml.tokens")
         if tokens is None:
             return {}, f"GGUF field {arch}.vocab_size is missing (and no tokenizer.ggml.tokens)"
         config["vocab_size"] = len(tokens)
     config["tie_word_embeddings"] = "output.weight" not in tensors
-    config.setdefault("rope_theta", 10000.0)  # LlamaConfig's and Qwen2Config's default
-    config.setdefault("max_position_embeddings", 2048 if arch == "llama" else 32768)
+    for key, value in layout.defaults.items():  # the config class's defaults
+        config.setdefault(key, value)
     return config, None
 
 
@@ -237,21 +246,25 @@ def _short(value: object) -> str:
 
 def expected_tensors(config: dict) -> dict[str, tuple[int, ...]]:
     """{GGUF tensor name: torch-order shape} that transformers loads for this config."""
-    dims = LlamaDims.of(config.get)
+    dims, layout = LlamaDims.of(config.get), LAYOUTS[config["model_type"]]
     hidden, vocab, inter = int(config["hidden_size"]), dims.vocab_size, dims.intermediate_size
     q_out, kv_out = dims.num_heads * dims.head_dim, dims.num_kv_heads * dims.head_dim
     shapes = {"token_embd.weight": (vocab, hidden), "output_norm.weight": (hidden,)}
     if not config["tie_word_embeddings"]:
         shapes["output.weight"] = (vocab, hidden)
-    outputs = {"q": q_out, "k": kv_out, "v": kv_out, "output": hidden, "gate": inter, "up": inter, "down": hidden}
-    inputs = {"q": hidden, "k": hidden, "v": hidden, "output": q_out, "gate": hidden, "up": hidden, "down": inter}
+    # Each stored matrix's rows: the parts it holds (one, or a fused [q; k; v] / [gate; up]).
+    parts = {"qkv": [q_out, kv_out, kv_out], "o": [hidden], "gate_up": [inter, inter], "down": [hidden]}
+    inputs = {"qkv": hidden, "o": q_out, "gate_up": hidden, "down": inter}
     for i in range(dims.num_layers):
         shapes[f"blk.{i}.attn_norm.weight"] = shapes[f"blk.{i}.ffn_norm.weight"] = (hidden,)
-        for part in _ATTENTION + _MLP:
-            name = f"blk.{i}.{'attn' if part in _ATTENTION else 'ffn'}_{part}"
-            shapes[name + ".weight"] = (outputs[part], inputs[part])
-            if config["model_type"] == "qwen2" and part in ("q", "k", "v"):  # Qwen2 always has these biases
-                shapes[name + ".bias"] = (outputs[part],)
+        for matrix, names in layer_names(layout, i).items():
+            rows = parts[matrix] if len(names) == len(parts[matrix]) else [sum(parts[matrix])]
+            for name, out in zip(names, rows, strict=True):
+                shapes[name + ".weight"] = (out, inputs[matrix])
+                if layout.qkv_biases and matrix == "qkv":  # Qwen2 always has these biases
+                    shapes[name + ".bias"] = (out,)
+        if layout.head_norms:
+            shapes[f"blk.{i}.attn_q_norm.weight"] = shapes[f"blk.{i}.attn_k_norm.weight"] = (dims.head_dim,)
     return shapes
 
 
@@ -287,7 +300,7 @@ def open_gguf(path: str | Path) -> GgufCheckpoint | str:
         tensors = {name: _tensor(header, name, *info) for name, info in infos.items()}
     except (ValueError, KeyError) as exc:  # a type gguf does not know, a truncated file
         return f"unreadable GGUF tensors ({type(exc).__name__}: {exc})"
-    eos = fields.get("tokenizer.ggml.eos_token_id", 2 if arch == "llama" else None)  # else the config class's
+    eos = fields.get("tokenizer.ggml.eos_token_id", LAYOUTS[arch].eos_token_id)  # else the config class's
     return GgufCheckpoint(path, config, tensors, () if eos is None else (int(eos),), mapped)
 
 
@@ -300,21 +313,19 @@ def unpermute_rows(rows: np.ndarray, heads: int) -> np.ndarray:
 
 def row_blocks(checkpoint: GgufCheckpoint, name: str) -> np.ndarray:
     """A tensor's stored rows (quantized blocks or floats) in transformers' row order."""
-    tensor = checkpoint.tensors[name]
-    if checkpoint.config["model_type"] == "llama" and (".attn_q." in name or ".attn_k." in name):
-        heads = checkpoint.config["num_attention_heads" if ".attn_q." in name else "num_key_value_heads"]
-        return unpermute_rows(tensor.data, heads)
-    return tensor.data
+    return _in_transformers_order(checkpoint, name, checkpoint.tensors[name].data)
 
 
 def dequantized(checkpoint: GgufCheckpoint, name: str) -> np.ndarray:
     """float32 values of a tensor in transformers' layout (rows un-permuted)."""
-    tensor = checkpoint.tensors[name]
-    values = tensor.dequantized()
-    if checkpoint.config["model_type"] == "llama" and (".attn_q." in name or ".attn_k." in name):
+    return _in_transformers_order(checkpoint, name, checkpoint.tensors[name].dequantized())
+
+
+def _in_transformers_order(checkpoint: GgufCheckpoint, name: str, rows: np.ndarray) -> np.ndarray:
+    if checkpoint.layout.permuted_qk and (".attn_q." in name or ".attn_k." in name):
         heads = checkpoint.config["num_attention_heads" if ".attn_q." in name else "num_key_value_heads"]
-        values = unpermute_rows(values, heads)
-    return values
+        return unpermute_rows(rows, heads)
+    return rows
 
 
 class _Reader:
@@ -341,11 +352,16 @@ class _Reader:
         return self(name).float()  # through the model's dtype first, as transformers holds it
 
 
-def layer_names(index: int) -> dict[str, list[str]]:
+def layer_names(layout: GgufLayout, index: int) -> dict[str, list[str]]:
     """The GGUF tensors (without .weight/.bias) of each fused matrix of layer `index`."""
     prefix = f"blk.{index}."
-    return {"qkv": [prefix + "attn_q", prefix + "attn_k", prefix + "attn_v"], "o": [prefix + "attn_output"],
-            "gate_up": [prefix + "ffn_gate", prefix + "ffn_up"], "down": [prefix + "ffn_down"]}
+    return {"qkv": [prefix + name for name in layout.qkv], "o": [prefix + "attn_output"],
+            "gate_up": [prefix + name for name in layout.gate_up], "down": [prefix + "ffn_down"]}
+
+
+def head_norm_names(layout: GgufLayout, index: int) -> tuple[str, str] | None:
+    """Qwen3's per-head q and k norms of layer `index`, where the architecture has them."""
+    return (f"blk.{index}.attn_q_norm.weight", f"blk.{index}.attn_k_norm.weight") if layout.head_norms else None
 
 
 def fused_from_gguf(checkpoint: GgufCheckpoint, dtype: torch.dtype, device: torch.device) -> FusedLlama:
@@ -354,11 +370,12 @@ def fused_from_gguf(checkpoint: GgufCheckpoint, dtype: torch.dtype, device: torc
     read = _Reader(checkpoint, dtype, device)
     layers = []
     for i in range(dims.num_layers):
-        names = layer_names(i)
+        names, head_norms = layer_names(checkpoint.layout, i), head_norm_names(checkpoint.layout, i)
+        q_norm, k_norm = (read.norm(name) for name in head_norms) if head_norms else (None, None)
         layers.append(FusedLayer(
             input_norm=read.norm(f"blk.{i}.attn_norm.weight"), qkv=read.fused(names["qkv"]),
             o=read.fused(names["o"]), post_norm=read.norm(f"blk.{i}.ffn_norm.weight"),
-            gate_up=read.fused(names["gate_up"]), down=read.fused(names["down"])))
+            gate_up=read.fused(names["gate_up"]), down=read.fused(names["down"]), q_norm=q_norm, k_norm=k_norm))
     embed = read("token_embd.weight")
     lm_head = PackedLinear(embed) if checkpoint.get("tie_word_embeddings") else PackedLinear(read("output.weight"))
     return FusedLlama(dims, embed, DefaultRotary(float(checkpoint.get("rope_theta")), dims.head_dim, device),

@@ -126,6 +126,10 @@ def split_gguf_reference(model: str) -> tuple[str, str | None]:
 # tokenization_auto); for those FastTokenizer stands in. Not qwen2: AutoTokenizer swaps in
 # Qwen2Tokenizer there, with a pipeline of its own.
 _GENERIC_TOKENIZER_MODEL_TYPES = {"llama"}
+# GGUF architectures whose tokenizer AutoTokenizer builds as the generic class (Qwen3's is Qwen2Tokenizer),
+# and the vocabularies built here: byte-level BPE and sentencepiece (BPE with byte fallback, "▁" spaces).
+_GGUF_GENERIC_ARCHITECTURES = {"llama", "phi3"}
+_GGUF_DIRECT_TOKENIZERS = {"gpt2", "llama"}
 
 
 def _read_json(path: Path) -> dict:
@@ -154,14 +158,17 @@ def load_tokenizer(model: str, trust_remote_code: bool = False) -> PreTrainedTok
 
 def _gguf_tokenizer(path: str) -> PreTrainedTokenizerBase | None:
     """A GGUF file's tokenizer as AutoTokenizer builds it, where that is transformers' generic class (a
-    llama-architecture file with a byte-level BPE vocabulary, the default model's kind), without the
-    config AutoTokenizer reads first: that is a second pass over the file's metadata (about 4 s for a
-    49k-token vocabulary, with every string an array view). None: AutoTokenizer's turn."""
+    llama- or phi3-architecture file with a byte-level BPE vocabulary, the default model's kind, or a
+    sentencepiece one, Llama-2's kind), with transformers' own GGUF builders (their merges, byte fallback,
+    Metaspace or Phi-3's normalizer, control tokens) but without the config AutoTokenizer reads first:
+    that is a second pass over the file's metadata (about 4 s for a 49k-token vocabulary, with every
+    string an array view). None: AutoTokenizer's turn."""
     from transformers import PreTrainedTokenizerFast
     from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer, get_gguf_tokenizer
 
     architecture, vocabulary, tokenizer_config = get_gguf_tokenizer(path)
-    if architecture not in _GENERIC_TOKENIZER_MODEL_TYPES or vocabulary.get("tokenizer_type") != "gpt2":
+    if (architecture not in _GGUF_GENERIC_ARCHITECTURES
+            or vocabulary.get("tokenizer_type") not in _GGUF_DIRECT_TOKENIZERS):
         return None
     backend, extra = convert_gguf_tokenizer(architecture, vocabulary)
     return PreTrainedTokenizerFast(tokenizer_object=backend, **tokenizer_config, **extra)

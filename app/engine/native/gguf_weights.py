@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from app.engine.models.fused_llama import LlamaDims
-from app.engine.models.gguf_checkpoint import GgufCheckpoint, dequantized, layer_names, row_blocks
+from app.engine.models.gguf_checkpoint import GgufCheckpoint, dequantized, head_norm_names, layer_names, row_blocks
 from app.engine.native.library import Q4, Q8, NativeLibrary
 from app.engine.native.model import NativeLayer, NativeLlama, RopeTable, pack_linear
 from app.engine.native.weights import GROUP, TILE, PackedMatrix
@@ -147,9 +147,10 @@ def native_from_gguf(checkpoint: GgufCheckpoint, library: NativeLibrary, dtype: 
 
     layers = []
     for i in range(dims.num_layers):
-        names = layer_names(i)
+        names, head_norms = layer_names(checkpoint.layout, i), head_norm_names(checkpoint.layout, i)
         layers.append(NativeLayer(norm(f"blk.{i}.attn_norm.weight"), norm(f"blk.{i}.ffn_norm.weight"),
-                                  *[matrix(names[part]) for part in ("qkv", "o", "gate_up", "down")]))
+                                  *[matrix(names[part]) for part in ("qkv", "o", "gate_up", "down")],
+                                  *([norm(name) for name in head_norms] if head_norms else [])))
     embed = matrix(["token_embd"])
     lm_head = embed if checkpoint.get("tie_word_embeddings") else matrix(["output"])
     from app.engine.models.fused_llama import DefaultRotary
