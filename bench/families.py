@@ -21,6 +21,9 @@ into a temp folder, then:
   identical streams added at once; streams ÷ the median step time (prefill step left out), median over
   3 alternating rounds after a warm-up. The median step, not tokens ÷ wall time, because on a shared
   2-core box another process's burst moves a wall time a lot (the JSON keeps tokens ÷ wall for 8 too).
+  At this size a step is ~0.1 ms of work: where other processes hold the cores (the header's load
+  average), two threads meeting at every OpenMP barrier measure the scheduler (3-60 ms steps seen at a
+  load of 5 on 2 cores); `OMP_NUM_THREADS=1 python -m bench.families` then compares the families.
 
 Families whose config class this transformers lacks are reported as such.
 """
