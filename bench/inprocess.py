@@ -34,10 +34,10 @@ clock = time.perf_counter
 
 
 def new_sequence(loaded: LoadedModel, request_id: str, prompt_ids: list[int], max_tokens: int,
-                 times: list[tuple], finished_marker: bool = False) -> Sequence:
+                 times: list[tuple], finished_marker: bool = False, ignore_eos: bool = False) -> Sequence:
     """A greedy sequence (as Engine._new_sequence builds it) whose sink records (time, tokens, text),
-    and with `finished_marker` whether that event was its last."""
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+    and with `finished_marker` whether that event was its last; `ignore_eos` runs it to max_tokens."""
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=ignore_eos)
 
     def sink(event) -> None:
         record = (clock(), event.num_completion_tokens, event.text)
