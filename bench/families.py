@@ -44,10 +44,10 @@ import torch
 from app.config import Settings
 from app.engine.core import EngineCore, build_core
 from app.engine.errors import ModelRefused
-from app.engine.loader import LoadedModel, load
-from app.engine.prefix_cache import PrefixCacheConfig
-from app.engine.prompts import PromptEncoder
-from app.engine.scheduler import SchedulerConfig
+from app.engine.models.loader import LoadedModel, load
+from app.engine.kv.prefix_cache import PrefixCacheConfig
+from app.engine.text.prompts import PromptEncoder
+from app.engine.scheduling.scheduler import SchedulerConfig
 from app.engine.types import SamplingParams
 from bench.inprocess import clock, new_sequence, numbered
 from bench.prompts import PROMPTS
