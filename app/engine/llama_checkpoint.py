@@ -124,6 +124,8 @@ def _config_refusal(config: dict) -> str | None:
         return f"architectures {config.get('architectures')}"
     if config.get("quantization_config"):
         return "a quantized checkpoint"
+    if family.layer != "llama":
+        return f"{family.architecture} is read through transformers (its layers are not Llama-shaped)"
     missing = [key for key in _REQUIRED + family.required if config.get(key) is None]
     if missing:
         return f"config.json does not name {', '.join(missing)}"
