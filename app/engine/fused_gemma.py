@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from app.engine.families.registry import Family
-from app.engine.fused_llama import FusedLayer, FusedLlama, LlamaDims, Rotary, _joined, _rotate
+from app.engine.fused_llama import FusedLayer, FusedLlama, LlamaDims, Rotary, _joined, _rotate, layer_windows
 from app.engine.packed_linear import PackedLinear
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def _cap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
 class FusedGemma(FusedLlama):
     """forward(input_ids, mask, positions, cache, last_only) -> float32 logits, as FusedLlama's."""
 
-    native_refusal = "the native kernels compute Llama-shaped layers, not Gemma's"
+    native_refusal = "the native kernels compute Llama-shaped layers, not Gemma's"  # shadows FusedLlama's property
 
     def __init__(self, dims: LlamaDims, embed: torch.Tensor, rotaries: dict[str, Rotary], layers: list[GemmaLayer],
                  final_norm: torch.Tensor, lm_head: PackedLinear, embed_scale: float, scaling: float,
@@ -138,13 +138,13 @@ def _rotaries(module: torch.nn.Module, config, layer_types: list[str]) -> dict[s
 def gemma_from_model(model: PreTrainedModel, family: Family) -> FusedGemma:
     """FusedGemma over a transformers Gemma 2 / Gemma 3 text model's weights (its modules' become views)."""
     config = model.config
-    dims = LlamaDims.of(lambda key, default: getattr(config, key, default))
+    get = lambda key, default: getattr(config, key, default)  # noqa: E731
+    dims = LlamaDims.of(get)
     layer_types = list(getattr(config, "layer_types", None) or [_FULL] * dims.num_layers)[: dims.num_layers]
-    window = getattr(config, "sliding_window", None)
     caps = {key: getattr(config, key, None) for key in family.softcapping}
     inner = model.model
-    layers = [_fuse_layer(layer, family, kind, window if kind == "sliding_attention" else None)
-              for layer, kind in zip(inner.layers[: dims.num_layers], layer_types)]
+    layers = [_fuse_layer(layer, family, kind, window) for layer, kind, window
+              in zip(inner.layers[: dims.num_layers], layer_types, layer_windows(get, dims.num_layers))]
     return FusedGemma(dims, inner.embed_tokens.weight, _rotaries(inner.rotary_emb, config, layer_types), layers,
                       _one_plus(inner.norm), PackedLinear(model.lm_head.weight, model.lm_head.bias),
                       embed_scale=config.hidden_size ** 0.5, scaling=config.query_pre_attn_scalar ** -0.5,

@@ -53,15 +53,30 @@ def unsupported_reason(model: PreTrainedModel) -> str | None:
     def get(key: str, default: object) -> object:
         return getattr(model.config, key, default)
 
-    return family.refusal(get) or (config_reason(get) if family.layer == "llama" else None)
+    return family.refusal(get) or (config_reason(get, windows=True) if family.layer == "llama" else None)
 
 
-def config_reason(get: Callable[[str, object], object]) -> str | None:
-    """Why a config (read through `get(key, default)`) describes layers FusedLlama does not compute."""
+def layer_windows(get: Callable[[str, object], object], num_layers: int) -> list[int | None]:
+    """Each layer's sliding window as transformers' modeling code applies it (None: full attention):
+    the layers layer_types calls sliding (Qwen2/3, Gemma), else every layer where a window is set
+    (Mistral, Phi-3); Qwen2's use_sliding_window=False turns it off."""
+    window = get("sliding_window", None) if get("use_sliding_window", True) else None
+    types = get("layer_types", None)
+    if types:
+        return [window if kind == "sliding_attention" else None for kind in list(types)[:num_layers]]
+    return [window or None] * num_layers
+
+
+def config_reason(get: Callable[[str, object], object], windows: bool = False) -> str | None:
+    """Why a config (read through `get(key, default)`) describes layers FusedLlama does not compute;
+    sliding windows only where `windows` (a transformers model's: `layer_windows` reads them)."""
     if get("hidden_act", "silu") != "silu":
         return f"hidden_act {get('hidden_act', None)!r}"
     if get("pretraining_tp", 1) != 1:
         return "pretraining_tp > 1"
+    if windows:
+        others = {t for t in get("layer_types", None) or [] if t not in ("full_attention", "sliding_attention")}
+        return f"layer_types {sorted(others)}" if others else None
     if any(t != "full_attention" for t in (get("layer_types", None) or [])):
         return "sliding-window layers"
     if get("sliding_window", None) and get("use_sliding_window", True):
@@ -126,7 +141,10 @@ class FusedLlama:
     Norm weights are fp32; `embed` and the linears are in the model's dtype.
     """
 
-    native_refusal: str | None = None  # why the native kernels cannot compute this forward's layers
+    @property
+    def native_refusal(self) -> str | None:
+        """Why the native kernels cannot compute this forward's layers (None: they can)."""
+        return "the native kernels compute no sliding window" if any(layer.window for layer in self.layers) else None
 
     def __init__(self, dims: LlamaDims, embed: torch.Tensor, rotary: Rotary, layers: list[FusedLayer],
                  final_norm: torch.Tensor, lm_head: PackedLinear) -> None:
@@ -245,7 +263,7 @@ def _joined(parent: torch.nn.Module, names: tuple[str, ...]) -> PackedLinear:
     return _fuse([getattr(parent, name) for name in names])
 
 
-def _fuse_layer(layer, family: Family) -> FusedLayer:
+def _fuse_layer(layer, family: Family, window: int | None) -> FusedLayer:
     attn, mlp = layer.self_attn, layer.mlp
     return FusedLayer(
         input_norm=layer.input_layernorm.weight.float(),
@@ -256,16 +274,18 @@ def _fuse_layer(layer, family: Family) -> FusedLayer:
         down=PackedLinear(mlp.down_proj.weight, mlp.down_proj.bias),
         q_norm=attn.q_norm.weight.float() if family.head_norms else None,
         k_norm=attn.k_norm.weight.float() if family.head_norms else None,
+        window=window,
     )
 
 
 def fused_from_model(model: PreTrainedModel) -> FusedLlama:
     """FusedLlama over a transformers model's own weights (its modules' weights become views)."""
-    dims = LlamaDims.of(lambda key, default: getattr(model.config, key, default))
-    family = by_architecture(type(model).__name__)
+    get = lambda key, default: getattr(model.config, key, default)  # noqa: E731
+    dims, family = LlamaDims.of(get), by_architecture(type(model).__name__)
     inner = model.model
+    layers = inner.layers[: dims.num_layers]
     return FusedLlama(dims, inner.embed_tokens.weight, inner.rotary_emb,
-                      [_fuse_layer(layer, family) for layer in inner.layers[: dims.num_layers]],
+                      [_fuse_layer(layer, family, window) for layer, window in zip(layers, layer_windows(get, len(layers)))],
                       inner.norm.weight.float(), PackedLinear(model.lm_head.weight, model.lm_head.bias))
 
 

@@ -1,5 +1,5 @@
 """Sliding-window and hybrid attention on transformers' forward and, for the families it computes (Gemma 2
-and 3: FusedGemma), on the fused forward, with continuous batching and the prefix cache, exact in fp32: the engine's greedy tokens equal transformers' own generate(), batched rows equal
+and 3: FusedGemma; Mistral and Qwen2: FusedLlama), on the fused forward, with continuous batching and the prefix cache, exact in fp32: the engine's greedy tokens equal transformers' own generate(), batched rows equal
 solo ones, a chunked prompt equals a whole one, and a prefix-cache hit equals a fresh prefill.
 
 Tiny random models of each family (2 layers, hidden 64, window 8) with the tiny Llama's tokenizer; the
@@ -41,7 +41,7 @@ FAMILIES = {
     "cohere2": (Cohere2ForCausalLM, lambda: Cohere2Config(**SIZES, sliding_window=WINDOW, layer_types=HYBRID), None),
 }
 # The families whose windows the fused forward computes too: each runs on both forwards here.
-FUSED = ("gemma2", "gemma3")
+FUSED = ("mistral", "qwen2", "gemma2", "gemma3")
 GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
 TEXT = "The capital of France is Paris. The capital of Japan is Tokyo. Hello world! How are you today?"
 
