@@ -9,7 +9,8 @@ the model's own rotary module (so every RoPE scaling type it knows still applies
 read without transformers' modeling code (app/engine/llama_checkpoint.py), the default RoPE, and SDPA
 over the same KV cache layers transformers would use. The families it computes, and how each one's
 modules and tensors map onto it, are registered in app/engine/families/; models it does not recognise
-keep transformers' forward.
+keep transformers' forward. Sliding-window layers (Mistral, Qwen2) get a per-position window mask
+(`attention_mask`, shared with fused_gemma.py's FusedGemma, Gemma 2/3's forward).
 """
 
 from __future__ import annotations
