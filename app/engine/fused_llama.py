@@ -284,9 +284,9 @@ def fused_from_model(model: PreTrainedModel) -> FusedLlama:
     get = lambda key, default: getattr(model.config, key, default)  # noqa: E731
     dims, family = LlamaDims.of(get), by_architecture(type(model).__name__)
     inner = model.model
-    layers = inner.layers[: dims.num_layers]
+    layers, windows = inner.layers[: dims.num_layers], layer_windows(get, dims.num_layers)
     return FusedLlama(dims, inner.embed_tokens.weight, inner.rotary_emb,
-                      [_fuse_layer(layer, family, window) for layer, window in zip(layers, layer_windows(get, len(layers)))],
+                      [_fuse_layer(layer, family, window) for layer, window in zip(layers, windows)],
                       inner.norm.weight.float(), PackedLinear(model.lm_head.weight, model.lm_head.bias))
 
 

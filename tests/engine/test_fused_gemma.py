@@ -45,9 +45,9 @@ SIZES = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_att
 CASES = {
     "gemma2": (Gemma2ForCausalLM, lambda: Gemma2Config(**SIZES, layer_types=[SLIDING, FULL, SLIDING],
                                                        attn_logit_softcapping=3.0, final_logit_softcapping=5.0)),
-    "gemma3": (Gemma3ForCausalLM, lambda: Gemma3TextConfig(**SIZES, sliding_window_pattern=2, rope_local_base_freq=100.0,
-                                                           rope_scaling={"rope_type": "linear", "factor": 2.0},
-                                                           final_logit_softcapping=8.0)),
+    "gemma3": (Gemma3ForCausalLM, lambda: Gemma3TextConfig(
+        **SIZES, sliding_window_pattern=2, rope_local_base_freq=100.0, rope_scaling={"rope_type": "linear", "factor": 2.0},
+        final_logit_softcapping=8.0)),
 }
 GREEDY = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
 PROMPTS = [list(range(3, 24)), [200, 7, 7, 31, 9, 150, 64, 2, 48, 121, 33, 99, 140, 12, 5], [77, 5], [42] * 9]

@@ -1,5 +1,6 @@
 """Sliding-window and hybrid attention on transformers' forward and, for the families it computes (Gemma 2
-and 3: FusedGemma; Mistral and Qwen2: FusedLlama), on the fused forward, with continuous batching and the prefix cache, exact in fp32: the engine's greedy tokens equal transformers' own generate(), batched rows equal
+and 3: FusedGemma; Mistral and Qwen2: FusedLlama), on the fused forward, with continuous batching and the
+prefix cache, exact in fp32: the engine's greedy tokens equal transformers' own generate(), batched rows equal
 solo ones, a chunked prompt equals a whole one, and a prefix-cache hit equals a fresh prefill.
 
 Tiny random models of each family (2 layers, hidden 64, window 8) with the tiny Llama's tokenizer; the
@@ -46,8 +47,10 @@ GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
 TEXT = "The capital of France is Paris. The capital of Japan is Tokyo. Hello world! How are you today?"
 
 
-@pytest.fixture(scope="module", params=[(name, "transformers") for name in FAMILIES] + [(name, "fused") for name in FUSED],
-                ids=lambda param: "-".join(param))
+ON_EACH_FORWARD = [(name, "transformers") for name in FAMILIES] + [(name, "fused") for name in FUSED]
+
+
+@pytest.fixture(scope="module", params=ON_EACH_FORWARD, ids=lambda param: "-".join(param))
 def family(request, tmp_path_factory, tiny_model_dir):
     """(name, folder, loaded model) of one family, windowed, on one forward."""
     name, forward = request.param
@@ -116,3 +119,14 @@ def test_a_prefix_cache_hit_matches_a_fresh_prefill(family):
     run_to_end(core, {0: [make_sequence(loaded, "c", turn, GREEDY, third)]})
     assert core.prefix_cache_stats.reused_tokens > 2 * WINDOW + 3 + len(ids)
     assert output_of(third)[0] == run_alone(loaded, turn, GREEDY)[0]
+
+
+def test_the_auto_choice_for_a_window_is_the_fused_forward(family):
+    """The native kernels compute no window and no Gemma layer: a server's default start falls back to
+    the fused forward (saying why), not to transformers'."""
+    name, folder, loaded = family
+    if loaded.fused is None:
+        pytest.skip("on transformers' forward")
+    auto = load(tiny_load_config(folder, dtype="float32"))
+    assert auto.native is None and auto.fused is not None, auto.runtime.forward
+    assert auto.runtime.forward.startswith("fused (the native kernels compute"), auto.runtime.forward
