@@ -4,7 +4,9 @@ to 1e-4; bf16: within a few bf16 steps, no further from the fp32 function than t
 model), greedy tokens equal transformers' generate, rows batched together answer as alone, and a
 prefix-cache hit answers as a fresh prefill, with windows shorter than the prompt and layers mixing
 sliding and full attention. The loader's auto choice for them is the fused forward (the native kernels
-refuse Gemma's layers), never transformers'.
+refuse Gemma's layers), never transformers'; a folder whose config.json writes out its layer types and
+RoPE per layer type (as transformers 5 saves one) is read straight from its safetensors, to the same
+logits.
 
 Tiny random models (3 layers, hidden 64, window 6) with random norm weights (transformers starts
 Gemma's at zeros, a scale of exactly 1, which would hide a wrong (1 + weight)), a query_pre_attn_scalar
@@ -14,6 +16,7 @@ linearly scaled global RoPE, and its layer pattern from sliding_window_pattern.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,7 @@ import torch
 from transformers import AutoModelForCausalLM, Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig
 
 from app.engine.fused_gemma import FusedGemma
+from app.engine.llama_checkpoint import open_checkpoint
 from app.engine.loader import load
 from app.engine.prefix_cache import PrefixCacheConfig
 from app.engine.types import SamplingParams
@@ -152,3 +156,30 @@ def test_a_prefix_cache_hit_answers_as_a_fresh_prefill(gemma_dir):
     run_to_end(core, {0: [make_sequence(loaded, "b", ids, GREEDY, second)]})
     assert core.prefix_cache_stats.hits == 1
     assert output_of(second)[0] == run_alone(loaded, ids, GREEDY)[0]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_read_directly_it_computes_what_it_computes_through_transformers(gemma_dir, dtype):
+    direct = load(tiny_load_config(gemma_dir, dtype=dtype))
+    through = load(tiny_load_config(gemma_dir, dtype=dtype, read_checkpoints=False))
+    assert direct.model is None and through.model is not None, "read without transformers' modeling code"
+    assert isinstance(direct.fused, FusedGemma) and direct.runtime.forward == through.runtime.forward
+    direct_runner, through_runner = make_core(direct).runner, make_core(through).runner
+    for ids in PROMPTS:
+        assert torch.equal(direct_runner.prefill(direct_runner.new_cache(), ids, 0, every_position=True),
+                           through_runner.prefill(through_runner.new_cache(), ids, 0, every_position=True))
+
+
+def test_a_config_not_naming_its_layer_types_is_loaded_through_transformers(gemma_dir, tmp_path):
+    """Hub configs from before transformers 5 leave the layer pattern and per-type RoPE to the config
+    class: the checkpoint is then not read directly, and the model still runs on the fused forward."""
+    folder = tmp_path / "old-config"
+    folder.mkdir()
+    for file in gemma_dir.iterdir():
+        (folder / file.name).write_bytes(file.read_bytes())
+    config = json.loads((folder / "config.json").read_text())
+    del config["layer_types"]
+    (folder / "config.json").write_text(json.dumps(config))
+    assert "layer_types" in open_checkpoint(str(folder))
+    loaded = load(tiny_load_config(folder, dtype="float32"))
+    assert loaded.model is not None and isinstance(loaded.fused, FusedGemma), loaded.runtime.forward
