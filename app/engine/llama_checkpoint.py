@@ -1,10 +1,13 @@
-"""Reading a local Llama-family safetensors folder straight into FusedLlama, without transformers' modeling code.
+"""Reading a local Llama-family (or Gemma 2/3) safetensors folder straight into FusedLlama (FusedGemma),
+without transformers' modeling code.
 
 Importing transformers' model classes (and, through their config classes, torch.distributed) costs
 about two seconds on a small CPU; reading config.json and the safetensors files costs a tenth of
 that. This reads only checkpoints it can compute exactly as transformers would: one of the families
 registered in app/engine/families/ (which say each one's tensor names, biases, extra norms and
-refusals), the default RoPE, no quantization config, and exactly the tensors transformers would load.
+refusals), the default RoPE, no quantization config, and exactly the tensors transformers would load;
+Gemma only where config.json writes out its layer types and RoPE per layer type (default or linear),
+as transformers 5 saves them, not the older fields its config class derives them from.
 Anything else is refused with a reason, and the loader takes transformers' path instead.
 """
 
@@ -159,8 +162,9 @@ def _gemma_rope_refusal(config: dict) -> str | None:
     for kind, params in _gemma_rope_parameters(config).items():
         if not isinstance(params, dict) or params.get("rope_theta") is None:
             return f"config.json names no rope_theta for {kind}"
-        if params.get("rope_type", "default") not in ("default", "linear") or params.get("partial_rotary_factor", 1.0) != 1.0:
-            return f"RoPE type {params.get('rope_type')!r} for {kind}"
+        rope_type = params.get("rope_type", "default")
+        if rope_type not in ("default", "linear") or params.get("partial_rotary_factor", 1.0) != 1.0:
+            return f"RoPE type {rope_type!r} for {kind}"
     return None
 
 
@@ -252,7 +256,8 @@ def fused_from_checkpoint(checkpoint: LlamaCheckpoint, dtype: torch.dtype, devic
                       read.norm("model.norm.weight"), lm_head)
 
 
-def _gemma_from_checkpoint(checkpoint: LlamaCheckpoint, read: _Reader, dims: LlamaDims, device: torch.device) -> FusedGemma:
+def _gemma_from_checkpoint(checkpoint: LlamaCheckpoint, read: _Reader, dims: LlamaDims,
+                           device: torch.device) -> FusedGemma:
     """FusedGemma with the checkpoint's weights: norms as 1 + weight (fp32, from the weight in the model's
     dtype, as transformers computes them), RoPE per layer type (default or linear: inv_freq / factor)."""
     config, family = checkpoint.config, checkpoint.family
@@ -283,7 +288,8 @@ def _gemma_from_checkpoint(checkpoint: LlamaCheckpoint, read: _Reader, dims: Lla
         rotaries[kind] = rotary
     embed = read("model.embed_tokens.weight")
     lm_head = PackedLinear(embed) if config["tie_word_embeddings"] else read.linear("lm_head")
+    caps = {key: config.get(key) for key in family.softcapping}
     return FusedGemma(dims, embed, rotaries, layers, 1.0 + read.norm("model.norm.weight"), lm_head,
-                      embed_scale=int(config["hidden_size"]) ** 0.5, scaling=float(config["query_pre_attn_scalar"]) ** -0.5,
-                      attention_cap=config.get("attn_logit_softcapping") if "attn_logit_softcapping" in family.softcapping else None,
-                      final_cap=config.get("final_logit_softcapping"))
+                      embed_scale=int(config["hidden_size"]) ** 0.5,
+                      scaling=float(config["query_pre_attn_scalar"]) ** -0.5,
+                      attention_cap=caps.get("attn_logit_softcapping"), final_cap=caps.get("final_logit_softcapping"))
