@@ -1,5 +1,6 @@
-"""Sliding-window and hybrid attention on transformers' forward, with continuous batching and the prefix
-cache, exact in fp32: the engine's greedy tokens equal transformers' own generate(), batched rows equal
+"""Sliding-window and hybrid attention on transformers' forward and, for the families it computes (Gemma 2
+and 3: FusedGemma; Mistral and Qwen2: FusedLlama), on the fused forward, with continuous batching and the
+prefix cache, exact in fp32: the engine's greedy tokens equal transformers' own generate(), batched rows equal
 solo ones, a chunked prompt equals a whole one, and a prefix-cache hit equals a fresh prefill.
 
 Tiny random models of each family (2 layers, hidden 64, window 8) with the tiny Llama's tokenizer; the
@@ -40,25 +41,33 @@ FAMILIES = {
                                                         num_local_experts=4, num_experts_per_tok=2), None),
     "cohere2": (Cohere2ForCausalLM, lambda: Cohere2Config(**SIZES, sliding_window=WINDOW, layer_types=HYBRID), None),
 }
+# The families whose windows the fused forward computes too: each runs on both forwards here.
+FUSED = ("mistral", "qwen2", "gemma2", "gemma3")
 GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
 TEXT = "The capital of France is Paris. The capital of Japan is Tokyo. Hello world! How are you today?"
 
 
-@pytest.fixture(scope="module", params=list(FAMILIES))
+ON_EACH_FORWARD = [(name, "transformers") for name in FAMILIES] + [(name, "fused") for name in FUSED]
+
+
+@pytest.fixture(scope="module", params=ON_EACH_FORWARD, ids=lambda param: "-".join(param))
 def family(request, tmp_path_factory, tiny_model_dir):
-    """(folder, loaded model, full-attention overrides) of one family, windowed."""
-    model_class, make_config, _ = FAMILIES[request.param]
-    folder = _folder(tmp_path_factory.mktemp(request.param), tiny_model_dir, model_class, make_config())
-    return request.param, folder, load(tiny_load_config(folder, dtype="float32", native_kernels=False))
+    """(name, folder, loaded model) of one family, windowed, on one forward."""
+    name, forward = request.param
+    model_class, make_config, _ = FAMILIES[name]
+    folder = _folder(tmp_path_factory.mktemp(name), tiny_model_dir, model_class, make_config())
+    loaded = load(tiny_load_config(folder, dtype="float32", native_kernels=False, fused_forward=forward == "fused"))
+    assert loaded.runtime.forward.startswith(forward), loaded.runtime.forward
+    return name, folder, loaded
 
 
 def _ids(loaded, text: str = TEXT) -> list[int]:
     return loaded.tokenizer.encode(text)
 
 
-def test_every_layer_keeps_every_column_on_transformers_forward(family):
+def test_every_layer_keeps_every_column(family):
     _, _, loaded = family
-    assert loaded.fused is None and loaded.native is None and loaded.runtime.forward.startswith("transformers")
+    assert loaded.native is None and (loaded.fused is None) == loaded.runtime.forward.startswith("transformers")
     cache = make_core(loaded).runner.new_cache()
     check_plain_cache(cache)
     assert all(isinstance(layer, SlabLayer) for layer in cache.layers)
@@ -110,3 +119,14 @@ def test_a_prefix_cache_hit_matches_a_fresh_prefill(family):
     run_to_end(core, {0: [make_sequence(loaded, "c", turn, GREEDY, third)]})
     assert core.prefix_cache_stats.reused_tokens > 2 * WINDOW + 3 + len(ids)
     assert output_of(third)[0] == run_alone(loaded, turn, GREEDY)[0]
+
+
+def test_the_auto_choice_for_a_window_is_the_fused_forward(family):
+    """The native kernels compute no window and no Gemma layer: a server's default start falls back to
+    the fused forward (saying why), not to transformers'."""
+    name, folder, loaded = family
+    if loaded.fused is None:
+        pytest.skip("on transformers' forward")
+    auto = load(tiny_load_config(folder, dtype="float32"))
+    assert auto.native is None and auto.fused is not None, auto.runtime.forward
+    assert auto.runtime.forward.startswith("fused (the native kernels compute"), auto.runtime.forward

@@ -9,7 +9,8 @@ the model's own rotary module (so every RoPE scaling type it knows still applies
 read without transformers' modeling code (app/engine/models/llama_checkpoint.py), the default RoPE, and SDPA
 over the same KV cache layers transformers would use. The families it computes, and how each one's
 modules and tensors map onto it, are registered in app/engine/models/families/; models it does not recognise
-keep transformers' forward.
+keep transformers' forward. Sliding-window layers (Mistral, Qwen2) get a per-position window mask
+(`attention_mask`, shared with fused_gemma.py's FusedGemma, Gemma 2/3's forward).
 """
 
 from __future__ import annotations
@@ -53,15 +54,30 @@ def unsupported_reason(model: PreTrainedModel) -> str | None:
     def get(key: str, default: object) -> object:
         return getattr(model.config, key, default)
 
-    return family.refusal(get) or config_reason(get)
+    return family.refusal(get) or (config_reason(get, windows=True) if family.layer == "llama" else None)
 
 
-def config_reason(get: Callable[[str, object], object]) -> str | None:
-    """Why a config (read through `get(key, default)`) describes layers FusedLlama does not compute."""
+def layer_windows(get: Callable[[str, object], object], num_layers: int) -> list[int | None]:
+    """Each layer's sliding window as transformers' modeling code applies it (None: full attention):
+    the layers layer_types calls sliding (Qwen2/3, Gemma), else every layer where a window is set
+    (Mistral, Phi-3); Qwen2's use_sliding_window=False turns it off."""
+    window = get("sliding_window", None) if get("use_sliding_window", True) else None
+    types = get("layer_types", None)
+    if types:
+        return [window if kind == "sliding_attention" else None for kind in list(types)[:num_layers]]
+    return [window or None] * num_layers
+
+
+def config_reason(get: Callable[[str, object], object], windows: bool = False) -> str | None:
+    """Why a config (read through `get(key, default)`) describes layers FusedLlama does not compute;
+    sliding windows only where `windows` (a transformers model's: `layer_windows` reads them)."""
     if get("hidden_act", "silu") != "silu":
         return f"hidden_act {get('hidden_act', None)!r}"
     if get("pretraining_tp", 1) != 1:
         return "pretraining_tp > 1"
+    if windows:
+        others = {t for t in get("layer_types", None) or [] if t not in ("full_attention", "sliding_attention")}
+        return f"layer_types {sorted(others)}" if others else None
     if any(t != "full_attention" for t in (get("layer_types", None) or [])):
         return "sliding-window layers"
     if get("sliding_window", None) and get("use_sliding_window", True):
@@ -113,6 +129,7 @@ class FusedLayer:
     down: PackedLinear
     q_norm: torch.Tensor | None = None  # fp32 [head_dim]: Qwen3's RMSNorm over each head of q, before RoPE
     k_norm: torch.Tensor | None = None  # and of k
+    window: int | None = None  # a sliding-window layer's window (positions); None: full attention
 
 
 Rotary = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # (x, positions) -> cos, sin
@@ -124,6 +141,11 @@ class FusedLlama:
     Built from a transformers model (`fused_from_model`) or straight from a checkpoint's tensors.
     Norm weights are fp32; `embed` and the linears are in the model's dtype.
     """
+
+    @property
+    def native_refusal(self) -> str | None:
+        """Why the native kernels cannot compute this forward's layers (None: they can)."""
+        return "the native kernels compute no sliding window" if any(layer.window for layer in self.layers) else None
 
     def __init__(self, dims: LlamaDims, embed: torch.Tensor, rotary: Rotary, layers: list[FusedLayer],
                  final_norm: torch.Tensor, lm_head: PackedLinear) -> None:
@@ -151,12 +173,18 @@ class FusedLlama:
         # (hundreds, here) round by whole units at every add, and near-tied tokens flip.
         hidden = embedded.float()
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        past = cache.layers[0].get_seq_length() if cache.layers[0].is_initialized else 0
-        attn_mask = self._attention_mask(mask, input_ids.shape[1], past, hidden.device)
+        masks = self._masks(mask, positions, cache)
         for index, layer in enumerate(self.layers):
-            hidden = self._layer(layer, hidden, cos, sin, cache.layers[index], attn_mask)
+            hidden = self._layer(layer, hidden, cos, sin, cache.layers[index], masks[layer.window])
         kept = hidden[:, -1] if last_only else hidden
         return self.lm_head(self._norm(kept, self.final_norm)).float()
+
+    def _masks(self, mask: torch.Tensor | None, positions: torch.Tensor, cache: DynamicCache,
+               explicit: bool = False) -> dict[int | None, torch.Tensor | None]:
+        """Each of the layers' windows (None: full attention) -> its attention mask for this pass."""
+        past = cache.layers[0].get_seq_length() if cache.layers[0].is_initialized else 0
+        return {window: attention_mask(mask, positions, past, window, explicit)
+                for window in {layer.window for layer in self.layers}}
 
     def _norm(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """RMSNorm in fp32 over the last axis, handed on in the weights' dtype."""
@@ -195,22 +223,34 @@ class FusedLlama:
             return F.scaled_dot_product_attention(q, keys, values, is_causal=True)
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask)
 
-    @staticmethod
-    def _attention_mask(mask: torch.Tensor | None, tokens: int, past: int,
-                        device: torch.device) -> torch.Tensor | None:
-        """Bool [rows or 1, 1, tokens, columns]: True where a query may look; None = plain causal."""
+
+def attention_mask(mask: torch.Tensor | None, positions: torch.Tensor, past: int, window: int | None = None,
+                   explicit: bool = False) -> torch.Tensor | None:
+    """Bool [rows or 1, 1, tokens, columns]: True where a query may look; None = plain causal with
+    nothing hidden (SDPA's is_causal; never with `explicit`, for forwards that mask scores themselves).
+
+    mask: [rows, past + tokens] (1 = real token) or None when no row is padded; positions: [rows or 1,
+    tokens], each query's position. A sliding `window` limits each query to keys whose position is
+    greater than its own minus the window (transformers' sliding_window_overlay): positions, not
+    columns, since a left-padded row numbers its keys from its first real column (mask.cumsum).
+    """
+    tokens, device = positions.shape[-1], positions.device
+    if window is None and not explicit:
         if tokens == 1:
             return None if mask is None else mask[:, None, None, :].bool()
         if mask is None and past == 0:
             return None
-        columns = past + tokens
-        query = torch.arange(past, columns, device=device)[:, None]
-        key = torch.arange(columns, device=device)[None, :]
-        allowed = (key <= query)[None, None]
-        if mask is not None:
-            # A padding query sees only itself: a row with nothing to look at would turn into NaNs.
-            allowed = (allowed & mask[:, None, None, :].bool()) | (key == query)[None, None]
-        return allowed
+    columns = past + tokens
+    query = torch.arange(past, columns, device=device)[:, None]
+    key = torch.arange(columns, device=device)[None, :]
+    allowed = (key <= query)[None, None]
+    if window is not None:
+        key_positions = key if mask is None else mask.cumsum(dim=-1) - 1
+        allowed = allowed & (key_positions[:, None, :] > positions[:, :, None] - window)[:, None]
+    if mask is not None:
+        # A padding query sees only itself: a row with nothing to look at would turn into NaNs.
+        allowed = (allowed & mask[:, None, None, :].bool()) | (key == query)[None, None]
+    return allowed
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -224,7 +264,7 @@ def _joined(parent: torch.nn.Module, names: tuple[str, ...]) -> PackedLinear:
     return _fuse([getattr(parent, name) for name in names])
 
 
-def _fuse_layer(layer, family: Family) -> FusedLayer:
+def _fuse_layer(layer, family: Family, window: int | None) -> FusedLayer:
     attn, mlp = layer.self_attn, layer.mlp
     return FusedLayer(
         input_norm=layer.input_layernorm.weight.float(),
@@ -235,16 +275,18 @@ def _fuse_layer(layer, family: Family) -> FusedLayer:
         down=PackedLinear(mlp.down_proj.weight, mlp.down_proj.bias),
         q_norm=attn.q_norm.weight.float() if family.head_norms else None,
         k_norm=attn.k_norm.weight.float() if family.head_norms else None,
+        window=window,
     )
 
 
 def fused_from_model(model: PreTrainedModel) -> FusedLlama:
     """FusedLlama over a transformers model's own weights (its modules' weights become views)."""
-    dims = LlamaDims.of(lambda key, default: getattr(model.config, key, default))
-    family = by_architecture(type(model).__name__)
+    get = lambda key, default: getattr(model.config, key, default)  # noqa: E731
+    dims, family = LlamaDims.of(get), by_architecture(type(model).__name__)
     inner = model.model
+    layers, windows = inner.layers[: dims.num_layers], layer_windows(get, dims.num_layers)
     return FusedLlama(dims, inner.embed_tokens.weight, inner.rotary_emb,
-                      [_fuse_layer(layer, family) for layer in inner.layers[: dims.num_layers]],
+                      [_fuse_layer(layer, family, window) for layer, window in zip(layers, windows)],
                       inner.norm.weight.float(), PackedLinear(model.lm_head.weight, model.lm_head.bias))
 
 
@@ -255,4 +297,9 @@ def build_fused(hf_model: PreTrainedModel, enabled: bool) -> tuple[FusedLlama | 
     reason = unsupported_reason(hf_model)
     if reason is not None:
         return None, f"transformers ({reason})"
+    family = by_architecture(type(hf_model).__name__)
+    if family.layer == "gemma":
+        from app.engine.models.fused_gemma import gemma_from_model
+
+        return gemma_from_model(hf_model, family), "fused"
     return fused_from_model(hf_model), "fused"

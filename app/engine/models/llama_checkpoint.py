@@ -1,10 +1,13 @@
-"""Reading a local Llama-family safetensors folder straight into FusedLlama, without transformers' modeling code.
+"""Reading a local Llama-family (or Gemma 2/3) safetensors folder straight into FusedLlama (FusedGemma),
+without transformers' modeling code.
 
 Importing transformers' model classes (and, through their config classes, torch.distributed) costs
 about two seconds on a small CPU; reading config.json and the safetensors files costs a tenth of
 that. This reads only checkpoints it can compute exactly as transformers would: one of the families
 registered in app/engine/models/families/ (which say each one's tensor names, biases, extra norms and
-refusals), the default RoPE, no quantization config, and exactly the tensors transformers would load.
+refusals), the default RoPE, no quantization config, and exactly the tensors transformers would load;
+Gemma only where config.json writes out its layer types and RoPE per layer type (default or linear),
+as transformers 5 saves them, not the older fields its config class derives them from.
 Anything else is refused with a reason, and the loader takes transformers' path instead.
 """
 
@@ -19,12 +22,14 @@ from safetensors import safe_open
 
 from app.engine.models.families import by_model_type, model_types
 from app.engine.models.families.registry import Family, rope_parameters
+from app.engine.models.fused_gemma import FusedGemma, GemmaLayer
 from app.engine.models.fused_llama import (
     DefaultRotary,
     FusedLayer,
     FusedLlama,
     LlamaDims,
     config_reason,
+    layer_windows,
 )
 from app.engine.models.packed_linear import PackedLinear
 
@@ -32,6 +37,10 @@ from app.engine.models.packed_linear import PackedLinear
 # its defaults differ from what this module assumes when one is missing: LlamaConfig's).
 _REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "rms_norm_eps",
              "vocab_size")
+# Gemma's config.json must write these out (as transformers 5 saves it): its layer pattern and RoPE per
+# layer type are derived from other fields and renamed ones in older configs.
+_GEMMA_REQUIRED = ("num_key_value_heads", "head_dim", "max_position_embeddings", "query_pre_attn_scalar", "layer_types",
+                   "rope_parameters", "tie_word_embeddings")
 # Left in some older checkpoints; transformers recomputes it and ignores the stored copy.
 _IGNORED_SUFFIX = "rotary_emb.inv_freq"
 
@@ -109,6 +118,9 @@ def expected_tensors(config: dict) -> tuple[dict[str, tuple[int, ...]], dict[str
                 shapes[f"{prefix}{module}.bias"] = (sum(outputs[part] for part in parts),)
         if family.head_norms:
             shapes[prefix + "self_attn.q_norm.weight"] = shapes[prefix + "self_attn.k_norm.weight"] = (dims.head_dim,)
+        if family.layer == "gemma":
+            shapes[prefix + "pre_feedforward_layernorm.weight"] = (hidden,)
+            shapes[prefix + "post_feedforward_layernorm.weight"] = (hidden,)
     lm_head = {"lm_head.weight": (vocab, hidden)}
     if config.get("tie_word_embeddings", False):
         return shapes, lm_head  # tied: transformers uses the embedding whatever the file holds
@@ -125,13 +137,35 @@ def _config_refusal(config: dict) -> str | None:
     if config.get("quantization_config"):
         return "a quantized checkpoint"
     missing = [key for key in _REQUIRED + family.required if config.get(key) is None]
+    if family.layer == "gemma":  # every field whose class default or old-format spelling this does not mirror
+        missing += [key for key in _GEMMA_REQUIRED + family.softcapping if key not in config]
     if missing:
         return f"config.json does not name {', '.join(missing)}"
 
     def get(key: str, default: object) -> object:  # config.json, else the family's class default
         return config.get(key, family.defaults.get(key, default))
 
+    if family.layer == "gemma":
+        return family.refusal(get) or _gemma_rope_refusal(config)
     return family.refusal(get) or config_reason(get) or rope_theta(config)[1]
+
+
+def _gemma_rope_parameters(config: dict) -> dict[str, dict]:
+    """Each layer type's RoPE parameters (Gemma 3: per type; Gemma 2: one set for every layer)."""
+    params = config["rope_parameters"]
+    return {kind: params[kind] if isinstance(params.get(kind), dict) else params for kind in set(config["layer_types"])}
+
+
+def _gemma_rope_refusal(config: dict) -> str | None:
+    if "sliding_attention" in config["layer_types"] and config.get("sliding_window") is None:
+        return "config.json does not name sliding_window"
+    for kind, params in _gemma_rope_parameters(config).items():
+        if not isinstance(params, dict) or params.get("rope_theta") is None:
+            return f"config.json names no rope_theta for {kind}"
+        rope_type = params.get("rope_type", "default")
+        if rope_type not in ("default", "linear") or params.get("partial_rotary_factor", 1.0) != 1.0:
+            return f"RoPE type {rope_type!r} for {kind}"
+    return None
 
 
 def open_checkpoint(reference: str, overrides: dict[str, object] | None = None) -> LlamaCheckpoint | str:
@@ -200,6 +234,8 @@ def fused_from_checkpoint(checkpoint: LlamaCheckpoint, dtype: torch.dtype, devic
     """FusedLlama with the checkpoint's weights in `dtype` on `device`."""
     dims, family = LlamaDims.of(checkpoint.get), checkpoint.family
     read = _Reader(checkpoint.files, dtype, device)
+    if family.layer == "gemma":
+        return _gemma_from_checkpoint(checkpoint, read, dims, device)
     layers = []
     for i in range(dims.num_layers):
         prefix = f"model.layers.{i}."
@@ -218,3 +254,42 @@ def fused_from_checkpoint(checkpoint: LlamaCheckpoint, dtype: torch.dtype, devic
     theta, _ = rope_theta(checkpoint.config)
     return FusedLlama(dims, embed, DefaultRotary(theta, dims.head_dim, device), layers,
                       read.norm("model.norm.weight"), lm_head)
+
+
+def _gemma_from_checkpoint(checkpoint: LlamaCheckpoint, read: _Reader, dims: LlamaDims,
+                           device: torch.device) -> FusedGemma:
+    """FusedGemma with the checkpoint's weights: norms as 1 + weight (fp32, from the weight in the model's
+    dtype, as transformers computes them), RoPE per layer type (default or linear: inv_freq / factor)."""
+    config, family = checkpoint.config, checkpoint.family
+    layer_types = list(config["layer_types"])[: dims.num_layers]
+    windows = layer_windows(checkpoint.get, dims.num_layers)
+    layers = []
+    for i, (kind, window) in enumerate(zip(layer_types, windows)):
+        prefix = f"model.layers.{i}."
+        layers.append(GemmaLayer(
+            input_norm=1.0 + read.norm(prefix + "input_layernorm.weight"),
+            qkv=read.fused(prefix + "self_attn.", family.qkv),
+            o=read.linear(prefix + "self_attn.o_proj"),
+            post_norm=1.0 + read.norm(prefix + "post_attention_layernorm.weight"),
+            gate_up=read.fused(prefix + "mlp.", family.gate_up),
+            down=read.linear(prefix + "mlp.down_proj"),
+            q_norm=1.0 + read.norm(prefix + "self_attn.q_norm.weight") if family.head_norms else None,
+            k_norm=1.0 + read.norm(prefix + "self_attn.k_norm.weight") if family.head_norms else None,
+            window=window,
+            pre_mlp_norm=1.0 + read.norm(prefix + "pre_feedforward_layernorm.weight"),
+            post_mlp_norm=1.0 + read.norm(prefix + "post_feedforward_layernorm.weight"),
+            layer_type=kind,
+        ))
+    rotaries = {}
+    for kind, params in _gemma_rope_parameters(config).items():
+        rotary = DefaultRotary(float(params["rope_theta"]), dims.head_dim, device)
+        if params.get("rope_type", "default") == "linear":
+            rotary.inv_freq = rotary.inv_freq / float(params["factor"])
+        rotaries[kind] = rotary
+    embed = read("model.embed_tokens.weight")
+    lm_head = PackedLinear(embed) if config["tie_word_embeddings"] else read.linear("lm_head")
+    caps = {key: config.get(key) for key in family.softcapping}
+    return FusedGemma(dims, embed, rotaries, layers, 1.0 + read.norm("model.norm.weight"), lm_head,
+                      embed_scale=int(config["hidden_size"]) ** 0.5,
+                      scaling=float(config["query_pre_attn_scalar"]) ** -0.5,
+                      attention_cap=caps.get("attn_logit_softcapping"), final_cap=caps.get("final_logit_softcapping"))

@@ -268,7 +268,8 @@ def _read_dtype(checkpoint: LlamaCheckpoint, dtype: torch.dtype, native: bool) -
     """fp32 for an fp32 checkpoint bound for the native kernels (they find exact low-bit grids in
     fp32 weights, and pack the rest in `dtype`), else `dtype`."""
     dims = LlamaDims.of(checkpoint.get)
-    if native and checkpoint.stored_float32 and unsupported_reason(dims, dtype, torch.device("cpu")) is None:
+    if native and _native_checkpoint(checkpoint) and checkpoint.stored_float32 \
+            and unsupported_reason(dims, dtype, torch.device("cpu")) is None:
         return torch.float32
     return dtype
 
@@ -301,6 +302,8 @@ def _gguf(config: LoadConfig) -> GgufCheckpoint | None:
 def _native_checkpoint(checkpoint: LlamaCheckpoint | GgufCheckpoint | None) -> bool:
     """Whether the kernels will run this checkpoint (then auto is bf16 on any CPU). A model that only
     transformers reads gets the CPU's own auto dtype, as it may end on torch's forward."""
+    if isinstance(checkpoint, LlamaCheckpoint) and checkpoint.family.layer != "llama":
+        return False  # Gemma: the fused forward only
     return checkpoint is not None and not unsupported_reason(LlamaDims.of(checkpoint.get), torch.bfloat16,
                                                              torch.device("cpu"))
 
@@ -315,7 +318,7 @@ def _loaded_from(checkpoint: LlamaCheckpoint, tokenizer: PreTrainedTokenizerBase
 def _read_packed(checkpoint: LlamaCheckpoint | None, config: LoadConfig, tokenizer: PreTrainedTokenizerBase,
                  dtype: torch.dtype, runtime: RuntimeInfo, library: NativeLibrary) -> LoadedModel | None:
     """The native model from the weights a previous start packed (app/engine/native/packed_cache.py)."""
-    if checkpoint is None or unsupported_reason(LlamaDims.of(checkpoint.get), dtype, torch.device("cpu")):
+    if not _native_checkpoint(checkpoint) or unsupported_reason(LlamaDims.of(checkpoint.get), dtype, torch.device("cpu")):
         return None
     path = packed_cache.cache_file(checkpoint, dtype, config.quantization)
     native = packed_cache.load(path, library, LlamaDims.of(checkpoint.get), dtype, checkpoint)

@@ -45,7 +45,7 @@ def rope_refusal(fused: FusedLlama) -> str | None:
 def attach(fused: FusedLlama, library: NativeLibrary, dims: LlamaDims, dtype: torch.dtype, positions: int,
            quantization: str) -> NativeLlama | str:
     """The NativeLlama over `fused`'s weights, or why it cannot run this model."""
-    reason = unsupported_reason(dims, dtype, torch.device("cpu")) or rope_refusal(fused)
+    reason = fused.native_refusal or unsupported_reason(dims, dtype, torch.device("cpu")) or rope_refusal(fused)
     if reason is not None:
         return reason
     started = time.perf_counter()

@@ -1,11 +1,12 @@
-"""The model families FusedLlama (and so the native kernels) compute: what each checkpoint looks like.
+"""The model families the fast path computes: what each checkpoint looks like.
 
-Every family here has the same decoder layer: RMSNorm -> attention (q/k/v/o, RoPE, GQA) -> residual ->
+Every family here but Gemma's has the same decoder layer (FusedLlama's, which the native kernels compute): RMSNorm -> attention (q/k/v/o, RoPE, GQA) -> residual ->
 RMSNorm -> SiLU-gated MLP -> residual. What differs is written down once, in one module per family
 (llama.py, qwen2.py, ...): the tensor names (q/k/v stored apart or fused, gate/up likewise), which
 projections carry biases, extra norms (Qwen3's per-head q/k norms), the config keys whose class
 defaults must be written out, and what the fast path cannot compute for it (refused in one line, the
-model then runs on transformers' forward). The loader, llama_checkpoint.py, fused_llama.py and the
+model then runs on transformers' forward). Gemma 2 and 3 (`layer="gemma"`: four norms around attention and MLP, a
+GELU MLP, soft-capping, local and global layers) run on FusedGemma (fused_gemma.py), torch only. The loader, llama_checkpoint.py, fused_llama.py and the
 native kernels look a family up here by config.json's `model_type` or transformers' class name, so
 adding a family is one module (a `FAMILY`), its name in _MODULES, and its test
 (tests/engine/test_families.py), as mini-sglang's models/register.py lists its model modules.
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 Getter = Callable[[str, object], object]  # (config key, default) -> value: a config.json dict or a config object
 
 # The family modules, each defining FAMILY; imported on the first lookup.
-_MODULES = ("llama", "qwen2", "mistral", "qwen3", "phi3")
+_MODULES = ("llama", "qwen2", "mistral", "qwen3", "phi3", "gemma2", "gemma3")
 
 
 def _none(get: Getter) -> tuple[str, ...]:
@@ -53,6 +54,12 @@ class Family:
     biases: Callable[[Getter], tuple[str, ...]] = _none
     # What the fast path cannot compute for this family, in one line naming the field; None if nothing.
     refusal: Callable[[Getter], str | None] = _nothing_refused
+    # The decoder layer's shape, which picks the forward: "llama" (FusedLlama, and the native kernels
+    # packed from it) or "gemma" (FusedGemma, fused_gemma.py: torch only).
+    layer: str = "llama"
+    # Config keys whose values cap the attention scores and/or the final logits as cap * tanh(x / cap)
+    # (Gemma 2: both; Gemma 3 reads only the final one): where a key's value is None, no cap.
+    softcapping: tuple[str, ...] = ()
 
     def tensor_names(self) -> dict[str, tuple[str, ...]]:
         """Each stored projection module (relative to a layer) -> the parts it holds, in order."""
