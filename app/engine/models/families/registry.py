@@ -1,14 +1,15 @@
 """The model families the fast path computes: what each checkpoint looks like.
 
-Every family here but Gemma's has the same decoder layer (FusedLlama's, which the native kernels compute): RMSNorm -> attention (q/k/v/o, RoPE, GQA) -> residual ->
-RMSNorm -> SiLU-gated MLP -> residual. What differs is written down once, in one module per family
-(llama.py, qwen2.py, ...): the tensor names (q/k/v stored apart or fused, gate/up likewise), which
-projections carry biases, extra norms (Qwen3's per-head q/k norms), the config keys whose class
-defaults must be written out, and what the fast path cannot compute for it (refused in one line, the
-model then runs on transformers' forward). Gemma 2 and 3 (`layer="gemma"`: four norms around attention and MLP, a
-GELU MLP, soft-capping, local and global layers) run on FusedGemma (fused_gemma.py), torch only. The loader, llama_checkpoint.py, fused_llama.py and the
-native kernels look a family up here by config.json's `model_type` or transformers' class name, so
-adding a family is one module (a `FAMILY`), its name in _MODULES, and its test
+Every family here but Gemma's has the same decoder layer (FusedLlama's, which the native kernels
+compute): RMSNorm -> attention (q/k/v/o, RoPE, GQA) -> residual -> RMSNorm -> SiLU-gated MLP -> residual.
+What differs is written down once, in one module per family (llama.py, qwen2.py, ...): the tensor names
+(q/k/v stored apart or fused, gate/up likewise), which projections carry biases, extra norms (Qwen3's
+per-head q/k norms), the config keys whose class defaults must be written out, and what the fast path
+cannot compute for it (refused in one line, the model then runs on transformers' forward). Gemma 2 and 3
+(`layer="gemma"`: four norms around attention and MLP, a GELU MLP, soft-capping, local and global
+layers) run on FusedGemma (fused_gemma.py), torch only. The loader, llama_checkpoint.py, fused_llama.py
+and the native kernels look a family up here by config.json's `model_type` or transformers' class name,
+so adding a family is one module (a `FAMILY`), its name in _MODULES, and its test
 (tests/engine/test_families.py), as mini-sglang's models/register.py lists its model modules.
 """
 
