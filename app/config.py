@@ -60,8 +60,9 @@ class Settings(BaseSettings):
     speculation: bool = Field(True, description="prompt-lookup drafts for a lone stream, verified in one "
                               "forward (native kernels; the same tokens either way); false: one token per step")
     trust_remote_code: bool = Field(False, description="allow model folders that ship Python code")
-    fused_forward: bool = Field(True, description="tokenwire's fused forward for Llama/Mistral/Qwen2 models "
-                                "(false: transformers' own forward for every model)")
+    fused_forward: bool = Field(True, description="tokenwire's fused forward for the registered families' "
+                                "models (Llama, Qwen2/3, Mistral, Phi-3, Gemma 2/3; false: transformers' own "
+                                "forward for every model)")
     native_kernels: bool = Field(True, description="tokenwire's native CPU kernels for the fused models: the "
                                  "same answer alone or batched, and faster (false: torch ops)")
     native_isa: Literal["auto", "avx512", "avx2", "generic"] = Field(
