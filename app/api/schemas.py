@@ -10,8 +10,8 @@ from typing import Annotated, Any, Literal
 
 from dataclasses import replace
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from app.durations import duration_seconds
 from app.api.responses_items import ItemId, chat_messages, message_input_item, new_item_id, reasoning_item
@@ -19,6 +19,7 @@ from app.api.responses_tools import (FunctionCallItem, FunctionCallOutputItem, F
                                      refuse_hosted_tools)
 from app.api.tool_schema import STRICT, NamedToolChoice, Text, Tool, ToolCall, tool_constraint
 from app.chat_formats.registry import DEFAULT as DEFAULT_FORMAT
+from app.engine.errors import InvalidRequest
 from app.engine.types import Constraint, ModelInfo, SamplingParams
 
 MAX_STOP_STRINGS = 4
@@ -610,7 +611,13 @@ class ResponsesRequest(BaseModel):
         if self.tool_choice is not None:
             choice = self.tool_choice
             fields["tool_choice"] = choice.for_chat() if isinstance(choice, FunctionToolChoice) else choice
-        return ChatCompletionRequest.model_validate(fields)
+        try:
+            return ChatCompletionRequest.model_validate(fields)
+        except ValidationError as exc:  # items valid alone that make no conversation (reasoning alone: no turn)
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"])
+            raise InvalidRequest(f"input makes no conversation the model can answer: {where}: {error['msg']}",
+                                 param="input") from None
 
     def _response_format(self) -> dict:
         # Chat's response_format names the schema; Responses' text.format may leave the name out.
