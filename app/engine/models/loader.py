@@ -1,9 +1,10 @@
 """The only caller of `from_pretrained`: turns a model reference into a model, tokenizer and facts.
 
 A model reference is a local folder, a Hugging Face hub id, or a path to a `.gguf` file. A local
-safetensors folder of a family FusedLlama computes (app/engine/models/families/: Llama, the default model's
-kind, Qwen2, Mistral, Qwen3, Phi-3) is read straight into FusedLlama (app/engine/models/llama_checkpoint.py),
-or mapped as packed by an earlier start (native/packed_cache.py), and a Llama folder's plain fast
+safetensors folder of a registered family (app/engine/models/families/: Llama, the default model's kind,
+Qwen2, Mistral, Qwen3, Phi-3; Gemma 2/3 into FusedGemma) is read straight into the fused forward
+(app/engine/models/llama_checkpoint.py), or mapped as packed by an earlier start (native/packed_cache.py),
+and a Llama folder's plain fast
 tokenizer is FastTokenizer (app/engine/text/tokenizer.py): transformers'
 model and config classes import its modeling code (and torch.distributed), and transformers itself
 takes half a second to import. Everything else goes through `from_pretrained` / AutoTokenizer.
