@@ -16,10 +16,28 @@ overrides returned here (and may then run on the fused forward).
 from __future__ import annotations
 
 from app.engine.errors import ModelRefused
+from app.engine.models.families.registry import Getter
 
 _FULL, _SLIDING = "full_attention", "sliding_attention"
 _SERVED = (_FULL, _SLIDING)
 _NEEDS = "batched decoding serves full and sliding-window attention layers only"
+
+
+def configured_window(get: Getter) -> int | None:
+    """The config's sliding window; Qwen2-style configs keep one they do not use unless
+    use_sliding_window says so."""
+    return get("sliding_window", None) if get("use_sliding_window", True) else None
+
+
+def layer_windows(get: Getter, num_layers: int) -> list[int | None]:
+    """Each layer's sliding window as transformers' modeling code applies it (None: full attention):
+    the layers layer_types calls sliding (Qwen2/3, Gemma), else every layer where a window is set
+    (Mistral, Phi-3)."""
+    window = configured_window(get)
+    types = get("layer_types", None)
+    if types:
+        return [window if kind == _SLIDING else None for kind in list(types)[:num_layers]]
+    return [window or None] * num_layers
 
 
 def full_attention_overrides(config: dict, max_model_len: int, source: str = "config.json") -> dict[str, object]:
@@ -38,8 +56,7 @@ def full_attention_overrides(config: dict, max_model_len: int, source: str = "co
         raise ModelRefused(f"{source} kv_sharing_modes has 'reuse' (layers sharing a KV cache): {_NEEDS}")
     if text.get("attention_chunk_size") is not None:
         raise ModelRefused(f"{source} attention_chunk_size={text['attention_chunk_size']} (chunked attention): {_NEEDS}")
-    # Qwen2-style configs keep a window they do not use unless use_sliding_window says so.
-    window = text.get("sliding_window") if text.get("use_sliding_window", True) else None
+    window = configured_window(text.get)
     sliding = _SLIDING in (layer_types or ()) or (layer_types is None and window is not None)
     if not sliding:
         return {}

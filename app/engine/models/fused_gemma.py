@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from app.engine.models.families.registry import Family
-from app.engine.models.fused_llama import FusedLayer, FusedLlama, LlamaDims, Rotary, _joined, _rotate, layer_windows
+from app.engine.models.families.registry import Family, Getter
+from app.engine.models.attention_layers import layer_windows
+from app.engine.models.fused_llama import FusedLayer, FusedLlama, LlamaDims, Rotary, _joined, _rotate
 from app.engine.models.packed_linear import PackedLinear
 
 if TYPE_CHECKING:
@@ -41,6 +42,22 @@ class GemmaLayer(FusedLayer):
     layer_type: str = _FULL  # which RoPE table the layer reads (Gemma 3's local and global layers differ)
 
 
+@dataclass(frozen=True)
+class GemmaScales:
+    """What a Gemma config sets beside the sizes: the embeddings' scale, the scores' scale, the caps."""
+
+    embed_scale: float  # sqrt(hidden_size)
+    scaling: float  # query_pre_attn_scalar ** -0.5
+    attention_cap: float | None  # Gemma 2's attn_logit_softcapping (Gemma 3's attention reads none)
+    final_cap: float | None  # final_logit_softcapping
+
+    @classmethod
+    def of(cls, get: Getter, family: Family) -> GemmaScales:
+        caps = {key: get(key, None) for key in family.softcapping}
+        return cls(float(get("hidden_size", None)) ** 0.5, float(get("query_pre_attn_scalar", None)) ** -0.5,
+                   caps.get("attn_logit_softcapping"), caps.get("final_logit_softcapping"))
+
+
 def _cap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
     return x if cap is None else torch.tanh(x / cap) * cap
 
@@ -51,14 +68,13 @@ class FusedGemma(FusedLlama):
     native_refusal = "the native kernels compute Llama-shaped layers, not Gemma's"  # shadows FusedLlama's property
 
     def __init__(self, dims: LlamaDims, embed: torch.Tensor, rotaries: dict[str, Rotary], layers: list[GemmaLayer],
-                 final_norm: torch.Tensor, lm_head: PackedLinear, embed_scale: float, scaling: float,
-                 attention_cap: float | None, final_cap: float | None) -> None:
+                 final_norm: torch.Tensor, lm_head: PackedLinear, scales: GemmaScales) -> None:
         super().__init__(dims, embed, rotaries[_FULL] if _FULL in rotaries else next(iter(rotaries.values())),
                          layers, final_norm, lm_head)
         self.rotaries = rotaries
         # transformers multiplies by the scale held in the weights' dtype (sqrt(3584) is 59.75 in bf16).
-        self.embed_scale = torch.tensor(embed_scale).to(embed.dtype)
-        self.scaling, self.attention_cap, self.final_cap = scaling, attention_cap, final_cap
+        self.embed_scale = torch.tensor(scales.embed_scale).to(embed.dtype)
+        self.scaling, self.attention_cap, self.final_cap = scales.scaling, scales.attention_cap, scales.final_cap
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor,
@@ -141,11 +157,9 @@ def gemma_from_model(model: PreTrainedModel, family: Family) -> FusedGemma:
     get = lambda key, default: getattr(config, key, default)  # noqa: E731
     dims = LlamaDims.of(get)
     layer_types = list(getattr(config, "layer_types", None) or [_FULL] * dims.num_layers)[: dims.num_layers]
-    caps = {key: getattr(config, key, None) for key in family.softcapping}
     inner = model.model
     layers = [_fuse_layer(layer, family, kind, window) for layer, kind, window
               in zip(inner.layers[: dims.num_layers], layer_types, layer_windows(get, dims.num_layers))]
     return FusedGemma(dims, inner.embed_tokens.weight, _rotaries(inner.rotary_emb, config, layer_types), layers,
                       _one_plus(inner.norm), PackedLinear(model.lm_head.weight, model.lm_head.bias),
-                      embed_scale=config.hidden_size ** 0.5, scaling=config.query_pre_attn_scalar ** -0.5,
-                      attention_cap=caps.get("attn_logit_softcapping"), final_cap=caps.get("final_logit_softcapping"))
+                      GemmaScales.of(get, family))

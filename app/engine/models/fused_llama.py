@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from app.engine.models.attention_layers import configured_window, layer_windows
 from app.engine.models.families import architectures, by_architecture
 from app.engine.models.families.registry import Family
 from app.engine.models.packed_linear import PackedLinear
@@ -57,17 +58,6 @@ def unsupported_reason(model: PreTrainedModel) -> str | None:
     return family.refusal(get) or (config_reason(get, windows=True) if family.layer == "llama" else None)
 
 
-def layer_windows(get: Callable[[str, object], object], num_layers: int) -> list[int | None]:
-    """Each layer's sliding window as transformers' modeling code applies it (None: full attention):
-    the layers layer_types calls sliding (Qwen2/3, Gemma), else every layer where a window is set
-    (Mistral, Phi-3); Qwen2's use_sliding_window=False turns it off."""
-    window = get("sliding_window", None) if get("use_sliding_window", True) else None
-    types = get("layer_types", None)
-    if types:
-        return [window if kind == "sliding_attention" else None for kind in list(types)[:num_layers]]
-    return [window or None] * num_layers
-
-
 def config_reason(get: Callable[[str, object], object], windows: bool = False) -> str | None:
     """Why a config (read through `get(key, default)`) describes layers FusedLlama does not compute;
     sliding windows only where `windows` (a transformers model's: `layer_windows` reads them)."""
@@ -80,7 +70,7 @@ def config_reason(get: Callable[[str, object], object], windows: bool = False) -
         return f"layer_types {sorted(others)}" if others else None
     if any(t != "full_attention" for t in (get("layer_types", None) or [])):
         return "sliding-window layers"
-    if get("sliding_window", None) and get("use_sliding_window", True):
+    if configured_window(get):
         return "a sliding window"
     return None
 

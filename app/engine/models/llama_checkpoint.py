@@ -20,16 +20,16 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from app.engine.models.attention_layers import layer_windows
 from app.engine.models.families import by_model_type, model_types
 from app.engine.models.families.registry import Family, rope_parameters
-from app.engine.models.fused_gemma import FusedGemma, GemmaLayer
+from app.engine.models.fused_gemma import FusedGemma, GemmaLayer, GemmaScales
 from app.engine.models.fused_llama import (
     DefaultRotary,
     FusedLayer,
     FusedLlama,
     LlamaDims,
     config_reason,
-    layer_windows,
 )
 from app.engine.models.packed_linear import PackedLinear
 
@@ -288,8 +288,5 @@ def _gemma_from_checkpoint(checkpoint: LlamaCheckpoint, read: _Reader, dims: Lla
         rotaries[kind] = rotary
     embed = read("model.embed_tokens.weight")
     lm_head = PackedLinear(embed) if config["tie_word_embeddings"] else read.linear("lm_head")
-    caps = {key: config.get(key) for key in family.softcapping}
     return FusedGemma(dims, embed, rotaries, layers, 1.0 + read.norm("model.norm.weight"), lm_head,
-                      embed_scale=int(config["hidden_size"]) ** 0.5,
-                      scaling=float(config["query_pre_attn_scalar"]) ** -0.5,
-                      attention_cap=caps.get("attn_logit_softcapping"), final_cap=caps.get("final_logit_softcapping"))
+                      GemmaScales.of(checkpoint.get, family))
