@@ -89,7 +89,7 @@ class EngineCore:
                  prefix_cache: PrefixCache | None = None, speculation: bool = False) -> None:
         self.runner = runner
         self.prefix_cache = prefix_cache
-        self.store = KVStore(runner.device)
+        self.store = KVStore(runner.device, runner.sliding_windows)
         self.scheduler = Scheduler(scheduler, on_admit=self._admit,
                                    reclaimable=HeldMemory(self.store, prefix_cache))
         self.vocab_size = vocab_size
@@ -213,7 +213,7 @@ class EngineCore:
             if (sequence.status.is_finished or position == len(drafts)
                     or sequence.output_ids[-1] != drafts[position]):
                 break
-        self.runner.keep(self.store, emitted)
+        self.runner.keep(self.store, emitted, len(fed))
         self._drafters[sequence].record(len(drafts), emitted - 1)
         self.drafted_tokens += len(drafts)
         self.accepted_drafts += emitted - 1
@@ -228,7 +228,8 @@ class EngineCore:
         if entry is None:
             return
         remaining = sequence.num_prompt_tokens - reused
-        self._prefill_caches[sequence] = self.runner.cache_starting_with(entry.layers, reused, remaining)
+        self._prefill_caches[sequence] = self.runner.cache_starting_with(entry.layers, reused, remaining,
+                                                                         entry.num_tokens)
         sequence.num_prefilled = sequence.num_cached_tokens = reused
 
     def _prefill_whole(self, group: list[Sequence]) -> None:
@@ -271,7 +272,7 @@ class EngineCore:
                     logits: torch.Tensor) -> None:
         """Store the prompts' KV, fork rows for n > 1, sample each first token; those not finished
         join the decode batch."""
-        self._store_prompts(group, cache, mask.shape[1])
+        self._store_prompts(group, cache)
         if any(s.forks for s in group):
             group, mask, logits = self._fork(group, cache, mask, logits)
         self._sample_and_emit(group, logits)
@@ -299,13 +300,13 @@ class EngineCore:
         index = select_rows(cache, rows)
         return expanded, mask.index_select(0, index), logits.index_select(0, index)
 
-    def _store_prompts(self, group: list[Sequence], cache: LayerCache, columns: int) -> None:
+    def _store_prompts(self, group: list[Sequence], cache: LayerCache) -> None:
         """Copy each whole prompt's KV (the right-aligned columns of its row) into the prefix cache."""
         if self.prefix_cache is None:
             return
         for row, sequence in enumerate(group):
-            layers = row_views(cache, row, columns - sequence.num_prompt_tokens, columns)
-            self.prefix_cache.insert(sequence.prompt_ids, layers, self._room_for_prefixes())
+            layers = row_views(cache, row, sequence.num_prompt_tokens)
+            self._insert_prefix(sequence.prompt_ids, layers)
 
     def _store_conversation(self, sequence: Sequence) -> None:
         """A finished row's prompt + output (all but the last token, which was never fed) for the next turn."""
@@ -313,8 +314,12 @@ class EngineCore:
             return
         token_ids = sequence.prompt_ids + sequence.output_ids[:-1]
         layers = self.store.row_kv(sequence)
-        assert layers[0][0].shape[-2] == len(token_ids), "a row's KV covers its prompt and fed outputs"
-        self.prefix_cache.insert(token_ids, layers, self._room_for_prefixes())
+        assert max(keys.shape[-2] for keys, _ in layers) <= len(token_ids), "a row's KV is its prompt and fed outputs"
+        self._insert_prefix(token_ids, layers)
+
+    def _insert_prefix(self, token_ids: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        first = self.store.first_reusable(layers, len(token_ids))
+        self.prefix_cache.insert(token_ids, layers, self._room_for_prefixes(), first_reusable=first)
 
     def _room_for_prefixes(self) -> int:
         """KV budget neither reserved by admitted sequences nor held by rows kept for joiners."""

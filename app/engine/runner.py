@@ -34,6 +34,11 @@ if TYPE_CHECKING:
 MAX_WARM_ROWS = 128
 
 
+def _offsets_kwarg(offsets: list[int]) -> dict[str, list[int]]:
+    """NativeLlama.run's layer_offsets, where a layer forgot columns."""
+    return {"layer_offsets": offsets} if any(offsets) else {}
+
+
 def _cache_kwarg(model: PreTrainedModel) -> str:
     # transformers 5.x renamed `past_key_values` to `cache`; accept both generations.
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -54,12 +59,20 @@ class ModelRunner:
             return slab_cache_of((self.native or self.fused).dims.num_layers)
         return slab_cache(self.model.config)
 
+    @property
+    def sliding_windows(self) -> list[int | None] | None:
+        """Each layer's sliding window where this forward finds keys by position, so a KVStore may let
+        sliding layers forget what no query sees (ours); None: every layer must keep every column
+        (transformers' masks count columns)."""
+        forward = self.native or self.fused
+        return None if forward is None else getattr(forward, "windows", None)
+
     def cache_starting_with(self, layers: list[tuple[torch.Tensor, torch.Tensor]], tokens: int,
-                            room: int) -> DynamicCache:
-        """A new one-row cache holding a copy of the first `tokens` columns of `layers`, with room
-        for `room` more columns before it grows."""
+                            room: int, total: int) -> DynamicCache:
+        """A new one-row cache holding a copy of positions up to `tokens` of `layers` (the last columns of
+        a `total`-token row), with room for `room` more columns before it grows."""
         cache = self.new_cache()
-        start_with_prefix(cache, layers, tokens, room)
+        start_with_prefix(cache, layers, tokens, room, total)
         return cache
 
     @torch.inference_mode()
@@ -71,7 +84,7 @@ class ModelRunner:
             count = len(token_ids)
             wanted = range(count) if every_position else [count - 1]
             logits = self._native_pass(cache, [0], token_ids, range(start, start + count), [0] * count,
-                                       start + count, wanted)
+                                       start, count, wanted)
             return logits if every_position else logits[0]
         input_ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)
         positions = torch.arange(start, start + len(token_ids), device=self.device).unsqueeze(0)
@@ -102,7 +115,7 @@ class ModelRunner:
         if self.native is not None:
             rows, columns, lengths = store.num_rows, store.num_columns, store.lengths
             logits = self._native_pass(store.cache, [columns - n for n in lengths], last_tokens, lengths,
-                                       range(rows), columns + 1, range(rows))
+                                       range(rows), columns, 1, range(rows))
             store.advance()
             return logits
         input_ids = torch.tensor(last_tokens, dtype=torch.long, device=self.device).unsqueeze(1)
@@ -122,11 +135,12 @@ class ModelRunner:
         assert self.native is not None and store.num_rows == 1
         length, columns, count = store.lengths[0], store.num_columns, len(tokens)
         return self._native_pass(store.cache, [columns - length], tokens, range(length, length + count),
-                                 [0] * count, columns + count, range(count))
+                                 [0] * count, columns, count, range(count))
 
-    def keep(self, store: KVStore, count: int) -> None:
-        """After `verify`: the row is `count` positions longer (the drafts after those are dropped)."""
-        store.keep_written(count)
+    def keep(self, store: KVStore, count: int, written: int) -> None:
+        """After `verify` of `written` tokens: the row is `count` positions longer (the drafts after
+        those are dropped)."""
+        store.keep_written(count, written)
 
     def _native_prefill_batch(self, prompts: list[list[int]], width: int
                               ) -> tuple[LayerCache, torch.Tensor, torch.Tensor]:
@@ -136,22 +150,25 @@ class ModelRunner:
         ends = list(itertools.accumulate(lengths))
         logits = self._native_pass(cache, [width - n for n in lengths], [t for p in prompts for t in p],
                                    [i for n in lengths for i in range(n)],
-                                   [row for row, n in enumerate(lengths) for _ in range(n)], width,
+                                   [row for row, n in enumerate(lengths) for _ in range(n)], 0, width,
                                    [end - 1 for end in ends])
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for row, n in enumerate(lengths):
             mask[row, width - n:] = 1
         return cache, mask, logits
 
-    def _native_pass(self, cache: LayerCache, first_columns, tokens, positions, rows, columns: int,
+    def _native_pass(self, cache: LayerCache, first_columns, tokens, positions, rows, columns: int, added: int,
                      wanted) -> torch.Tensor:
-        """One NativeLlama pass writing into `cache`'s layers, which hold `columns` columns afterwards
-        (row r's position p at column first_columns[r] + p)."""
+        """One NativeLlama pass writing into `cache`'s layers: `columns` logical columns before it, `added`
+        more after (row r's position p at logical column first_columns[r] + p; each layer holds the last
+        of them, a sliding one maybe fewer)."""
         dims = self.native.dims
         like = torch.empty((len(first_columns), dims.num_kv_heads, 0, dims.head_dim), dtype=self.native.kv_dtype)
-        buffers = cache.writable_buffers(columns, like)
-        logits = self.native.run(tokens, positions, rows, first_columns, buffers, wanted)
-        cache.hold_written(buffers, columns)
+        offsets = cache.layer_offsets(columns)
+        after = [columns + added - offset for offset in offsets]
+        buffers = cache.writable_buffers(after, like)
+        logits = self.native.run(tokens, positions, rows, first_columns, buffers, wanted, **_offsets_kwarg(offsets))
+        cache.hold_written(buffers, after)
         return logits
 
     def warm_row_slices(self, max_rows: int) -> Slices:

@@ -3,10 +3,14 @@
 Rows are left-padded to a common width, with each row's length (its real columns end there) and
 position (TGI's CausalLMBatch is the model). The store is the one place that knows row i belongs to sequence s:
 rows join with their own prefilled cache, leave by sequence, and hand out a row's KV for the prefix
-cache. Every layer is a SlabLayer with spare columns, and the moves keep that spare room; a sliding-window
-layer is one too, holding every position (the model's sliding-window mask keeps each query to the last
-`window` columns, which left padding makes the row's last positions; see ARCHITECTURE.md). A ring of
-`window` columns would bound such a layer's memory and attention; it is not built. Under load
+cache. Every layer is a SlabLayer with spare columns, and the moves keep that spare room. A
+sliding-window layer (where the forward says which: `windows`) keeps only its last columns: left
+padding right-aligns every row, so the next query of every row sees keys in the last `window - 1`
+columns only, and older ones are dropped (a view) once REUSE_MARGIN + FORGET_STEP columns past that
+have piled up; the buffer's next growth then copies just what is kept. Its memory and attention stay
+bounded by the window, not the context (bench/window_kv.py measures this against keeping every
+column under the window mask). Each layer holds the LAST `get_seq_length()` of the store's
+`num_columns` logical columns: the invariant every move below keeps. Under load
 rows come and go one at a time, so a move must not cost the whole batch: a leaver's slot is filled by
 a row from the end (one row copied per layer) and the buffers keep the freed rows; a joiner that fits
 in them is written there, otherwise each layer is copied once into a buffer with room for all rows.
@@ -32,6 +36,17 @@ if TYPE_CHECKING:
 # Sliding-window layers are SlabLayers too (slab_cache.slab_cache): transformers' mask does the sliding.
 _PLAIN_LAYERS = frozenset({"DynamicLayer", "SlabLayer", "HFSlabLayer"})
 
+# Columns a sliding layer keeps beyond its window: a prefix-cache hit up to this many tokens short of a
+# stored conversation's end (a chat template re-rendering the last turn's ending) still finds every key.
+REUSE_MARGIN = 128
+# Forgetting waits until this many columns more than it keeps have piled up: one view per FORGET_STEP steps.
+FORGET_STEP = 128
+
+
+def kept_columns(window: int) -> int:
+    """Columns a sliding layer of this window keeps after forgetting."""
+    return window - 1 + REUSE_MARGIN
+
 
 def check_plain_cache(cache: DynamicCache | LayerCache) -> None:
     """Left padding is only sound for layers that keep every column; transformers' window rings,
@@ -41,6 +56,11 @@ def check_plain_cache(cache: DynamicCache | LayerCache) -> None:
             raise NotImplementedError(
                 f"batched decoding supports KV caches that keep every position only, not {type(layer).__name__}"
             )
+
+
+def held_columns(layer) -> int:
+    """Filled columns of a cache layer (0 before its first write)."""
+    return layer.get_seq_length() if layer.is_initialized else 0
 
 
 def layer_bytes(layer) -> int:
@@ -55,25 +75,31 @@ def cache_bytes(cache: DynamicCache | LayerCache) -> int:
     return sum(layer_bytes(layer) for layer in cache.layers)
 
 
-def row_views(cache: DynamicCache | LayerCache, row: int, start: int,
-              end: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Views of columns start:end of one row per layer, (keys, values) each [1, heads, end - start, dim];
-    copy to keep."""
-    return [(layer.keys[row:row + 1, :, start:end], layer.values[row:row + 1, :, start:end]) for layer in cache.layers]
+def row_views(cache: DynamicCache | LayerCache, row: int, tokens: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Views of one row's last `tokens` columns per layer (fewer where a sliding layer forgot older
+    ones), (keys, values) each [1, heads, columns, dim]; copy to keep."""
+    views = []
+    for layer in cache.layers:
+        start = max(held_columns(layer) - tokens, 0)
+        views.append((layer.keys[row:row + 1, :, start:], layer.values[row:row + 1, :, start:]))
+    return views
 
 
 def start_with_prefix(cache: DynamicCache | LayerCache, layers: list[tuple[torch.Tensor, torch.Tensor]], tokens: int,
-                      room: int) -> None:
-    """Make an empty one-row `cache` hold a copy of the first `tokens` columns of `layers` ((keys, values)
-    per layer), with room for `room` more columns before it grows."""
+                      room: int, total: int) -> None:
+    """Make an empty one-row `cache` hold a copy of positions up to `tokens` of `layers`, a row of `total`
+    positions ((keys, values) per layer, each the LAST columns of that row: a sliding layer may hold
+    fewer), with room for `room` more columns before it grows."""
     kind = slab_class_of(cache.layers[0])
     held = []
     for keys, values in layers:
-        key_buffer = spare_buffer(keys, 1, tokens + room)
-        value_buffer = spare_buffer(values, 1, tokens + room)
-        key_buffer[:, :, :tokens] = keys[:, :, :tokens]
-        value_buffer[:, :, :tokens] = values[:, :, :tokens]
-        held.append(kind.holding(key_buffer, value_buffer, tokens))
+        columns = tokens - (total - keys.shape[-2])  # the layer's columns before position `tokens`
+        assert columns >= 0, "a prefix hit starts where every layer holds its keys (PrefixCache.lookup)"
+        key_buffer = spare_buffer(keys, 1, columns + room)
+        value_buffer = spare_buffer(values, 1, columns + room)
+        key_buffer[:, :, :columns] = keys[:, :, :columns]
+        value_buffer[:, :, :columns] = values[:, :, :columns]
+        held.append(kind.holding(key_buffer, value_buffer, columns))
     cache.layers = held
 
 
@@ -101,9 +127,10 @@ def with_rows(buffer: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def _place(buffer: torch.Tensor, start_row: int, kv: torch.Tensor, columns: int) -> None:
-    """Copy kv [rows, heads, width, dim] into buffer's rows from start_row, right-aligned at `columns`."""
-    width = kv.shape[-2]
-    buffer[start_row:start_row + kv.shape[0], :, columns - width:columns] = kv
+    """Copy kv [rows, heads, width, dim] into buffer's rows from start_row, right-aligned at `columns`
+    (only its last `columns` where it is wider: a sliding layer keeping fewer)."""
+    width = min(kv.shape[-2], columns)
+    buffer[start_row:start_row + kv.shape[0], :, columns - width:columns] = kv[:, :, kv.shape[-2] - width:]
 
 
 class KVStore:
@@ -114,8 +141,11 @@ class KVStore:
     mask by a column copied it whole at every step).
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, windows: Seq[int | None] | None = None) -> None:
         self.device = device
+        # Each layer's sliding window (None: full attention) where the forward computes keys by position
+        # (ours), so a sliding layer may forget what no query can see; None: every layer keeps every column.
+        self.windows = list(windows) if windows and any(windows) else None
         self.cache: DynamicCache | LayerCache | None = None
         self.lengths: list[int] = []  # real tokens per row, in row order
         self.num_columns = 0
@@ -144,8 +174,7 @@ class KVStore:
     def num_bytes(self) -> int:
         if self.cache is None:
             return 0
-        # Every layer's buffers are made, moved and grown together: one layer's bytes times their count.
-        return layer_bytes(self.cache.layers[0]) * len(self.cache.layers)
+        return sum(layer_bytes(layer) for layer in self.cache.layers)
 
     @property
     def parked_bytes(self) -> int:
@@ -178,6 +207,7 @@ class KVStore:
         self.num_columns = columns
         self._owners.extend(owners)
         self._trim()
+        self._forget()
 
     def _has_room(self, rows: int, columns: int) -> bool:
         """Whether `rows` more rows fit in the rows our buffers left behind, with no column added."""
@@ -191,26 +221,29 @@ class KVStore:
         mine = self.num_rows
         for index, theirs in enumerate(cache.layers):
             ours = self.cache.layers[index]
+            width = ours.get_seq_length()  # the newcomers keep as many columns: a sliding layer, its last
             keys, values = (with_rows(buffer, mine + theirs.keys.shape[0]) for buffer in ours.buffers)
             for buffer, kv in ((keys, theirs.keys), (values, theirs.values)):
-                buffer[mine:, :, :columns - kv.shape[-2]] = 0  # stale KV of a leaver; padding is zero
-                _place(buffer, mine, kv, columns)
-            self.cache.layers[index] = type(ours).holding(keys, values, ours.get_seq_length())
+                buffer[mine:, :, :max(width - kv.shape[-2], 0)] = 0  # stale KV of a leaver; padding is zero
+                _place(buffer, mine, kv, width)
+            self.cache.layers[index] = type(ours).holding(keys, values, width)
 
     def _join_by_copy(self, cache: DynamicCache | LayerCache, columns: int) -> None:
         """New buffers with room for every row: ours copied, theirs placed after them."""
         mine = self.num_rows
         layers = []
         for index, theirs in enumerate(cache.layers):
-            keys = spare_buffer(theirs.keys, mine + theirs.keys.shape[0], columns)
-            values = spare_buffer(theirs.values, mine + theirs.values.shape[0], columns)
-            if mine:
-                ours = self.cache.layers[index]
-                _place(keys, 0, ours.keys, columns)
-                _place(values, 0, ours.values, columns)
-            _place(keys, mine, theirs.keys, columns)
-            _place(values, mine, theirs.values, columns)
-            layers.append(slab_class_of(theirs).holding(keys, values, columns))
+            # Right-aligned, each side holds the last columns: the wider one's count holds both.
+            ours = self.cache.layers[index] if mine else None
+            width = max(held_columns(theirs), held_columns(ours) if ours is not None else 0)
+            keys = spare_buffer(theirs.keys, mine + theirs.keys.shape[0], width)
+            values = spare_buffer(theirs.values, mine + theirs.values.shape[0], width)
+            if ours is not None:
+                _place(keys, 0, ours.keys, width)
+                _place(values, 0, ours.values, width)
+            _place(keys, mine, theirs.keys, width)
+            _place(values, mine, theirs.values, width)
+            layers.append(slab_class_of(theirs).holding(keys, values, width))
         if self.cache is None:
             self.cache = cache
         self.cache.layers = layers
@@ -272,25 +305,48 @@ class KVStore:
         unpadded = min(self.lengths) == self.num_columns
         return (None if unpadded else self._mask(self.num_columns)), positions
 
-    def keep_written(self, count: int) -> None:
-        """After a pass wrote more columns than stand (drafts): the first `count` stand, the rest become
-        spare again, and every row is `count` tokens longer."""
+    def keep_written(self, count: int, written: int) -> None:
+        """After a pass wrote `written` columns of which only the first `count` stand (drafts): the rest
+        become spare again, and every row is `count` tokens longer."""
         assert self.cache is not None
-        columns = self.num_columns + count
         for layer in self.cache.layers:
-            layer.set_filled(columns)
+            layer.set_filled(layer.get_seq_length() - written + count)
         self.advance(count)
 
     def advance(self, count: int = 1) -> None:
         """Every row is `count` tokens longer: a decode step wrote that many columns."""
         self.lengths = [n + count for n in self.lengths]
         self.num_columns += count
+        self._forget()
 
     def row_kv(self, owner) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Views of one row's real KV per layer, (keys, values) each [1, heads, tokens, dim]; copy to keep."""
+        """Views of one row's KV per layer, (keys, values) each [1, heads, tokens, dim] (a sliding layer's
+        last columns only, where it forgot older ones); copy to keep."""
         assert self.cache is not None
         row = self._owners.index(owner)
-        return row_views(self.cache, row, self.num_columns - self.lengths[row], self.num_columns)
+        return row_views(self.cache, row, self.lengths[row])
+
+    def first_reusable(self, layers: list[tuple[torch.Tensor, torch.Tensor]], total: int) -> int:
+        """The shortest prefix of a `total`-token row whose continuation finds every key it needs in
+        `layers` (row_kv's views): 0 unless a sliding layer forgot, then its window past what it forgot."""
+        if self.windows is None:
+            return 0
+        needs = [total - keys.shape[-2] + window - 1 for (keys, _), window in zip(layers, self.windows)
+                 if window is not None and keys.shape[-2] < total]
+        return max(needs, default=0)
+
+    def _forget(self) -> None:
+        """Sliding layers drop columns no row's next query can see (a view: the next growth copies only
+        what is kept), once FORGET_STEP of them have piled up past what they keep."""
+        if self.windows is None or self.cache is None:
+            return
+        for index, (layer, window) in enumerate(zip(self.cache.layers, self.windows)):
+            held = held_columns(layer)
+            if window is None or held < kept_columns(window) + FORGET_STEP:
+                continue
+            drop = held - kept_columns(window)
+            keys, values = layer.buffers
+            self.cache.layers[index] = type(layer).holding(keys[:, :, drop:], values[:, :, drop:], held - drop)
 
     def _mask(self, columns: int) -> torch.Tensor:
         column = torch.arange(columns, device=self.device)
@@ -302,8 +358,10 @@ class KVStore:
         if padding <= 0:
             return
         assert self.cache is not None
+        columns = self.num_columns - padding
         for index, layer in enumerate(self.cache.layers):
             keys, values = layer.buffers
             filled = layer.get_seq_length()
-            self.cache.layers[index] = type(layer).holding(keys[:, :, padding:], values[:, :, padding:], filled - padding)
-        self.num_columns -= padding
+            drop = max(filled - columns, 0)  # a sliding layer may already hold fewer than the padding spans
+            self.cache.layers[index] = type(layer).holding(keys[:, :, drop:], values[:, :, drop:], filled - drop)
+        self.num_columns = columns

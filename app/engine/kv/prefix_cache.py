@@ -39,10 +39,14 @@ class PrefixCacheStats:
 
 
 class CachedPrefix:
-    """Token ids and their KV per layer, (keys, values) each [1, heads, tokens, dim], owned copies."""
+    """Token ids and their KV per layer, (keys, values) each [1, heads, columns, dim], owned copies: the
+    last columns of the row, all of them but where a sliding layer forgot the oldest (KVStore), so a hit
+    must reuse at least `first_reusable` tokens."""
 
-    def __init__(self, token_ids: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def __init__(self, token_ids: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]],
+                 first_reusable: int = 0) -> None:
         self.token_ids = torch.tensor(token_ids, dtype=torch.long)
+        self.first_reusable = first_reusable
         self.layers = [(keys.clone(), values.clone()) for keys, values in layers]
         self.nbytes = sum(keys.nbytes + values.nbytes for keys, values in self.layers)
 
@@ -78,15 +82,15 @@ class PrefixCache:
         """The entry sharing the longest prefix with the prompt and how many tokens to reuse.
 
         At most len(prompt) - 1: the last prompt token is always run, for the first token's logits.
-        Prefixes under min_tokens count as misses.
+        Prefixes under min_tokens count as misses, and so do those shorter than an entry's
+        first_reusable (its sliding layers forgot keys such a prefix's continuation would need).
         """
         wanted = torch.tensor(prompt_ids, dtype=torch.long)
         best, length = None, 0
         for entry in self._entries.values():
-            shared = entry.common_prefix(wanted)
-            if shared > length:
+            shared = min(entry.common_prefix(wanted), len(prompt_ids) - 1)
+            if shared > length and shared >= entry.first_reusable:
                 best, length = entry, shared
-        length = min(length, len(prompt_ids) - 1)
         if best is None or length < self.config.min_tokens:
             self._misses += 1
             return None, 0
@@ -95,9 +99,11 @@ class PrefixCache:
         self._reused += length
         return best, length
 
-    def insert(self, token_ids: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]], limit_bytes: int) -> bool:
+    def insert(self, token_ids: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]], limit_bytes: int,
+               first_reusable: int = 0) -> bool:
         """Store a copy of this KV unless it is too short or already covered; evicts LRU entries so the
-        cache stays within min(its share, limit_bytes). False when nothing was stored."""
+        cache stays within min(its share, limit_bytes). False when nothing was stored. `first_reusable`:
+        the shortest prefix of it a hit may reuse (CachedPrefix)."""
         if len(token_ids) < self.config.min_tokens:
             return False
         size = sum(keys.nbytes + values.nbytes for keys, values in layers)
@@ -107,15 +113,17 @@ class PrefixCache:
         wanted = torch.tensor(token_ids, dtype=torch.long)
         for key, entry in list(self._entries.items()):
             shared = entry.common_prefix(wanted)
-            if shared == len(token_ids):  # an entry already holds all of it
+            # An entry serving every hit the new one would (it holds all of it, as reusably) covers it;
+            # a new one extending an entry just as reusably replaces it.
+            if shared == len(token_ids) and entry.first_reusable <= first_reusable:
                 self._touch(entry)
                 return False
-            if shared == entry.num_tokens:  # the new one extends this entry: it replaces it
+            if shared == entry.num_tokens and first_reusable <= entry.first_reusable:
                 self._drop(key)
         self._evict_until(limit - size)
         while len(self._entries) >= self.config.max_entries:
             self._evict_oldest()
-        self._entries[self._next_key] = CachedPrefix(token_ids, layers)
+        self._entries[self._next_key] = CachedPrefix(token_ids, layers, first_reusable)
         self._next_key += 1
         self._bytes += size
         return True

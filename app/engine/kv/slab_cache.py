@@ -146,15 +146,20 @@ class LayerCache:
     def __init__(self, layers: list) -> None:
         self.layers = layers
 
-    def writable_buffers(self, columns: int, like: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Each layer's key and value buffers with room for `columns` columns (SlabLayer.room_for), for a
-        writer that fills columns itself (the native kernels) and then calls `hold_written`."""
-        return [layer.room_for(columns, like) for layer in self.layers]
+    def layer_offsets(self, columns: int) -> list[int]:
+        """The logical column at each layer's buffer column 0 when the cache stands for `columns` columns:
+        each layer holds the last ones, a sliding layer maybe fewer (KVStore forgets)."""
+        return [columns - (layer.get_seq_length() if layer.is_initialized else 0) for layer in self.layers]
 
-    def hold_written(self, buffers: list[tuple[torch.Tensor, torch.Tensor]], columns: int) -> None:
-        """Each layer holds its (keys, values) from `buffers` with `columns` filled columns."""
-        for layer, (keys, values) in zip(self.layers, buffers):
-            layer.fill_to(keys, values, columns)
+    def writable_buffers(self, columns: list[int], like: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's key and value buffers with room for its `columns[i]` columns (SlabLayer.room_for),
+        for a writer that fills columns itself (the native kernels) and then calls `hold_written`."""
+        return [layer.room_for(count, like) for layer, count in zip(self.layers, columns)]
+
+    def hold_written(self, buffers: list[tuple[torch.Tensor, torch.Tensor]], columns: list[int]) -> None:
+        """Each layer holds its (keys, values) from `buffers` with its `columns[i]` filled columns."""
+        for layer, (keys, values), count in zip(self.layers, buffers, columns):
+            layer.fill_to(keys, values, count)
 
 
 @functools.cache
@@ -190,5 +195,6 @@ def slab_cache(config) -> DynamicCache:
 
 
 def slab_cache_of(num_layers: int) -> LayerCache:
-    """A cache of `num_layers` SlabLayers (FusedLlama's and NativeLlama's layers are all full attention)."""
+    """A cache of `num_layers` SlabLayers (FusedLlama's and NativeLlama's: how many columns a sliding one
+    keeps is KVStore's business)."""
     return LayerCache([SlabLayer() for _ in range(num_layers)])

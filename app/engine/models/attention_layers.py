@@ -1,11 +1,12 @@
 """Whether batched decoding can serve a model, decided from its config before any weight is read.
 
-Left-padded batched decoding (kv_store.py) keeps every position's keys and values on every layer.
-Full-attention layers need nothing else; sliding-window layers (Mistral/Qwen2 windows, Gemma 2/3's and
-Cohere2's local layers, GPT-OSS's alternating ones) are served the same way, every column kept, a mask
-limiting each query to the last `sliding_window` positions: on the fused forward for the registered
-families (Mistral, Qwen2, Gemma 2/3: fused_llama.attention_mask), else on transformers' forward with its
-sliding-window mask (slab_cache.slab_cache makes their cache layers full slabs). Layers that keep other state cannot be:
+Left-padded batched decoding (kv_store.py) keeps position-ordered keys and values on every layer.
+Full-attention layers keep them all; sliding-window layers (Mistral/Qwen2 windows, Gemma 2/3's and
+Cohere2's local layers, GPT-OSS's alternating ones) are served with a mask limiting each query to the
+last `sliding_window` positions: on the fused forward for the registered families (Mistral, Qwen2,
+Gemma 2/3: fused_llama.attention_mask, the KV store then forgetting columns no window reaches), else on
+transformers' forward with its sliding-window mask over every column (slab_cache.slab_cache makes their
+cache layers full slabs). Layers that keep other state cannot be:
 chunked attention, linear attention and recurrent layers, layers sharing another layer's KV. This
 reads the fields transformers' DynamicCache builds its layers from (cache_utils.get_layer_types_and_kwargs)
 and refuses those first; `check_plain_cache` refuses them again once the weights are loaded. A sliding

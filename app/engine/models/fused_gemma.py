@@ -85,7 +85,7 @@ class FusedGemma(FusedLlama):
         hidden = embedded.float()
         masks = self._masks(mask, positions, cache, explicit=True)
         for index, layer in enumerate(self.layers):
-            hidden = self._layer(layer, hidden, *tables[layer.layer_type], cache.layers[index], masks[layer.window])
+            hidden = self._layer(layer, hidden, *tables[layer.layer_type], cache.layers[index], masks[index])
         kept = hidden[:, -1] if last_only else hidden
         return _cap(self.lm_head(self._norm(kept, self.final_norm)).float(), self.final_cap)
 

@@ -145,6 +145,11 @@ class FusedLlama:
         self.embed_weight, self.rotary, self.dtype = embed, rotary, embed.dtype
         self.layers, self.final_norm, self.lm_head = layers, final_norm, lm_head
 
+    @property
+    def windows(self) -> list[int | None]:
+        """Each layer's sliding window (None: full attention)."""
+        return [layer.window for layer in self.layers]
+
     def linears(self) -> list[PackedLinear]:
         """Every weight matrix a forward pass multiplies by, the LM head last."""
         return [lin for layer in self.layers for lin in (layer.qkv, layer.o, layer.gate_up, layer.down)] + [
@@ -165,16 +170,22 @@ class FusedLlama:
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         masks = self._masks(mask, positions, cache)
         for index, layer in enumerate(self.layers):
-            hidden = self._layer(layer, hidden, cos, sin, cache.layers[index], masks[layer.window])
+            hidden = self._layer(layer, hidden, cos, sin, cache.layers[index], masks[index])
         kept = hidden[:, -1] if last_only else hidden
         return self.lm_head(self._norm(kept, self.final_norm)).float()
 
     def _masks(self, mask: torch.Tensor | None, positions: torch.Tensor, cache: DynamicCache,
-               explicit: bool = False) -> dict[int | None, torch.Tensor | None]:
-        """Each of the layers' windows (None: full attention) -> its attention mask for this pass."""
-        past = cache.layers[0].get_seq_length() if cache.layers[0].is_initialized else 0
-        return {window: attention_mask(mask, positions, past, window, explicit)
-                for window in {layer.window for layer in self.layers}}
+               explicit: bool = False) -> list[torch.Tensor | None]:
+        """Each layer's attention mask for this pass, from its window and the columns it holds (a sliding
+        layer may hold only the last ones: KVStore); made once per distinct pair."""
+        made: dict[tuple[int | None, int], torch.Tensor | None] = {}
+        masks = []
+        for layer, kv_layer in zip(self.layers, cache.layers):
+            key = (layer.window, kv_layer.get_seq_length() if kv_layer.is_initialized else 0)
+            if key not in made:
+                made[key] = attention_mask(mask, positions, key[1], layer.window, explicit)
+            masks.append(made[key])
+        return masks
 
     def _norm(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """RMSNorm in fp32 over the last axis, handed on in the weights' dtype."""
@@ -214,30 +225,34 @@ class FusedLlama:
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask)
 
 
-def attention_mask(mask: torch.Tensor | None, positions: torch.Tensor, past: int, window: int | None = None,
+def attention_mask(mask: torch.Tensor | None, positions: torch.Tensor, held: int, window: int | None = None,
                    explicit: bool = False) -> torch.Tensor | None:
-    """Bool [rows or 1, 1, tokens, columns]: True where a query may look; None = plain causal with
+    """Bool [rows or 1, 1, tokens, held + tokens]: True where a query may look; None = plain causal with
     nothing hidden (SDPA's is_causal; never with `explicit`, for forwards that mask scores themselves).
 
     mask: [rows, past + tokens] (1 = real token) or None when no row is padded; positions: [rows or 1,
-    tokens], each query's position. A sliding `window` limits each query to keys whose position is
-    greater than its own minus the window (transformers' sliding_window_overlay): positions, not
-    columns, since a left-padded row numbers its keys from its first real column (mask.cumsum).
+    tokens], each query's position; held: the columns the layer holds before this pass, the last `held`
+    of the `past` (fewer than past only for a sliding layer that forgot older ones: KVStore). A sliding
+    `window` limits each query to keys whose position is greater than its own minus the window
+    (transformers' sliding_window_overlay): positions, not columns, since a left-padded row numbers its
+    keys from its first real column (mask.cumsum).
     """
     tokens, device = positions.shape[-1], positions.device
+    columns = held + tokens
     if window is None and not explicit:
         if tokens == 1:
-            return None if mask is None else mask[:, None, None, :].bool()
-        if mask is None and past == 0:
+            return None if mask is None else mask[:, None, None, -columns:].bool()
+        if mask is None and held == 0:
             return None
-    columns = past + tokens
-    query = torch.arange(past, columns, device=device)[:, None]
+    query = torch.arange(held, columns, device=device)[:, None]
     key = torch.arange(columns, device=device)[None, :]
     allowed = (key <= query)[None, None]
     if window is not None:
-        key_positions = key if mask is None else mask.cumsum(dim=-1) - 1
+        # Unpadded rows are all as long: their first query's position tells the keys' (no host sync).
+        key_positions = positions[:, :1] - held + key if mask is None else (mask.cumsum(dim=-1) - 1)[:, -columns:]
         allowed = allowed & (key_positions[:, None, :] > positions[:, :, None] - window)[:, None]
     if mask is not None:
+        mask = mask[:, -columns:]
         # A padding query sees only itself: a row with nothing to look at would turn into NaNs.
         allowed = (allowed & mask[:, None, None, :].bool()) | (key == query)[None, None]
     return allowed
