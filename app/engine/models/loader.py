@@ -4,8 +4,10 @@ A model reference is a local folder, a Hugging Face hub id, or a path to a `.ggu
 safetensors folder of a registered family (app/engine/models/families/: Llama, the default model's kind,
 Qwen2, Mistral, Qwen3, Phi-3; Gemma 2/3 into FusedGemma) is read straight into the fused forward
 (app/engine/models/llama_checkpoint.py), or mapped as packed by an earlier start (native/packed_cache.py),
-and a Llama folder's plain fast
-tokenizer is FastTokenizer (app/engine/text/tokenizer.py): transformers'
+and a folder's tokenizer
+is FastTokenizer (app/engine/text/tokenizer.py) where that is exactly what AutoTokenizer builds (the
+generic fast tokenizer of Llama, Mistral, Phi-3, Qwen3 and Gemma folders; Qwen2Tokenizer and
+GemmaTokenizer, whose pipelines it puts on tokenizer.json's vocabulary): transformers'
 model and config classes import its modeling code (and torch.distributed), and transformers itself
 takes half a second to import. Everything else goes through `from_pretrained` / AutoTokenizer.
 """
@@ -123,10 +125,6 @@ def split_gguf_reference(model: str) -> tuple[str, str | None]:
     return model, None
 
 
-# Model types for which AutoTokenizer builds a folder's generic fast tokenizer as it is (transformers 5's
-# tokenization_auto); for those FastTokenizer stands in. Not qwen2: AutoTokenizer swaps in
-# Qwen2Tokenizer there, with a pipeline of its own.
-_GENERIC_TOKENIZER_MODEL_TYPES = {"llama"}
 # GGUF architectures whose tokenizer AutoTokenizer builds as the generic class (Qwen3's is Qwen2Tokenizer),
 # and the vocabularies built here: byte-level BPE and sentencepiece (BPE with byte fallback, "▁" spaces).
 _GGUF_GENERIC_ARCHITECTURES = {"llama", "phi3"}
@@ -138,10 +136,10 @@ def _read_json(path: Path) -> dict:
 
 
 def _plain_fast_tokenizer_folder(source: str) -> bool:
-    """True for a local folder whose tokenizer FastTokenizer reproduces (no transformers import needed)."""
-    folder = Path(source)
-    return (fast_tokenizer.applies_to(folder) is None
-            and _read_json(folder / "config.json").get("model_type") in _GENERIC_TOKENIZER_MODEL_TYPES)
+    """True for a local folder whose tokenizer FastTokenizer may reproduce (no transformers import
+    needed): the class AutoTokenizer builds there is one it follows (fast_tokenizer.auto_class, by the
+    folder's model type and declared class). FastTokenizer.refusal has the last word."""
+    return fast_tokenizer.applies_to(Path(source)) is None
 
 
 def load_tokenizer(model: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase | FastTokenizer:
@@ -149,7 +147,7 @@ def load_tokenizer(model: str, trust_remote_code: bool = False) -> PreTrainedTok
     if gguf_file is None and _plain_fast_tokenizer_folder(source):
         # AutoTokenizer would import transformers (half a second) and build the config class first.
         fast = FastTokenizer.from_folder(source)
-        if not fast.unknown_special_tokens:
+        if fast.refusal() is None:
             return fast
     if gguf_file is not None and (direct := _gguf_tokenizer(model)) is not None:
         return direct
