@@ -24,7 +24,7 @@ from app.engine.models.attention_layers import full_attention_overrides
 from app.engine.models.fused_llama import FusedLlama, LlamaDims, build_fused
 from app.engine.models.gguf_checkpoint import GgufCheckpoint, fused_from_gguf, open_gguf
 from app.engine.models.hardware import CpuFeatures, RuntimeInfo, detect_cpu_features
-from app.engine.models.llama_checkpoint import LlamaCheckpoint, fused_from_checkpoint, open_checkpoint
+from app.engine.models.llama_checkpoint import LlamaCheckpoint, as_saved, fused_from_checkpoint, open_checkpoint
 from app.engine.models.memory import keep_one_copy_of_cpu_kernels
 from app.engine.native import packed_cache
 from app.engine.native.backend import attach, describe_weights, open_library
@@ -182,7 +182,9 @@ def attention_overrides(config: LoadConfig) -> dict[str, object]:
     path = Path(config.model) / "config.json"
     if not path.is_file():
         return {}
-    return full_attention_overrides(json.loads(path.read_text()), config.max_model_len, str(path))
+    stored = json.loads(path.read_text())
+    derived = as_saved(stored)  # Gemma's older configs: the layer types their config class derives
+    return full_attention_overrides(derived if isinstance(derived, dict) else stored, config.max_model_len, str(path))
 
 
 def load_weights(model: str, dtype: torch.dtype, device: torch.device,
