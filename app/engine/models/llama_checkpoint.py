@@ -24,7 +24,7 @@ from safetensors import safe_open
 from app.engine.models.attention_layers import layer_windows
 from app.engine.models.families import by_model_type, model_types
 from app.engine.models.families.registry import Family, rope_parameters
-from app.engine.models.fused_gemma import FusedGemma, GemmaLayer, GemmaScales
+from app.engine.models.fused_gemma import FusedGemma, GemmaLayer, GemmaScales, gemma_rotaries, rope_by_layer_type
 from app.engine.models.fused_llama import (
     DefaultRotary,
     FusedLayer,
@@ -141,20 +141,14 @@ def _config_refusal(config: dict) -> str | None:
         return config.get(key, family.defaults.get(key, default))
 
     if family.layer == "gemma":
-        return family.refusal(get) or _gemma_rope_refusal(config)
+        return family.refusal(get) or gemma_rope_refusal(config)
     return family.refusal(get) or config_reason(get) or rope_theta(config)[1]
 
 
-def _gemma_rope_parameters(config: dict) -> dict[str, dict]:
-    """Each layer type's RoPE parameters (Gemma 3: per type; Gemma 2: one set for every layer)."""
-    params = config["rope_parameters"]
-    return {kind: params[kind] if isinstance(params.get(kind), dict) else params for kind in set(config["layer_types"])}
-
-
-def _gemma_rope_refusal(config: dict) -> str | None:
+def gemma_rope_refusal(config: dict) -> str | None:
     if "sliding_attention" in config["layer_types"] and config.get("sliding_window") is None:
         return "config.json sliding_window=None with sliding_attention layers"
-    for kind, params in _gemma_rope_parameters(config).items():
+    for kind, params in rope_by_layer_type(config).items():
         where = f"config.json rope_parameters[{kind!r}]"
         if not isinstance(params, dict) or params.get("rope_theta") is None:
             return f"{where} names no rope_theta"
@@ -288,12 +282,7 @@ def _gemma_from_checkpoint(checkpoint: LlamaCheckpoint, read: _Reader, dims: Lla
             post_mlp_norm=1.0 + read.norm(prefix + "post_feedforward_layernorm.weight"),
             layer_type=kind,
         ))
-    rotaries = {}
-    for kind, params in _gemma_rope_parameters(config).items():
-        rotary = DefaultRotary(float(params["rope_theta"]), dims.head_dim, device)
-        if params.get("rope_type", "default") == "linear":
-            rotary.inv_freq = rotary.inv_freq / float(params["factor"])
-        rotaries[kind] = rotary
+    rotaries = gemma_rotaries(config, dims.head_dim, device)
     embed = read("model.embed_tokens.weight")
     lm_head = PackedLinear(embed) if config["tie_word_embeddings"] else read.linear("lm_head")
     return FusedGemma(dims, embed, rotaries, layers, 1.0 + read.norm("model.norm.weight"), lm_head,
