@@ -120,3 +120,112 @@ def spm_tokenizer(writer) -> int:
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
     return len(tokens)
+
+
+# Gemma 2/3 as llama.cpp's convert_hf_to_gguf.py (conversion/gemma.py) writes them: its tensor names
+# (the norm after attention `post_attention_norm`, before the MLP `ffn_norm`, after it `post_ffw_norm`),
+# every `*norm.weight` stored as 1 + weight, no Q/K permutation, Gemma 2 without `output.weight`.
+_GEMMA_NORMS = {"input_layernorm": "attn_norm", "post_attention_layernorm": "post_attention_norm",
+                "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm"}
+
+
+def write_gemma_gguf(path: Path, model, types: dict, tokenizer=None, fields: dict | None = None,
+                     extra: dict[str, np.ndarray] | None = None) -> Path:
+    """A Gemma2ForCausalLM / Gemma3ForCausalLM as its GGUF (`gemma2` / `gemma3`), with the metadata the
+    converter writes for it; `fields` added as they are (str, float or uint32), `extra` tensors too."""
+    config = model.config
+    arch = {"Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3"}[type(model).__name__]
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_key_length(config.head_dim)
+    writer.add_value_length(config.head_dim)
+    if arch == "gemma2":  # Gemma2Model.set_gguf_parameters: no RoPE base (llama.cpp's default, 10,000)
+        writer.add_attn_logit_softcapping(config.attn_logit_softcapping)
+        writer.add_final_logit_softcapping(config.final_logit_softcapping)
+        writer.add_sliding_window(config.sliding_window)
+    else:  # TextModel's RoPE fields (the global layers' scaling and base, the local base), then Gemma 3's
+        full, local = config.rope_parameters["full_attention"], config.rope_parameters["sliding_attention"]
+        if full.get("rope_type") == "linear":
+            writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            writer.add_rope_scaling_factor(full["factor"])
+        writer.add_rope_freq_base(full["rope_theta"])
+        writer.add_rope_freq_base_swa(local["rope_theta"])
+        if config.final_logit_softcapping:
+            writer.add_final_logit_softcapping(config.final_logit_softcapping)
+        writer.add_sliding_window(config.sliding_window)
+    for key, value in (fields or {}).items():
+        if isinstance(value, str):
+            writer.add_string(key, value)
+        elif isinstance(value, float):
+            writer.add_float32(key, value)
+        else:
+            writer.add_uint32(key, value)
+    if tokenizer is not None:
+        tokenizer(writer)
+
+    def put(name: str, tensor: torch.Tensor, kind=T.F32) -> None:
+        values = np.ascontiguousarray(tensor.detach().float().numpy())
+        if kind == T.F32:
+            writer.add_tensor(name, values)
+        else:
+            writer.add_tensor(name, quantize(values, kind), raw_dtype=kind)
+
+    state = model.state_dict()
+    put("token_embd.weight", state["model.embed_tokens.weight"], types["embed"])
+    put("output_norm.weight", state["model.norm.weight"] + 1)
+    for i in range(config.num_hidden_layers):
+        prefix = f"model.layers.{i}."
+        for key, tensor in state.items():
+            if not key.startswith(prefix):
+                continue
+            module, suffix = key[len(prefix):].rsplit(".", 1)
+            if module in _GEMMA_NORMS or module.endswith("_norm"):
+                name = _GEMMA_NORMS.get(module) or _LAYER_NAMES[module][0]
+                put(f"blk.{i}.{name}.{suffix}", tensor + 1)
+                continue
+            name, part = _LAYER_NAMES[module]
+            put(f"blk.{i}.{name}.{suffix}", tensor, types[part] if suffix == "weight" else T.F32)
+    for name, values in (extra or {}).items():
+        writer.add_tensor(name, values)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+# A Gemma-style sentencepiece vocabulary as llama.cpp writes Gemma's (tokenizer.ggml.model "llama", no
+# space prefix): <pad> <eos> <bos> <unk>, turn markers, the byte tokens, pieces with "▁" for a space,
+# runs of spaces stored as real spaces, and an HTML tag as a user-defined token.
+GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
+GEMMA_PIECES = ["▁", "e", "t", "a", "o", "n", "i", "s", "h", "r", "l", "d", "c", "u", "w", "f", "H", "W", "T",
+                "é", "東", "京", "\n", "▁t", "he", "▁the", "in", "er", "▁a", "on", "re", "▁w", "or", "ll", "▁H",
+                "▁W", "an", "en", "▁c", "▁f", "at", "is", "▁is", "▁wor", "ld", "▁world", "▁He", "llo", "▁Hello",
+                "Hello", "world", "  ", "   ", "\n\n", "。", "東京", "user", "model"]
+GEMMA_USER_DEFINED = ["<table>"]
+
+
+def gemma_tokenizer(writer) -> int:
+    """Writes the Gemma-style vocabulary into `writer`; returns its size."""
+    tokens = GEMMA_SPECIALS + [f"<0x{byte:02X}>" for byte in range(256)] + GEMMA_PIECES + GEMMA_USER_DEFINED
+    types = [3, 3, 3, 2, 4, 3, 3] + [6] * 256 + [1] * len(GEMMA_PIECES) + [4] * len(GEMMA_USER_DEFINED)
+    scores = [0.0] * (len(GEMMA_SPECIALS) + 256) + [-float(rank) for rank in range(len(GEMMA_PIECES))] \
+        + [0.0] * len(GEMMA_USER_DEFINED)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_bos_token_id(2)
+    writer.add_eos_token_id(1)
+    writer.add_unk_token_id(3)
+    writer.add_pad_token_id(0)
+    writer.add_add_space_prefix(False)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+    return len(tokens)

@@ -4,9 +4,10 @@ to 1e-4; bf16: within a few bf16 steps, no further from the fp32 function than t
 model), greedy tokens equal transformers' generate, rows batched together answer as alone, and a
 prefix-cache hit answers as a fresh prefill, with windows shorter than the prompt and layers mixing
 sliding and full attention. The loader's auto choice for them is the fused forward (the native kernels
-refuse Gemma's layers), never transformers'; a folder whose config.json writes out its layer types and
-RoPE per layer type (as transformers 5 saves one) is read straight from its safetensors, to the same
-logits.
+refuse Gemma's layers), never transformers'; a folder is read straight from its safetensors, to the same
+logits, whether its config.json writes out its layer types and RoPE per layer type (as transformers 5
+saves one) or is in the shape the Hub ships (transformers 4.4x: rope_theta, rope_local_base_freq,
+rope_scaling, sliding_window_pattern, class defaults left out).
 
 Tiny random models (3 layers, hidden 64, window 6) with random norm weights (transformers starts
 Gemma's at zeros, a scale of exactly 1, which would hide a wrong (1 + weight)), a query_pre_attn_scalar
@@ -170,16 +171,70 @@ def test_read_directly_it_computes_what_it_computes_through_transformers(gemma_d
                            through_runner.prefill(through_runner.new_cache(), ids, 0, every_position=True))
 
 
-def test_a_config_not_naming_its_layer_types_is_loaded_through_transformers(gemma_dir, tmp_path):
+# config.json rewritten in the shape the Hub ships it (transformers 4.4x): no layer_types, rope_theta /
+# rope_local_base_freq / rope_scaling instead of rope_parameters, class defaults (tie_word_embeddings)
+# left out, hidden_act beside hidden_activation, cache_implementation, Gemma 3's attention cap null.
+_LEGACY = {
+    "gemma2": [{"rope_theta": 10000.0, "hidden_act": "gelu_pytorch_tanh", "cache_implementation": "hybrid",
+                "transformers_version": "4.42.4"}],
+    "gemma3": [
+        # gemma-3-4b's text part: linear scaling on the global layers, the pattern written as a number
+        {"rope_theta": 1000000.0, "rope_local_base_freq": 100.0, "rope_scaling": {"rope_type": "linear", "factor": 2.0},
+         "sliding_window_pattern": 2, "attn_logit_softcapping": None, "cache_implementation": "hybrid",
+         "transformers_version": "4.50.0.dev0"},
+        # gemma-3-1b's shape: no scaling, no caps, a pattern of 3 ([sliding, sliding, full])
+        {"rope_theta": 5000.0, "rope_local_base_freq": 10000, "rope_scaling": None, "sliding_window_pattern": 3,
+         "final_logit_softcapping": None, "attn_logit_softcapping": None, "cache_implementation": "hybrid"},
+        # the pattern left to the class default (6: every layer of three slides), legacy "type" spelling
+        {"rope_theta": 20000.0, "rope_scaling": {"type": "linear", "factor": 4.0}},
+    ],
+}
+
+
+def _legacy_folders(folder: Path, tmp_path: Path) -> list[Path]:
+    stored = json.loads((folder / "config.json").read_text())
+    family = stored["model_type"].removesuffix("_text")
+    folders = []
+    for index, fields in enumerate(_LEGACY[family]):
+        legacy = tmp_path / f"legacy-{index}"
+        legacy.mkdir()
+        for file in folder.iterdir():
+            if file.is_file():
+                (legacy / file.name).write_bytes(file.read_bytes())
+        config = {key: value for key, value in stored.items()
+                  if key not in ("layer_types", "rope_parameters", "tie_word_embeddings", "dtype")}
+        (legacy / "config.json").write_text(json.dumps(config | fields))
+        folders.append(legacy)
+    return folders
+
+
+def test_a_hub_config_from_transformers_4_is_read_directly_to_transformers_logits(gemma_dir, tmp_path):
     """Hub configs from before transformers 5 leave the layer pattern and per-type RoPE to the config
-    class: the checkpoint is then not read directly, and the model still runs on the fused forward."""
-    folder = tmp_path / "old-config"
-    folder.mkdir()
-    for file in gemma_dir.iterdir():
-        (folder / file.name).write_bytes(file.read_bytes())
+    class: read directly all the same (families/gemma_config.py), to the logits transformers computes
+    from the same folder, layer windows and RoPE tables included."""
+    for folder in _legacy_folders(gemma_dir, tmp_path):
+        checkpoint = open_checkpoint(str(folder))
+        assert not isinstance(checkpoint, str), checkpoint
+        loaded = load(tiny_load_config(folder, dtype="float32"))
+        assert loaded.model is None and isinstance(loaded.fused, FusedGemma), loaded.runtime.forward
+        reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        layer_types = reference.config.layer_types
+        assert [layer.layer_type for layer in loaded.fused.layers] == layer_types
+        assert [layer.window for layer in loaded.fused.layers] == [WINDOW if t == SLIDING else None for t in layer_types]
+        assert loaded.fused.final_cap == reference.config.final_logit_softcapping
+        runner = make_core(loaded).runner
+        for ids in PROMPTS:
+            torch.testing.assert_close(runner.prefill(runner.new_cache(), ids, 0, every_position=True),
+                                       reference_logits(reference, ids), atol=1e-4, rtol=1e-4)
+        ids = PROMPTS[0]
+        assert run_alone(loaded, ids, GREEDY)[0] == _hf_greedy(reference, ids, GREEDY.max_tokens)
+
+
+def test_what_a_hub_config_asks_beyond_the_direct_read_is_refused_naming_the_field(gemma_dir, tmp_path):
+    folder = _legacy_folders(gemma_dir, tmp_path)[0]
     config = json.loads((folder / "config.json").read_text())
-    del config["layer_types"]
-    (folder / "config.json").write_text(json.dumps(config))
-    assert "layer_types" in open_checkpoint(str(folder))
-    loaded = load(tiny_load_config(folder, dtype="float32"))
-    assert loaded.model is not None and isinstance(loaded.fused, FusedGemma), loaded.runtime.forward
+    for fields, named in (({"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}, "rope_type='yarn'"),
+                          ({"hidden_activation": "gelu"}, "hidden_activation 'gelu'")):
+        (folder / "config.json").write_text(json.dumps(config | fields))
+        refusal = open_checkpoint(str(folder))
+        assert isinstance(refusal, str) and named in refusal and "\n" not in refusal, refusal

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from app.engine.models.families.registry import Family, Getter
 from app.engine.models.attention_layers import layer_windows
-from app.engine.models.fused_llama import FusedLayer, FusedLlama, LlamaDims, Rotary, _joined, _rotate
+from app.engine.models.fused_llama import DefaultRotary, FusedLayer, FusedLlama, LlamaDims, Rotary, _joined, _rotate
 from app.engine.models.packed_linear import PackedLinear
 
 if TYPE_CHECKING:
@@ -117,6 +117,24 @@ class FusedGemma(FusedLlama):
             scores = scores.masked_fill(~attn_mask.unsqueeze(1), torch.finfo(scores.dtype).min)
         weights = scores.softmax(dim=-1).to(values.dtype).view(rows, self.num_kv_heads, groups * tokens, -1)
         return torch.matmul(weights, values).view(rows, heads, tokens, dim)
+
+
+def rope_by_layer_type(config: dict) -> dict[str, dict]:
+    """Each layer type's RoPE parameters from a config dict as transformers 5 saves it (Gemma 3: one dict
+    per type; Gemma 2: one set for every layer)."""
+    params = config["rope_parameters"]
+    return {kind: params[kind] if isinstance(params.get(kind), dict) else params for kind in set(config["layer_types"])}
+
+
+def gemma_rotaries(config: dict, head_dim: int, device: torch.device) -> dict[str, Rotary]:
+    """The RoPE tables per layer type, default or linear (inv_freq / factor), from a config dict."""
+    rotaries = {}
+    for kind, params in rope_by_layer_type(config).items():
+        rotary = DefaultRotary(float(params["rope_theta"]), head_dim, device)
+        if params.get("rope_type", "default") == "linear":
+            rotary.inv_freq = rotary.inv_freq / float(params["factor"])
+        rotaries[kind] = rotary
+    return rotaries
 
 
 def _one_plus(norm: torch.nn.Module) -> torch.Tensor:

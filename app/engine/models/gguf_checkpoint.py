@@ -8,7 +8,8 @@ are memory-mapped, and only what must be dequantized is, with gguf's own numpy c
 
 What it reads: the architectures FusedLlama computes whose GGUF metadata says everything transformers
 would build them from: `llama` (not one named "mistral", which transformers turns into a MistralConfig
-with its default sliding window), `qwen2`, `qwen3` and `phi3` (gguf_layout.py: how each is stored). The
+with its default sliding window), `qwen2`, `qwen3` and `phi3` (gguf_layout.py: how each is stored), and
+`gemma2` / `gemma3` into FusedGemma (their config read as llama.cpp reads it: _gemma_config). The
 config is the one transformers' GGUF loader makes (integrations/ggml.py's key mapping; `tie_word_embeddings`
 when there is no `output.weight`), and the tensors are exactly the ones it loads: llama.cpp's converter
 permutes the rows of Llama's Q and K projections for its RoPE layout, undone here as transformers'
@@ -33,8 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from app.engine.models.attention_layers import layer_windows
+from app.engine.models.families import by_model_type
+from app.engine.models.fused_gemma import FusedGemma, GemmaLayer, GemmaScales, gemma_rotaries
 from app.engine.models.fused_llama import DefaultRotary, FusedLayer, FusedLlama, LlamaDims
-from app.engine.models.gguf_layout import LAYOUTS, GgufLayout
+from app.engine.models.gguf_layout import LAYOUTS, GgufLayout, layout_for
 from app.engine.models.packed_linear import PackedLinear
 
 # GGUF value types (gguf.GGUFValueType) -> struct format of one value.
@@ -98,7 +102,7 @@ class GgufCheckpoint:
 
     @property
     def layout(self) -> GgufLayout:
-        return LAYOUTS[self.config["model_type"]]
+        return layout_for(self.config["model_type"])
 
     @property
     def folder(self) -> Path:
@@ -239,6 +243,104 @@ def _config(fields: dict, arch: str, tensors: dict[str, tuple]) -> tuple[dict, s
     return config, None
 
 
+_SLIDING, _FULL = "sliding_attention", "full_attention"
+# Gemma's `{arch}.<key>` read as they are, and the ones _gemma_config reads itself (llama.cpp's
+# llama_model_gemma2/gemma3::load_arch_hparams and its general hparams).
+_GEMMA_KEYS = {
+    "context_length": "max_position_embeddings", "block_count": "num_hidden_layers",
+    "feed_forward_length": "intermediate_size", "embedding_length": "hidden_size",
+    "attention.head_count": "num_attention_heads", "attention.head_count_kv": "num_key_value_heads",
+    "attention.layer_norm_rms_epsilon": "rms_norm_eps", "attention.key_length": "head_dim", "vocab_size": "vocab_size",
+}
+_GEMMA_READ = {"attention.value_length", "rope.dimension_count", "attention.sliding_window",
+               "attention.sliding_window_pattern", "final_logit_softcapping", "rope.freq_base", "rope.freq_base_swa",
+               "rope.scaling.type", "rope.scaling.factor", "rope.scale_linear"}
+# The model size llama.cpp scales queries by hidden / heads instead of head_dim for (Gemma 2 and 3 27B,
+# as google's gemma_pytorch does), by layer count; transformers' configs say it as query_pre_attn_scalar.
+_GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
+
+
+def _gemma_config(fields: dict, arch: str, tensors: dict[str, tuple]) -> tuple[dict, str | None]:
+    """The Gemma 2/3 config (as transformers 5 saves one) that the file means, read as llama.cpp reads
+    it, or why this module does not read it. transformers' own GGUF loader maps fewer keys (not the
+    caps, the local RoPE base, RoPE scaling or the layer pattern) and takes its config class's defaults
+    for the rest: the same model wherever the file holds those defaults, as Google's checkpoints do
+    (Gemma 3 4B and larger aside: their global layers' linear RoPE scaling, which it drops)."""
+    def value(short: str, default: object = None) -> object:
+        found = fields.get(f"{arch}.{short}", default)
+        return found.item() if isinstance(found, np.generic) else found
+
+    missing = [f"{arch}.{key}" for key in _REQUIRED if f"{arch}.{key}" not in fields]
+    if missing:
+        return {}, f"GGUF field {missing[0]} is missing"
+    known = set(_GEMMA_KEYS) | _GEMMA_READ | ({"attn_logit_softcapping"} if arch == "gemma2" else set())
+    for key, found in fields.items():
+        if key.startswith(arch + ".") and key[len(arch) + 1:] not in known:
+            return {}, f"GGUF field {key}={_short(found)} is not one the direct GGUF reader knows"
+    layout = LAYOUTS[arch]
+    config: dict = {"model_type": layout.model_type or arch, "architectures": None}
+    for short, key in _GEMMA_KEYS.items():
+        if f"{arch}.{short}" in fields:
+            config[key] = value(short)
+    for key, short in (("num_attention_heads", "head_count"), ("num_key_value_heads", "head_count_kv")):
+        if not isinstance(config.get(key, 0), int) or config.get(key, 1) <= 0:
+            return {}, f"GGUF field {arch}.attention.{short}={_short(config.get(key))}: one positive count for every layer"
+    hidden, heads, layers = config["hidden_size"], config["num_attention_heads"], config["num_hidden_layers"]
+    config.setdefault("num_key_value_heads", heads)
+    head_dim = config.setdefault("head_dim", hidden // heads)  # llama.cpp: n_embd / n_head unless key_length
+    for short in ("attention.value_length", "rope.dimension_count"):
+        if value(short, head_dim) != head_dim:
+            return {}, f"GGUF field {arch}.{short}={value(short)} is not the head size ({head_dim})"
+    # Layers: Gemma 2 slides 4,096 positions on every other layer unless the file says otherwise;
+    # Gemma 3 slides only where the file names a window, on five layers of six unless it names a pattern.
+    window = value("attention.sliding_window", 4096 if arch == "gemma2" else 0)
+    pattern = value("attention.sliding_window_pattern", 2 if arch == "gemma2" else 6)
+    if arch == "gemma3" and not window:
+        config["layer_types"], config["sliding_window"] = [_FULL] * layers, None
+    elif isinstance(pattern, np.ndarray) and pattern.shape == (layers,):
+        config["layer_types"], config["sliding_window"] = [_SLIDING if swa else _FULL for swa in pattern], int(window)
+    elif isinstance(pattern, int) and pattern >= 0:
+        config["layer_types"] = [_SLIDING if pattern == 0 or i % pattern < pattern - 1 else _FULL for i in range(layers)]
+        config["sliding_window"] = int(window)
+    else:
+        return {}, f"GGUF field {arch}.attention.sliding_window_pattern={_short(pattern)} is not a pattern of {layers} layers"
+    # RoPE: the global layers' base and linear scale; the local layers' own base (Gemma 2: the global
+    # one unless set) and, on Gemma 2 only, the same scale.
+    theta = float(value("rope.freq_base", 10000.0))
+    local_theta = float(value("rope.freq_base_swa", theta if arch == "gemma2" else 10000.0))
+    factor = float(value("rope.scaling.factor", value("rope.scale_linear", 0.0)) or 1.0)
+    scaling = value("rope.scaling.type", "linear")
+    if factor != 1.0 and scaling != "linear":
+        return {}, f"GGUF field {arch}.rope.scaling.type={scaling!r}: the direct GGUF reader scales RoPE linearly only"
+
+    def rope(base: float, scale: float) -> dict:
+        return {"rope_type": "linear", "factor": scale, "rope_theta": base} if scale != 1.0 else \
+            {"rope_type": "default", "rope_theta": base}
+
+    config["rope_parameters"] = {_FULL: rope(theta, factor),
+                                 _SLIDING: rope(local_theta, factor if arch == "gemma2" else 1.0)}
+    final_cap = value("final_logit_softcapping", 30.0 if arch == "gemma2" else 0.0)
+    attention_cap = value("attn_logit_softcapping", 50.0) if arch == "gemma2" else None
+    if arch == "gemma2" and (not final_cap or not attention_cap):
+        return {}, f"GGUF field {arch}.*_softcapping={final_cap or attention_cap}: Gemma 2 always caps"
+    config["final_logit_softcapping"] = float(final_cap) if final_cap else None
+    config["attn_logit_softcapping"] = float(attention_cap) if attention_cap else None
+    config["query_pre_attn_scalar"] = hidden // heads if layers == _GEMMA_27B_LAYERS[arch] else head_dim
+    if "vocab_size" not in config:  # llama.cpp counts the tokenizer's tokens (so does transformers)
+        tokens = fields.get("tokenizer.ggml.tokens")
+        if tokens is None:
+            return {}, f"GGUF field {arch}.vocab_size is missing (and no tokenizer.ggml.tokens)"
+        config["vocab_size"] = len(tokens)
+    config["tie_word_embeddings"] = "output.weight" not in tensors
+    config.update(hidden_activation="gelu_pytorch_tanh", attention_bias=False, use_bidirectional_attention=False)
+    config.setdefault("max_position_embeddings", 8192 if arch == "gemma2" else 131072)
+    from app.engine.models.llama_checkpoint import gemma_rope_refusal
+
+    family = by_model_type(config["model_type"])
+    refusal = family.refusal(lambda key, default: config.get(key, default)) or gemma_rope_refusal(config)
+    return config, (f"GGUF {arch}: {refusal}" if refusal else None)
+
+
 def _short(value: object) -> str:
     text = repr(value.tolist() if isinstance(value, np.ndarray) else value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -246,17 +348,19 @@ def _short(value: object) -> str:
 
 def expected_tensors(config: dict) -> dict[str, tuple[int, ...]]:
     """{GGUF tensor name: torch-order shape} that transformers loads for this config."""
-    dims, layout = LlamaDims.of(config.get), LAYOUTS[config["model_type"]]
+    dims, layout = LlamaDims.of(config.get), layout_for(config["model_type"])
     hidden, vocab, inter = int(config["hidden_size"]), dims.vocab_size, dims.intermediate_size
     q_out, kv_out = dims.num_heads * dims.head_dim, dims.num_kv_heads * dims.head_dim
     shapes = {"token_embd.weight": (vocab, hidden), "output_norm.weight": (hidden,)}
-    if not config["tie_word_embeddings"]:
+    if not config["tie_word_embeddings"] and layout.untied:  # Gemma 2's output is always the embedding
         shapes["output.weight"] = (vocab, hidden)
     # Each stored matrix's rows: the parts it holds (one, or a fused [q; k; v] / [gate; up]).
     parts = {"qkv": [q_out, kv_out, kv_out], "o": [hidden], "gate_up": [inter, inter], "down": [hidden]}
     inputs = {"qkv": hidden, "o": q_out, "gate_up": hidden, "down": inter}
     for i in range(dims.num_layers):
         shapes[f"blk.{i}.attn_norm.weight"] = shapes[f"blk.{i}.ffn_norm.weight"] = (hidden,)
+        if layout.gemma:  # after attention and after the MLP (ffn_norm: before the MLP)
+            shapes[f"blk.{i}.post_attention_norm.weight"] = shapes[f"blk.{i}.post_ffw_norm.weight"] = (hidden,)
         for matrix, names in layer_names(layout, i).items():
             rows = parts[matrix] if len(names) == len(parts[matrix]) else [sum(parts[matrix])]
             for name, out in zip(names, rows, strict=True):
@@ -286,7 +390,7 @@ def open_gguf(path: str | Path) -> GgufCheckpoint | str:
     if arch == "llama" and fields.get("general.name") == "mistral":
         return "GGUF field general.name='mistral': transformers reads it as Mistral, with its default sliding window"
     infos = {name: (shape, kind, offset) for name, shape, kind, offset in header.tensor_infos}
-    config, refusal = _config(fields, arch, infos)
+    config, refusal = (_gemma_config if LAYOUTS[arch].gemma else _config)(fields, arch, infos)
     if refusal:
         return refusal
     expected = expected_tensors(config)
@@ -351,6 +455,12 @@ class _Reader:
     def norm(self, name: str) -> torch.Tensor:
         return self(name).float()  # through the model's dtype first, as transformers holds it
 
+    def gemma_norm(self, name: str) -> torch.Tensor:
+        """A Gemma norm's scale, 1 + weight, from the stored 1 + weight: transformers' GGUF loader
+        subtracts the 1 (in fp32) and holds the weight in the model's dtype; Gemma's norm adds it back."""
+        weight = np.ascontiguousarray(dequantized(self.checkpoint, name)) - np.float32(1.0)
+        return 1.0 + torch.from_numpy(weight).to(device=self.device, dtype=self.dtype).float()
+
 
 def layer_names(layout: GgufLayout, index: int) -> dict[str, list[str]]:
     """The GGUF tensors (without .weight/.bias) of each fused matrix of layer `index`."""
@@ -365,9 +475,12 @@ def head_norm_names(layout: GgufLayout, index: int) -> tuple[str, str] | None:
 
 
 def fused_from_gguf(checkpoint: GgufCheckpoint, dtype: torch.dtype, device: torch.device) -> FusedLlama:
-    """FusedLlama with the file's weights dequantized, in `dtype` on `device` (as transformers loads them)."""
+    """FusedLlama (FusedGemma for Gemma) with the file's weights dequantized, in `dtype` on `device` (as
+    transformers loads them)."""
     dims = LlamaDims.of(checkpoint.get)
     read = _Reader(checkpoint, dtype, device)
+    if checkpoint.layout.gemma:
+        return _gemma_from_gguf(checkpoint, read, dims, device)
     layers = []
     for i in range(dims.num_layers):
         names, head_norms = layer_names(checkpoint.layout, i), head_norm_names(checkpoint.layout, i)
@@ -380,3 +493,24 @@ def fused_from_gguf(checkpoint: GgufCheckpoint, dtype: torch.dtype, device: torc
     lm_head = PackedLinear(embed) if checkpoint.get("tie_word_embeddings") else PackedLinear(read("output.weight"))
     return FusedLlama(dims, embed, DefaultRotary(float(checkpoint.get("rope_theta")), dims.head_dim, device),
                       layers, read.norm("output_norm.weight"), lm_head)
+
+
+def _gemma_from_gguf(checkpoint: GgufCheckpoint, read: _Reader, dims: LlamaDims, device: torch.device) -> FusedGemma:
+    """FusedGemma from a Gemma 2/3 file: its norms stored as 1 + weight (gemma_norm), RoPE per layer type."""
+    config, layout = checkpoint.config, checkpoint.layout
+    windows = layer_windows(checkpoint.get, dims.num_layers)
+    layers = []
+    for i, (kind, window) in enumerate(zip(config["layer_types"][: dims.num_layers], windows)):
+        names, head_norms = layer_names(layout, i), head_norm_names(layout, i)
+        q_norm, k_norm = (read.gemma_norm(name) for name in head_norms) if head_norms else (None, None)
+        layers.append(GemmaLayer(
+            input_norm=read.gemma_norm(f"blk.{i}.attn_norm.weight"), qkv=read.fused(names["qkv"]),
+            o=read.fused(names["o"]), post_norm=read.gemma_norm(f"blk.{i}.post_attention_norm.weight"),
+            gate_up=read.fused(names["gate_up"]), down=read.fused(names["down"]), q_norm=q_norm, k_norm=k_norm,
+            window=window, pre_mlp_norm=read.gemma_norm(f"blk.{i}.ffn_norm.weight"),
+            post_mlp_norm=read.gemma_norm(f"blk.{i}.post_ffw_norm.weight"), layer_type=kind))
+    embed = read("token_embd.weight")
+    lm_head = PackedLinear(embed) if config["tie_word_embeddings"] else PackedLinear(read("output.weight"))
+    return FusedGemma(dims, embed, gemma_rotaries(config, dims.head_dim, device), layers,
+                      read.gemma_norm("output_norm.weight"), lm_head,
+                      GemmaScales.of(checkpoint.get, by_model_type(config["model_type"])))

@@ -6,9 +6,10 @@ about two seconds on a small CPU; reading config.json and the safetensors files 
 that. This reads only checkpoints it can compute exactly as transformers would: one of the families
 registered in app/engine/models/families/ (which say each one's tensor names, biases, extra norms and
 refusals), the default RoPE, no quantization config, and exactly the tensors transformers would load;
-Gemma only where config.json writes out its layer types and RoPE per layer type (default or linear),
-as transformers 5 saves them, not the older fields its config class derives them from.
-Anything else is refused with a reason, and the loader takes transformers' path instead.
+Gemma 2/3 with RoPE per layer type (default or linear), whether config.json writes out its layer types
+and RoPE parameters (as transformers 5 saves it) or leaves them to the config class, as the Hub's
+configs from transformers 4.4x do (families/gemma_config.py derives them as Gemma2Config and
+Gemma3TextConfig do). Anything else is refused with a reason, and the loader takes transformers' path instead.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from safetensors import safe_open
 from app.engine.models.attention_layers import layer_windows
 from app.engine.models.families import by_model_type, model_types
 from app.engine.models.families.registry import Family, rope_parameters
-from app.engine.models.fused_gemma import FusedGemma, GemmaLayer, GemmaScales
+from app.engine.models.fused_gemma import FusedGemma, GemmaLayer, GemmaScales, gemma_rotaries, rope_by_layer_type
 from app.engine.models.fused_llama import (
     DefaultRotary,
     FusedLayer,
@@ -37,10 +38,6 @@ from app.engine.models.packed_linear import PackedLinear
 # its defaults differ from what this module assumes when one is missing: LlamaConfig's).
 _REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "rms_norm_eps",
              "vocab_size")
-# Gemma's config.json must write these out (as transformers 5 saves it): its layer pattern and RoPE per
-# layer type are derived from other fields and renamed ones in older configs.
-_GEMMA_REQUIRED = ("num_key_value_heads", "head_dim", "max_position_embeddings", "query_pre_attn_scalar", "layer_types",
-                   "rope_parameters", "tie_word_embeddings")
 # Left in some older checkpoints; transformers recomputes it and ignores the stored copy.
 _IGNORED_SUFFIX = "rotary_emb.inv_freq"
 
@@ -137,8 +134,6 @@ def _config_refusal(config: dict) -> str | None:
     if config.get("quantization_config"):
         return "a quantized checkpoint"
     missing = [key for key in _REQUIRED + family.required if config.get(key) is None]
-    if family.layer == "gemma":  # every field whose class default or old-format spelling this does not mirror
-        missing += [key for key in _GEMMA_REQUIRED + family.softcapping if key not in config]
     if missing:
         return f"config.json does not name {', '.join(missing)}"
 
@@ -146,38 +141,45 @@ def _config_refusal(config: dict) -> str | None:
         return config.get(key, family.defaults.get(key, default))
 
     if family.layer == "gemma":
-        return family.refusal(get) or _gemma_rope_refusal(config)
+        return family.refusal(get) or gemma_rope_refusal(config)
     return family.refusal(get) or config_reason(get) or rope_theta(config)[1]
 
 
-def _gemma_rope_parameters(config: dict) -> dict[str, dict]:
-    """Each layer type's RoPE parameters (Gemma 3: per type; Gemma 2: one set for every layer)."""
-    params = config["rope_parameters"]
-    return {kind: params[kind] if isinstance(params.get(kind), dict) else params for kind in set(config["layer_types"])}
-
-
-def _gemma_rope_refusal(config: dict) -> str | None:
+def gemma_rope_refusal(config: dict) -> str | None:
     if "sliding_attention" in config["layer_types"] and config.get("sliding_window") is None:
-        return "config.json does not name sliding_window"
-    for kind, params in _gemma_rope_parameters(config).items():
+        return "config.json sliding_window=None with sliding_attention layers"
+    for kind, params in rope_by_layer_type(config).items():
+        where = f"config.json rope_parameters[{kind!r}]"
         if not isinstance(params, dict) or params.get("rope_theta") is None:
-            return f"config.json names no rope_theta for {kind}"
+            return f"{where} names no rope_theta"
         rope_type = params.get("rope_type", "default")
-        if rope_type not in ("default", "linear") or params.get("partial_rotary_factor", 1.0) != 1.0:
-            return f"RoPE type {rope_type!r} for {kind}"
+        if rope_type not in ("default", "linear"):
+            return f"{where} rope_type={rope_type!r} (read directly: default or linear)"
+        if rope_type == "linear" and not isinstance(params.get("factor"), (int, float)):
+            return f"{where} factor={params.get('factor')!r} for linear RoPE"
+        if params.get("partial_rotary_factor", 1.0) != 1.0:
+            return f"{where} partial_rotary_factor={params['partial_rotary_factor']!r}"
     return None
+
+
+def as_saved(config: dict) -> dict | str:
+    """config.json as its family's transformers config class reads it (families/gemma_config.py for
+    Gemma's older configs; others as written), or why that is not mirrored."""
+    family = by_model_type(config.get("model_type"))
+    return config if family is None else family.as_saved(config)
 
 
 def open_checkpoint(reference: str, overrides: dict[str, object] | None = None) -> LlamaCheckpoint | str:
     """The checkpoint at `reference` (a local folder), or why this module cannot read it. `overrides`:
     config fields set over the stored ones, as from_pretrained gets them (loader.attention_overrides:
-    a sliding window no shorter than the context, read as full attention)."""
+    a sliding window no shorter than the context, read as full attention), applied before the config
+    class derives its fields, as from_pretrained applies them."""
     folder = Path(reference)
     if not (folder / "config.json").is_file():
         return "not a local folder with a config.json"
     try:
-        config = json.loads((folder / "config.json").read_text()) | dict(overrides or {})
-        refusal = _config_refusal(config)
+        config = as_saved(json.loads((folder / "config.json").read_text()) | dict(overrides or {}))
+        refusal = config if isinstance(config, str) else _config_refusal(config)
         stored = None if refusal else _tensor_shapes(folder)
     except Exception as exc:  # noqa: BLE001 - unreadable JSON or safetensors headers: transformers says what is wrong
         return f"unreadable files ({type(exc).__name__}: {exc})"
@@ -280,12 +282,7 @@ def _gemma_from_checkpoint(checkpoint: LlamaCheckpoint, read: _Reader, dims: Lla
             post_mlp_norm=1.0 + read.norm(prefix + "post_feedforward_layernorm.weight"),
             layer_type=kind,
         ))
-    rotaries = {}
-    for kind, params in _gemma_rope_parameters(config).items():
-        rotary = DefaultRotary(float(params["rope_theta"]), dims.head_dim, device)
-        if params.get("rope_type", "default") == "linear":
-            rotary.inv_freq = rotary.inv_freq / float(params["factor"])
-        rotaries[kind] = rotary
+    rotaries = gemma_rotaries(config, dims.head_dim, device)
     embed = read("model.embed_tokens.weight")
     lm_head = PackedLinear(embed) if config["tie_word_embeddings"] else read.linear("lm_head")
     return FusedGemma(dims, embed, rotaries, layers, 1.0 + read.norm("model.norm.weight"), lm_head,

@@ -26,7 +26,7 @@ from app.engine.models.attention_layers import full_attention_overrides
 from app.engine.models.fused_llama import FusedLlama, LlamaDims, build_fused
 from app.engine.models.gguf_checkpoint import GgufCheckpoint, fused_from_gguf, open_gguf
 from app.engine.models.hardware import CpuFeatures, RuntimeInfo, detect_cpu_features
-from app.engine.models.llama_checkpoint import LlamaCheckpoint, fused_from_checkpoint, open_checkpoint
+from app.engine.models.llama_checkpoint import LlamaCheckpoint, as_saved, fused_from_checkpoint, open_checkpoint
 from app.engine.models.memory import keep_one_copy_of_cpu_kernels
 from app.engine.native import packed_cache
 from app.engine.native.backend import attach, describe_weights, open_library
@@ -125,9 +125,12 @@ def split_gguf_reference(model: str) -> tuple[str, str | None]:
     return model, None
 
 
-# GGUF architectures whose tokenizer AutoTokenizer builds as the generic class (Qwen3's is Qwen2Tokenizer),
-# and the vocabularies built here: byte-level BPE and sentencepiece (BPE with byte fallback, "▁" spaces).
-_GGUF_GENERIC_ARCHITECTURES = {"llama", "phi3"}
+# GGUF architectures whose tokenizer is built here, with the class AutoTokenizer builds for it: the generic
+# one (Qwen3's is Qwen2Tokenizer: not here), GemmaTokenizer for Gemma 2/3 (transformers' gemma builder:
+# multi-space pieces respelled, merges in the file's order); and the vocabularies built here: byte-level
+# BPE and sentencepiece (BPE with byte fallback, "▁" spaces).
+_GGUF_TOKENIZER_CLASSES = {"llama": "PreTrainedTokenizerFast", "phi3": "PreTrainedTokenizerFast",
+                           "gemma2": "GemmaTokenizer", "gemma3": "GemmaTokenizer"}
 _GGUF_DIRECT_TOKENIZERS = {"gpt2", "llama"}
 
 
@@ -156,21 +159,24 @@ def load_tokenizer(model: str, trust_remote_code: bool = False) -> PreTrainedTok
 
 
 def _gguf_tokenizer(path: str) -> PreTrainedTokenizerBase | None:
-    """A GGUF file's tokenizer as AutoTokenizer builds it, where that is transformers' generic class (a
-    llama- or phi3-architecture file with a byte-level BPE vocabulary, the default model's kind, or a
-    sentencepiece one, Llama-2's kind), with transformers' own GGUF builders (their merges, byte fallback,
-    Metaspace or Phi-3's normalizer, control tokens) but without the config AutoTokenizer reads first:
-    that is a second pass over the file's metadata (about 4 s for a 49k-token vocabulary, with every
-    string an array view). None: AutoTokenizer's turn."""
-    from transformers import PreTrainedTokenizerFast
+    """A GGUF file's tokenizer as AutoTokenizer builds it, in the class it picks (transformers' generic
+    class for a llama- or phi3-architecture file with a byte-level BPE vocabulary, the default model's
+    kind, or a sentencepiece one, Llama-2's kind; GemmaTokenizer for a gemma2/gemma3 file's
+    sentencepiece vocabulary), with transformers' own GGUF builders (their merges, byte fallback,
+    Metaspace or Phi-3's normalizer, Gemma's respelled spaces, control tokens) but without the config
+    AutoTokenizer reads first: that is a second pass over the file's metadata (about 4 s for a 49k-token
+    vocabulary, with every string an array view). None: AutoTokenizer's turn."""
+    import transformers
     from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer, get_gguf_tokenizer
 
     architecture, vocabulary, tokenizer_config = get_gguf_tokenizer(path)
-    if (architecture not in _GGUF_GENERIC_ARCHITECTURES
-            or vocabulary.get("tokenizer_type") not in _GGUF_DIRECT_TOKENIZERS):
+    kind = vocabulary.get("tokenizer_type")
+    if architecture not in _GGUF_TOKENIZER_CLASSES or kind not in _GGUF_DIRECT_TOKENIZERS \
+            or (architecture.startswith("gemma") and kind != "llama"):  # Gemma: sentencepiece only, tested
         return None
     backend, extra = convert_gguf_tokenizer(architecture, vocabulary)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, **tokenizer_config, **extra)
+    tokenizer_class = getattr(transformers, _GGUF_TOKENIZER_CLASSES[architecture])
+    return tokenizer_class(tokenizer_object=backend, **tokenizer_config, **extra)
 
 
 def attention_overrides(config: LoadConfig) -> dict[str, object]:
@@ -180,7 +186,9 @@ def attention_overrides(config: LoadConfig) -> dict[str, object]:
     path = Path(config.model) / "config.json"
     if not path.is_file():
         return {}
-    return full_attention_overrides(json.loads(path.read_text()), config.max_model_len, str(path))
+    stored = json.loads(path.read_text())
+    derived = as_saved(stored)  # Gemma's older configs: the layer types their config class derives
+    return full_attention_overrides(derived if isinstance(derived, dict) else stored, config.max_model_len, str(path))
 
 
 def load_weights(model: str, dtype: torch.dtype, device: torch.device,
@@ -303,6 +311,8 @@ def _native_checkpoint(checkpoint: LlamaCheckpoint | GgufCheckpoint | None) -> b
     transformers reads gets the CPU's own auto dtype, as it may end on torch's forward."""
     if isinstance(checkpoint, LlamaCheckpoint) and checkpoint.family.layer != "llama":
         return False  # Gemma: the fused forward only
+    if isinstance(checkpoint, GgufCheckpoint) and checkpoint.layout.gemma:
+        return False
     return checkpoint is not None and not unsupported_reason(LlamaDims.of(checkpoint.get), torch.bfloat16,
                                                              torch.device("cpu"))
 
@@ -351,7 +361,7 @@ def _read_gguf(gguf: GgufCheckpoint, config: LoadConfig, tokenizer: PreTrainedTo
     eos = _merged_ids([gguf.eos_token_ids, gguf.eos_token_ids, tokenizer.eos_token_id])
     dims = LlamaDims.of(gguf.get)
     try:
-        if isinstance(library, NativeLibrary) and unsupported_reason(dims, dtype, device) is None:
+        if isinstance(library, NativeLibrary) and _native_checkpoint(gguf) and unsupported_reason(dims, dtype, device) is None:
             native = native_from_gguf(gguf, library, dtype, max_pos, config.quantization)
             runtime = replace(runtime, forward=f"native ({library.isa} build)",
                               quantization=describe_weights(native, config.quantization))

@@ -34,6 +34,10 @@ def _nothing_refused(get: Getter) -> str | None:
     return None
 
 
+def _as_written(config: dict) -> dict | str:
+    return config
+
+
 @dataclass(frozen=True)
 class Family:
     """How one transformers architecture maps onto FusedLlama."""
@@ -61,6 +65,10 @@ class Family:
     # Config keys whose values cap the attention scores and/or the final logits as cap * tanh(x / cap)
     # (Gemma 2: both; Gemma 3 reads only the final one): where a key's value is None, no cap.
     softcapping: tuple[str, ...] = ()
+    # config.json -> the config its transformers class reads from it, with what the class derives from
+    # older fields and its defaults written out (Gemma: families/gemma_config.py), or why that is not
+    # mirrored (one line naming the field and its value). Others: config.json as written.
+    as_saved: Callable[[dict], dict | str] = _as_written
 
     def tensor_names(self) -> dict[str, tuple[str, ...]]:
         """Each stored projection module (relative to a layer) -> the parts it holds, in order."""
