@@ -161,3 +161,13 @@ def test_the_loader_reads_each_family_s_gguf_without_transformers_models(tmp_pat
         forward = {"native": loaded.native, "fused": loaded.fused}
         torch.testing.assert_close(_logits(loaded, ids, **forward), expected, atol=1e-4, rtol=1e-4)
         assert _greedy(loaded, ids, **forward) == reference
+
+
+def test_an_end_of_turn_token_the_file_names_ends_generation_too(tmp_path, tiny_family):
+    """tokenizer.ggml.eot_token_id (as llama.cpp's converter writes for chat models whose turns end with
+    another token than <eos>) joins the EOS ids."""
+    arch, _, model = tiny_family
+    plain = open_gguf(write_gguf(tmp_path / "plain.gguf", model, F32_TYPES, {"tokenizer.ggml.eos_token_id": 2}))
+    named = open_gguf(write_gguf(tmp_path / "eot.gguf", model, F32_TYPES,
+                                 {"tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.eot_token_id": 7}))
+    assert plain.eos_token_ids == (2,) and named.eos_token_ids == (2, 7)

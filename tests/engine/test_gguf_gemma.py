@@ -144,7 +144,8 @@ def test_quantized_blocks_compute_the_dequantized_models_logits(gemma_gguf, tiny
 
 def test_the_loader_reads_it_without_transformers_models(gemma_gguf, monkeypatch):
     """load() of a Gemma GGUF: FusedGemma (the native kernels refuse Gemma's layers), the tokenizer built
-    directly as AutoTokenizer's GemmaTokenizer, EOS from the file, transformers' greedy tokens."""
+    directly as AutoTokenizer's GemmaTokenizer, EOS from the file and the end of a turn, transformers'
+    greedy tokens."""
     import transformers
 
     _, path, model = gemma_gguf
@@ -158,7 +159,10 @@ def test_the_loader_reads_it_without_transformers_models(gemma_gguf, monkeypatch
     assert loaded.model is None and isinstance(loaded.fused, FusedGemma), loaded.runtime.forward
     assert loaded.runtime.forward.startswith("fused (the native kernels"), loaded.runtime.forward
     assert type(loaded.tokenizer).__name__ == "GemmaTokenizer"
-    assert loaded.eos_token_ids == (1,) and loaded.max_position_embeddings == 128
+    # <eos> from the file, and <end_of_turn>, which ends the chat template's turns (as llama.cpp stops).
+    turn_end = loaded.tokenizer.get_vocab().get("<end_of_turn>")
+    assert turn_end is not None and loaded.eos_token_ids == (1, turn_end)
+    assert loaded.max_position_embeddings == 128
     ids = loaded.tokenizer.encode("Hello world")
     assert ids[0] == 2  # <bos>
     runner = make_core(loaded).runner

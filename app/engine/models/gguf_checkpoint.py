@@ -405,7 +405,9 @@ def open_gguf(path: str | Path) -> GgufCheckpoint | str:
     except (ValueError, KeyError) as exc:  # a type gguf does not know, a truncated file
         return f"unreadable GGUF tensors ({type(exc).__name__}: {exc})"
     eos = fields.get("tokenizer.ggml.eos_token_id", LAYOUTS[arch].eos_token_id)  # else the config class's
-    return GgufCheckpoint(path, config, tensors, () if eos is None else (int(eos),), mapped)
+    ends = [eos, fields.get("tokenizer.ggml.eot_token_id")]  # an end-of-turn token, where the file names one
+    ids = tuple(dict.fromkeys(int(token) for token in ends if token is not None))
+    return GgufCheckpoint(path, config, tensors, ids, mapped)
 
 
 def unpermute_rows(rows: np.ndarray, heads: int) -> np.ndarray:

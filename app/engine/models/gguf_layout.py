@@ -36,6 +36,9 @@ class GgufLayout:
     gemma: bool = False  # Gemma 2/3: FusedGemma's layer, norms stored as 1 + weight, four norms a layer
     model_type: str | None = None  # transformers' model_type where it is not the architecture's name
     untied: bool = True  # whether the file may hold its own output.weight (Gemma 2's never does)
+    # Tokens that end a chat turn though the file names only <eos> (Gemma's chat template ends a turn with
+    # <end_of_turn>; transformers' generation_config lists it, llama.cpp finds it by its text).
+    turn_ends: tuple[str, ...] = ()
 
     def head_dim(self, hidden: int, heads: int) -> int:
         return int(self.defaults.get("head_dim") or hidden // heads)
@@ -49,8 +52,9 @@ LAYOUTS = {layout.arch: layout for layout in (
                defaults={"max_position_embeddings": 32768, "rope_theta": 10000.0, "head_dim": 128}),
     GgufLayout("phi3", qkv=("attn_qkv",), gate_up=("ffn_up",),
                defaults={"max_position_embeddings": 4096, "rope_theta": 10000.0}, eos_token_id=32000),
-    GgufLayout("gemma2", gemma=True, untied=False, eos_token_id=1),
-    GgufLayout("gemma3", gemma=True, head_norms=True, model_type="gemma3_text", eos_token_id=1),
+    GgufLayout("gemma2", gemma=True, untied=False, eos_token_id=1, turn_ends=("<end_of_turn>",)),
+    GgufLayout("gemma3", gemma=True, head_norms=True, model_type="gemma3_text", eos_token_id=1,
+               turn_ends=("<end_of_turn>",)),
 )}
 _BY_MODEL_TYPE = {layout.model_type or layout.arch: layout for layout in LAYOUTS.values()}
 

@@ -25,6 +25,7 @@ import torch
 from app.engine.models.attention_layers import full_attention_overrides
 from app.engine.models.fused_llama import FusedLlama, LlamaDims, build_fused
 from app.engine.models.gguf_checkpoint import GgufCheckpoint, fused_from_gguf, open_gguf
+from app.engine.models.gguf_layout import layout_for
 from app.engine.models.hardware import CpuFeatures, RuntimeInfo, detect_cpu_features
 from app.engine.models.llama_checkpoint import LlamaCheckpoint, as_saved, fused_from_checkpoint, open_checkpoint
 from app.engine.models.memory import keep_one_copy_of_cpu_kernels
@@ -351,6 +352,12 @@ def _read_checkpoint(checkpoint: LlamaCheckpoint, tokenizer: PreTrainedTokenizer
     return _loaded_from(checkpoint, tokenizer, device, dtype, replace(runtime, forward="fused"), fused=fused)
 
 
+def _turn_end_ids(gguf: GgufCheckpoint, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The ids of the tokens the file's family ends a chat turn with (gguf_layout.turn_ends)."""
+    vocabulary = tokenizer.get_vocab()
+    return [vocabulary[text] for text in layout_for(gguf.get("model_type", "")).turn_ends if text in vocabulary]
+
+
 def _read_gguf(gguf: GgufCheckpoint, config: LoadConfig, tokenizer: PreTrainedTokenizerBase, device: torch.device,
                dtype: torch.dtype, runtime: RuntimeInfo, library: NativeLibrary | str) -> LoadedModel | None:
     """The model read straight from a GGUF file: on the native kernels from its blocks where they run
@@ -358,7 +365,7 @@ def _read_gguf(gguf: GgufCheckpoint, config: LoadConfig, tokenizer: PreTrainedTo
     from app.engine.native.gguf_weights import native_from_gguf
 
     max_pos = int(gguf.get("max_position_embeddings", 0) or 2048)
-    eos = _merged_ids([gguf.eos_token_ids, gguf.eos_token_ids, tokenizer.eos_token_id])
+    eos = _merged_ids([gguf.eos_token_ids, tokenizer.eos_token_id, _turn_end_ids(gguf, tokenizer)])
     dims = LlamaDims.of(gguf.get)
     try:
         if isinstance(library, NativeLibrary) and _native_checkpoint(gguf) and unsupported_reason(dims, dtype, device) is None:
