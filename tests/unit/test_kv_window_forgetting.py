@@ -10,7 +10,7 @@ import torch
 from app.engine.kv import kv_store
 from app.engine.kv.kv_store import KVStore, kept_columns
 from app.engine.kv.prefix_cache import PrefixCache, PrefixCacheConfig
-from app.engine.kv.slab_cache import LayerCache, SlabLayer
+from app.engine.kv.slab_cache import GROW_COLUMNS, LayerCache, SlabLayer
 
 WINDOW = 4
 WINDOWS = [WINDOW, None]  # a sliding layer and a full one
@@ -71,6 +71,10 @@ def test_rows_stay_right_aligned_through_joins_leaves_and_forgetting():
     assert store.cache.layers[0].get_seq_length() < store.num_columns  # the sliding layer forgot
     store.join([2], _prompt(20, 2), torch.ones((1, 20), dtype=torch.long))  # wider than what it keeps
     _check(store)
+    # It dropped more than it keeps: copied into a buffer of its size, the long prompt's memory given back.
+    sliding, full = store.cache.layers
+    assert sliding.capacity == kept_columns(WINDOW) + GROW_COLUMNS < full.capacity
+    assert sliding.allocated_bytes < full.allocated_bytes
     store.join([3], _prompt(2, 3), torch.ones((1, 2), dtype=torch.long))  # into the rows' spare room or not
     for _ in range(7):
         _step(store)

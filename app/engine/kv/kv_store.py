@@ -6,8 +6,9 @@ rows join with their own prefilled cache, leave by sequence, and hand out a row'
 cache. Every layer is a SlabLayer with spare columns, and the moves keep that spare room. A
 sliding-window layer (where the forward says which: `windows`) keeps only its last columns: left
 padding right-aligns every row, so the next query of every row sees keys in the last `window - 1`
-columns only, and older ones are dropped (a view) once REUSE_MARGIN + FORGET_STEP columns past that
-have piled up; the buffer's next growth then copies just what is kept. Its memory and attention stay
+columns only, and older ones are dropped once REUSE_MARGIN + FORGET_STEP columns past that
+have piled up (a view: the buffer's next growth copies just what is kept; a copy at once where most of
+it goes, a long prompt having just joined). Its memory and attention stay
 bounded by the window, not the context (bench/window_kv.py measures this against keeping every
 column under the window mask). Each layer holds the LAST `get_seq_length()` of the store's
 `num_columns` logical columns: the invariant every move below keeps. Under load
@@ -131,6 +132,14 @@ def _place(buffer: torch.Tensor, start_row: int, kv: torch.Tensor, columns: int)
     (only its last `columns` where it is wider: a sliding layer keeping fewer)."""
     width = min(kv.shape[-2], columns)
     buffer[start_row:start_row + kv.shape[0], :, columns - width:columns] = kv[:, :, kv.shape[-2] - width:]
+
+
+def _compacted(buffer: torch.Tensor, drop: int, keep: int) -> torch.Tensor:
+    """A fresh buffer holding columns drop:drop + keep of `buffer` first, with spare columns after them
+    and as many rows behind the view as `buffer` had (so later joiners still fit in place)."""
+    fresh = spare_buffer(buffer, row_capacity(buffer), keep)
+    fresh[:buffer.shape[0], :, :keep] = buffer[:, :, drop:drop + keep]
+    return fresh[:buffer.shape[0]]
 
 
 class KVStore:
@@ -336,17 +345,20 @@ class KVStore:
         return max(needs, default=0)
 
     def _forget(self) -> None:
-        """Sliding layers drop columns no row's next query can see (a view: the next growth copies only
-        what is kept), once FORGET_STEP of them have piled up past what they keep."""
+        """Sliding layers drop columns no row's next query can see, once FORGET_STEP of them have piled
+        up past what they keep: a view (the next growth copies only what is kept), or a copy into a
+        buffer of their size where they dropped more than they keep (a long prompt just joined), so its
+        memory is given back at once."""
         if self.windows is None or self.cache is None:
             return
         for index, (layer, window) in enumerate(zip(self.cache.layers, self.windows)):
             held = held_columns(layer)
             if window is None or held < kept_columns(window) + FORGET_STEP:
                 continue
-            drop = held - kept_columns(window)
-            keys, values = layer.buffers
-            self.cache.layers[index] = type(layer).holding(keys[:, :, drop:], values[:, :, drop:], held - drop)
+            kept = kept_columns(window)
+            buffers = [_compacted(buffer, held - kept, kept) if held - kept > kept else buffer[:, :, held - kept:]
+                       for buffer in layer.buffers]
+            self.cache.layers[index] = type(layer).holding(*buffers, kept)
 
     def _mask(self, columns: int) -> torch.Tensor:
         column = torch.arange(columns, device=self.device)
