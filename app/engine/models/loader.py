@@ -3,7 +3,8 @@
 A model reference is a local folder, a Hugging Face hub id, or a path to a `.gguf` file. A local
 safetensors folder of a registered family (app/engine/models/families/: Llama, the default model's kind,
 Qwen2, Mistral, Qwen3, Phi-3; Gemma 2/3 into FusedGemma) is read straight into the fused forward
-(app/engine/models/llama_checkpoint.py), or mapped as packed by an earlier start (native/packed_cache.py),
+(app/engine/models/llama_checkpoint.py) and moved onto the native kernels, or mapped as packed by an earlier
+start (native/packed_cache.py),
 and a Llama folder's plain fast
 tokenizer is FastTokenizer (app/engine/text/tokenizer.py): transformers'
 model and config classes import its modeling code (and torch.distributed), and transformers itself
@@ -303,8 +304,6 @@ def _gguf(config: LoadConfig) -> GgufCheckpoint | None:
 def _native_checkpoint(checkpoint: LlamaCheckpoint | GgufCheckpoint | None) -> bool:
     """Whether the kernels will run this checkpoint (then auto is bf16 on any CPU). A model that only
     transformers reads gets the CPU's own auto dtype, as it may end on torch's forward."""
-    if isinstance(checkpoint, LlamaCheckpoint) and checkpoint.family.layer != "llama":
-        return False  # Gemma: the fused forward only
     return checkpoint is not None and not unsupported_reason(LlamaDims.of(checkpoint.get), torch.bfloat16,
                                                              torch.device("cpu"))
 
