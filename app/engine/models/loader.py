@@ -53,7 +53,7 @@ class LoadConfig:
     # grids, else dense in dtype; none = dense; int8 | int4 = those grids, lossy.
     quantization: str = "auto"
     read_checkpoints: bool = True  # False: every model through transformers' from_pretrained
-    native_kernels: bool = True  # the native CPU kernels for Llama-family models (False: torch ops)
+    native_kernels: bool = True  # the native CPU kernels for Llama-family and Gemma 2/3 models (False: torch ops)
     native_isa: str = "auto"  # auto | avx512 | avx2 | generic: which build of them (a CPU may run a narrower one)
     onednn_max_cpu_isa: str = ""  # oneDNN's cap on its instructions (ONEDNN_MAX_CPU_ISA): may rule out native bf16
     max_model_len: int = 0  # the context served (0: the model's own); a sliding window is measured against it
