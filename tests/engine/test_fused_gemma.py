@@ -3,11 +3,13 @@ function: logits at every position and for left-padded rows equal transformers' 
 to 1e-4; bf16: within a few bf16 steps, no further from the fp32 function than transformers' own bf16
 model), greedy tokens equal transformers' generate, rows batched together answer as alone, and a
 prefix-cache hit answers as a fresh prefill, with windows shorter than the prompt and layers mixing
-sliding and full attention. The loader's auto choice for them is the fused forward (the native kernels
-refuse Gemma's layers), never transformers'; a folder is read straight from its safetensors, to the same
-logits, whether its config.json writes out its layer types and RoPE per layer type (as transformers 5
-saves one) or is in the shape the Hub ships (transformers 4.4x: rope_theta, rope_local_base_freq,
-rope_scaling, sliding_window_pattern, class defaults left out).
+sliding and full attention. The loader's auto choice for them is the native kernels (which compute
+FusedGemma's function: test_native_gemma.py), the fused forward with the kernels off, never transformers'
+forward; the tests below that load with the kernels on (greedy tokens, batching, the prefix cache) check
+them there too. A folder is read straight from its safetensors, to the same logits, whether its
+config.json writes out its layer types and RoPE per layer type (as transformers 5 saves one) or is in the
+shape the Hub ships (transformers 4.4x: rope_theta, rope_local_base_freq, rope_scaling,
+sliding_window_pattern, class defaults left out).
 
 Tiny random models (3 layers, hidden 64, window 6) with random norm weights (transformers starts
 Gemma's at zeros, a scale of exactly 1, which would hide a wrong (1 + weight)), a query_pre_attn_scalar
@@ -85,10 +87,12 @@ def _reference(folder: Path, dtype: str = "float32"):
     return _references[(folder, dtype)]
 
 
-def test_the_auto_choice_is_the_fused_forward(gemma_dir):
-    loaded = load(tiny_load_config(gemma_dir))  # native kernels on, as a server starts
+def test_the_auto_choice_is_the_native_kernels_else_the_fused_forward(gemma_dir):
+    auto = load(tiny_load_config(gemma_dir))  # native kernels on, as a server starts
+    assert auto.native is not None and auto.runtime.forward.startswith("native"), auto.runtime.forward
+    loaded = load(tiny_load_config(gemma_dir, native_kernels=False))
     assert loaded.native is None and isinstance(loaded.fused, FusedGemma), loaded.runtime.forward
-    assert loaded.runtime.forward.startswith("fused (the native kernels"), loaded.runtime.forward
+    assert loaded.runtime.forward.startswith("fused"), loaded.runtime.forward
     layer_types = _reference(gemma_dir).config.layer_types
     assert SLIDING in layer_types and FULL in layer_types
     assert [layer.window for layer in loaded.fused.layers] == [WINDOW if t == SLIDING else None for t in layer_types]
@@ -161,8 +165,8 @@ def test_a_prefix_cache_hit_answers_as_a_fresh_prefill(gemma_dir):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_read_directly_it_computes_what_it_computes_through_transformers(gemma_dir, dtype):
-    direct = load(tiny_load_config(gemma_dir, dtype=dtype))
-    through = load(tiny_load_config(gemma_dir, dtype=dtype, read_checkpoints=False))
+    direct = load(tiny_load_config(gemma_dir, dtype=dtype, native_kernels=False))
+    through = load(tiny_load_config(gemma_dir, dtype=dtype, read_checkpoints=False, native_kernels=False))
     assert direct.model is None and through.model is not None, "read without transformers' modeling code"
     assert isinstance(direct.fused, FusedGemma) and direct.runtime.forward == through.runtime.forward
     direct_runner, through_runner = make_core(direct).runner, make_core(through).runner
@@ -215,7 +219,7 @@ def test_a_hub_config_from_transformers_4_is_read_directly_to_transformers_logit
     for folder in _legacy_folders(gemma_dir, tmp_path):
         checkpoint = open_checkpoint(str(folder))
         assert not isinstance(checkpoint, str), checkpoint
-        loaded = load(tiny_load_config(folder, dtype="float32"))
+        loaded = load(tiny_load_config(folder, dtype="float32", native_kernels=False))
         assert loaded.model is None and isinstance(loaded.fused, FusedGemma), loaded.runtime.forward
         reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         layer_types = reference.config.layer_types

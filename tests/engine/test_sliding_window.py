@@ -1,5 +1,6 @@
 """Sliding-window and hybrid attention on transformers' forward and, for the families it computes (Gemma 2
-and 3: FusedGemma; Mistral and Qwen2: FusedLlama), on the fused forward, with continuous batching and the
+and 3: FusedGemma; Mistral and Qwen2: FusedLlama), on the fused forward (the native kernels' auto choice
+for them is checked here, their numbers in test_native_gemma.py), with continuous batching and the
 prefix cache, exact in fp32: the engine's greedy tokens equal transformers' own generate(), batched rows equal
 solo ones, a chunked prompt equals a whole one, and a prefix-cache hit equals a fresh prefill.
 
@@ -121,12 +122,13 @@ def test_a_prefix_cache_hit_matches_a_fresh_prefill(family):
     assert output_of(third)[0] == run_alone(loaded, turn, GREEDY)[0]
 
 
-def test_the_auto_choice_for_a_window_is_the_fused_forward(family):
-    """The native kernels compute no window and no Gemma layer: a server's default start falls back to
-    the fused forward (saying why), not to transformers'."""
+def test_the_auto_choice_for_a_window_is_the_native_kernels(family):
+    """The native kernels compute windows and Gemma's layers: a server's default start runs the families
+    the fused forward computes on them (test_native_gemma.py checks their numbers), the window in place."""
     name, folder, loaded = family
     if loaded.fused is None:
         pytest.skip("on transformers' forward")
     auto = load(tiny_load_config(folder, dtype="float32"))
-    assert auto.native is None and auto.fused is not None, auto.runtime.forward
-    assert auto.runtime.forward.startswith("fused (the native kernels compute"), auto.runtime.forward
+    assert auto.native is not None and auto.runtime.forward.startswith("native"), auto.runtime.forward
+    assert [layer.window for layer in auto.native.layers] == [layer.window or 0 for layer in loaded.fused.layers]
+    assert any(layer.window == WINDOW for layer in auto.native.layers)

@@ -10,8 +10,9 @@ by query_pre_attn_scalar ** -0.5, Gemma 2's tanh soft-cap on the scores and on t
 gelu_pytorch_tanh-gated MLP. Sliding layers limit each query to keys whose position lies within the
 window (fused_llama.attention_mask). Attention is written out (scores, cap, mask, fp32 softmax) since
 SDPA cannot cap scores; GQA folds each KV head's group of query heads into the query axis, so no keys
-are copied. The residual stream stays fp32, as FusedLlama's does. Torch only: the native kernels compute
-FusedLlama's layer, not this one.
+are copied. The residual stream stays fp32, as FusedLlama's does. The native kernels compute this same
+function (app/engine/native/model.py: native_from_fused, with the sandwich norms, the GELU gate, the caps,
+the windows and a RoPE table per layer type), so the loader's auto choice moves a FusedGemma onto them.
 """
 
 from __future__ import annotations
@@ -64,8 +65,6 @@ def _cap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
 
 class FusedGemma(FusedLlama):
     """forward(input_ids, mask, positions, cache, last_only) -> float32 logits, as FusedLlama's."""
-
-    native_refusal = "the native kernels compute Llama-shaped layers, not Gemma's"  # shadows FusedLlama's property
 
     def __init__(self, dims: LlamaDims, embed: torch.Tensor, rotaries: dict[str, Rotary], layers: list[GemmaLayer],
                  final_norm: torch.Tensor, lm_head: PackedLinear, scales: GemmaScales) -> None:
@@ -165,8 +164,21 @@ def _rotaries(module: torch.nn.Module, config, layer_types: list[str]) -> dict[s
     type), Gemma 2's one table serves every layer."""
     params = getattr(config, "rope_parameters", None) or {}
     if all(isinstance(params.get(kind), dict) for kind in set(layer_types)):
-        return {kind: (lambda x, positions, kind=kind: module(x, positions, kind)) for kind in set(layer_types)}
+        return {kind: _TypedRotary(module, kind) for kind in set(layer_types)}
     return {kind: module for kind in set(layer_types)}
+
+
+class _TypedRotary:
+    """Gemma 3's rotary module for one layer type, with that type's rope_type (native/backend.py reads it:
+    a table serves static RoPE only)."""
+
+    def __init__(self, module: torch.nn.Module, kind: str) -> None:
+        self.module, self.kind = module, kind
+        types = getattr(module, "rope_type", "default")
+        self.rope_type = types.get(kind, "default") if isinstance(types, dict) else types
+
+    def __call__(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.module(x, positions, self.kind)
 
 
 def gemma_from_model(model: PreTrainedModel, family: Family) -> FusedGemma:

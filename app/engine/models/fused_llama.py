@@ -10,7 +10,8 @@ read without transformers' modeling code (app/engine/models/llama_checkpoint.py)
 over the same KV cache layers transformers would use. The families it computes, and how each one's
 modules and tensors map onto it, are registered in app/engine/models/families/; models it does not recognise
 keep transformers' forward. Sliding-window layers (Mistral, Qwen2) get a per-position window mask
-(`attention_mask`, shared with fused_gemma.py's FusedGemma, Gemma 2/3's forward).
+(`attention_mask`, shared with fused_gemma.py's FusedGemma, Gemma 2/3's forward); the native kernels
+compute the same window (each query's keys start at its position - window + 1).
 """
 
 from __future__ import annotations
@@ -134,8 +135,10 @@ class FusedLlama:
 
     @property
     def native_refusal(self) -> str | None:
-        """Why the native kernels cannot compute this forward's layers (None: they can)."""
-        return "the native kernels compute no sliding window" if any(layer.window for layer in self.layers) else None
+        """Why the native kernels cannot compute this forward's layers (None: they can). They compute
+        every layer FusedLlama and FusedGemma do (windows, Gemma's norms, caps and RoPE tables); what
+        they cannot take (a device, dtype, head size or RoPE type) native/backend.py says."""
+        return None
 
     def __init__(self, dims: LlamaDims, embed: torch.Tensor, rotary: Rotary, layers: list[FusedLayer],
                  final_norm: torch.Tensor, lm_head: PackedLinear) -> None:

@@ -3,7 +3,8 @@
 A model reference is a local folder, a Hugging Face hub id, or a path to a `.gguf` file. A local
 safetensors folder of a registered family (app/engine/models/families/: Llama, the default model's kind,
 Qwen2, Mistral, Qwen3, Phi-3; Gemma 2/3 into FusedGemma) is read straight into the fused forward
-(app/engine/models/llama_checkpoint.py), or mapped as packed by an earlier start (native/packed_cache.py),
+(app/engine/models/llama_checkpoint.py) and moved onto the native kernels, or mapped as packed by an earlier
+start (native/packed_cache.py),
 and a folder's tokenizer
 is FastTokenizer (app/engine/text/tokenizer.py) where that is exactly what AutoTokenizer builds (the
 generic fast tokenizer of Llama, Mistral, Phi-3, Qwen3 and Gemma folders; Qwen2Tokenizer and
@@ -55,7 +56,7 @@ class LoadConfig:
     # grids, else dense in dtype; none = dense; int8 | int4 = those grids, lossy.
     quantization: str = "auto"
     read_checkpoints: bool = True  # False: every model through transformers' from_pretrained
-    native_kernels: bool = True  # the native CPU kernels for Llama-family models (False: torch ops)
+    native_kernels: bool = True  # the native CPU kernels for Llama-family and Gemma 2/3 models (False: torch ops)
     native_isa: str = "auto"  # auto | avx512 | avx2 | generic: which build of them (a CPU may run a narrower one)
     onednn_max_cpu_isa: str = ""  # oneDNN's cap on its instructions (ONEDNN_MAX_CPU_ISA): may rule out native bf16
     max_model_len: int = 0  # the context served (0: the model's own); a sliding window is measured against it
@@ -310,10 +311,8 @@ def _gguf(config: LoadConfig) -> GgufCheckpoint | None:
 def _native_checkpoint(checkpoint: LlamaCheckpoint | GgufCheckpoint | None) -> bool:
     """Whether the kernels will run this checkpoint (then auto is bf16 on any CPU). A model that only
     transformers reads gets the CPU's own auto dtype, as it may end on torch's forward."""
-    if isinstance(checkpoint, LlamaCheckpoint) and checkpoint.family.layer != "llama":
-        return False  # Gemma: the fused forward only
     if isinstance(checkpoint, GgufCheckpoint) and checkpoint.layout.gemma:
-        return False
+        return False  # a Gemma GGUF is read into FusedGemma (native/gguf_weights.py packs Llama-shaped files)
     return checkpoint is not None and not unsupported_reason(LlamaDims.of(checkpoint.get), torch.bfloat16,
                                                              torch.device("cpu"))
 

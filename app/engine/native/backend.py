@@ -38,8 +38,14 @@ def open_library(enabled: bool, requested_isa: str, cpu: CpuFeatures, device: to
 
 
 def rope_refusal(fused: FusedLlama) -> str | None:
-    rope_type = getattr(fused.rotary, "rope_type", "default")
-    return None if rope_type in STATIC_ROPE_TYPES else f"RoPE type {rope_type!r} varies with the sequence length"
+    """Why a table cannot hold the model's RoPE (each layer type's, for Gemma 3), or None."""
+    for rotary in [fused.rotary, *getattr(fused, "rotaries", {}).values()]:
+        rope_type = getattr(rotary, "rope_type", "default")
+        if isinstance(rope_type, dict):  # a module shared by layer types, each with its own
+            rope_type = next((t for t in rope_type.values() if t not in STATIC_ROPE_TYPES), "default")
+        if rope_type not in STATIC_ROPE_TYPES:
+            return f"RoPE type {rope_type!r} varies with the sequence length"
+    return None
 
 
 def attach(fused: FusedLlama, library: NativeLibrary, dims: LlamaDims, dtype: torch.dtype, positions: int,

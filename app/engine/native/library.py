@@ -18,12 +18,13 @@ from app.engine.native.build import build
 
 log = logging.getLogger(__name__)
 
-ABI_VERSION = 4  # tw_abi_version() of the csrc/forward.c these structures mirror
+ABI_VERSION = 5  # tw_abi_version() of the csrc/forward.c these structures mirror
 
 # Weight formats (csrc/matmul.h: TW_F32 ...), KV-cache formats, and the arithmetic of Q4/Q8 matmuls.
 F32, BF16, Q4, Q8 = 0, 1, 2, 3
 KV_F32, KV_BF16 = 0, 1
 FLOAT_ARITHMETIC, INT8_ACTIVATIONS = 0, 1
+SILU, GELU_TANH = 0, 1  # the MLP's activation (csrc/forward.c: TW_SILU ...)
 
 # What each x86-64 build needs from the CPU (CpuFeatures' names), best first.
 ISA_NEEDS = {
@@ -39,6 +40,8 @@ class Matrix(ctypes.Structure):
 
 class Layer(ctypes.Structure):
     _fields_ = [("input_norm", c_void_p), ("post_norm", c_void_p), ("q_norm", c_void_p), ("k_norm", c_void_p),
+                ("pre_mlp_norm", c_void_p), ("post_mlp_norm", c_void_p), ("rope_cos", c_void_p), ("rope_sin", c_void_p),
+                ("window", c_int32), ("reserved", c_int32),
                 ("qkv", Matrix), ("o", Matrix), ("gate_up", Matrix), ("down", Matrix)]
 
 
@@ -46,14 +49,16 @@ class Model(ctypes.Structure):
     _fields_ = [("n_layers", c_int32), ("hidden", c_int32), ("n_heads", c_int32), ("n_kv_heads", c_int32),
                 ("head_dim", c_int32), ("intermediate", c_int32), ("vocab", c_int32), ("kv_format", c_int32),
                 ("eps", c_float), ("attention_scale", c_float), ("rope_positions", c_int32), ("arithmetic", c_int32),
-                ("rope_cos", c_void_p), ("rope_sin", c_void_p), ("final_norm", c_void_p),
+                ("activation", c_int32), ("reserved", c_int32), ("embed_scale", c_float), ("attention_cap", c_float),
+                ("final_cap", c_float), ("final_norm", c_void_p),
                 ("embed", Matrix), ("lm_head", Matrix), ("layers", c_void_p)]
 
 
 class Batch(ctypes.Structure):
     _fields_ = [("n_tokens", c_int32), ("n_rows", c_int32), ("n_logits", c_int32), ("n_threads", c_int32),
                 ("token_ids", c_void_p), ("positions", c_void_p), ("token_rows", c_void_p),
-                ("first_columns", c_void_p), ("logit_tokens", c_void_p), ("keys", c_void_p), ("values", c_void_p),
+                ("first_columns", c_void_p), ("logit_tokens", c_void_p), ("layer_offsets", c_void_p),
+                ("keys", c_void_p), ("values", c_void_p),
                 ("kv_row_stride", c_int64), ("kv_head_stride", c_int64), ("logits", c_void_p)]
 
 

@@ -8,7 +8,9 @@ made from exactly these checkpoint files (names, sizes, modification times, head
 dtype, quantization and layout; anything else is ignored, and the next save of that dtype and
 quantization replaces it. Only packs holding low-bit grids are saved (a dense copy of a 16-bit
 checkpoint would double its disk for little), and a folder that cannot be written just starts
-without one. The bytes are the packer's own, so answers are the same either way.
+without one. The bytes are the packer's own, so answers are the same either way. A Gemma pack holds
+its layers' extra norms and the scales the model was packed with (metadata "scales"); windows and RoPE
+tables come from the config, as a fresh read's do.
 """
 
 from __future__ import annotations
@@ -25,18 +27,20 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from app.engine.models.attention_layers import layer_windows
 from app.engine.models.fused_llama import DefaultRotary, LlamaDims
-from app.engine.models.llama_checkpoint import LlamaCheckpoint, rope_theta
+from app.engine.models.llama_checkpoint import LlamaCheckpoint, gemma_rotaries, rope_theta
 from app.engine.native.library import ABI_VERSION, Q4, Q8, NativeLibrary
-from app.engine.native.model import NativeLayer, NativeLlama, RopeTable
+from app.engine.native.model import NativeLayer, NativeLlama, NativeScales, RopeTable
 from app.engine.native.weights import PackedMatrix
 
 log = logging.getLogger(__name__)
 
 FOLDER = ".tokenwire"
-LAYOUT = f"native-weights-v1-abi{ABI_VERSION}"
+LAYOUT = f"native-weights-v2-abi{ABI_VERSION}"  # v2: Gemma's norms and scales
 MATRICES = ("qkv", "o", "gate_up", "down")
-HEAD_NORMS = ("q_norm", "k_norm")  # Qwen3's, where the layers have them
+HEAD_NORMS = ("q_norm", "k_norm")  # Qwen3's and Gemma 3's, where the layers have them
+MLP_NORMS = ("pre_mlp_norm", "post_mlp_norm")  # Gemma's
 _DTYPES = {"U8": torch.uint8, "F32": torch.float32}
 # The code that decides what a pack holds (grids, tile layout): a change to it makes new packs.
 _PACKER_SOURCES = (Path(__file__).with_name("weights.py"), Path(__file__).with_name("csrc") / "pack.h")
@@ -79,7 +83,7 @@ def save(native: NativeLlama, path: Path) -> None:
     for index, layer in enumerate(native.layers):
         tensors[f"layers.{index}.input_norm"] = layer.input_norm
         tensors[f"layers.{index}.post_norm"] = layer.post_norm
-        for name in HEAD_NORMS:
+        for name in HEAD_NORMS + MLP_NORMS:
             if getattr(layer, name) is not None:
                 tensors[f"layers.{index}.{name}"] = getattr(layer, name)
         for name in MATRICES:
@@ -87,7 +91,8 @@ def save(native: NativeLlama, path: Path) -> None:
     put("embed", native.embed)
     if native.lm_head is not native.embed:
         put("lm_head", native.lm_head)
-    metadata = {"layout": LAYOUT, "matrices": json.dumps(shapes), "positions": str(native.max_positions)}
+    metadata = {"layout": LAYOUT, "matrices": json.dumps(shapes), "positions": str(native.max_positions),
+                "scales": json.dumps(native.scales.as_dict())}
     partial: Path | None = None
     try:
         path.parent.mkdir(exist_ok=True)
@@ -135,7 +140,8 @@ def load(path: Path, library: NativeLibrary, dims: LlamaDims, dtype: torch.dtype
         if metadata.get("layout") != LAYOUT:
             return None
         shapes = json.loads(metadata["matrices"])
-    except (OSError, ValueError, KeyError) as exc:
+        scales = NativeScales(**json.loads(metadata["scales"]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         log.info("ignoring the packed weights in %s (%s)", path, exc)
         return None
 
@@ -143,16 +149,27 @@ def load(path: Path, library: NativeLibrary, dims: LlamaDims, dtype: torch.dtype
         fmt, n, k = shapes[name]
         return PackedMatrix(fmt, n, k, tensors[name], tensors.get(f"{name}.bias"))
 
+    positions = int(metadata["positions"])
+    gemma = checkpoint.family.layer == "gemma"
+    if gemma:  # a table per layer type, as _gemma_from_checkpoint reads them
+        tables = {kind: RopeTable.of(rotary, dims.head_dim, positions)
+                  for kind, rotary in gemma_rotaries(checkpoint.config, dims.head_dim, torch.device("cpu")).items()}
+        kinds = list(checkpoint.config["layer_types"])[: dims.num_layers]
+        rope = tables.get("full_attention") or next(iter(tables.values()))
+    else:
+        rotary = DefaultRotary(rope_theta(checkpoint.config)[0], dims.head_dim, torch.device("cpu"))
+        rope, tables, kinds = RopeTable.of(rotary, dims.head_dim, positions), {}, [None] * dims.num_layers
+    windows = layer_windows(checkpoint.get, dims.num_layers)
     layers = [NativeLayer(tensors[f"layers.{i}.input_norm"], tensors[f"layers.{i}.post_norm"],
                           *[matrix(f"layers.{i}.{name}") for name in MATRICES],
-                          *[tensors.get(f"layers.{i}.{name}") for name in HEAD_NORMS]) for i in range(dims.num_layers)]
-    if any((layer.q_norm is not None) != checkpoint.family.head_norms for layer in layers):
+                          *[tensors.get(f"layers.{i}.{name}") for name in HEAD_NORMS + MLP_NORMS],
+                          windows[i] or 0, tables.get(kinds[i])) for i in range(dims.num_layers)]
+    if any((layer.q_norm is not None) != checkpoint.family.head_norms or (layer.pre_mlp_norm is not None) != gemma
+           for layer in layers) or (scales.activation == "gelu_tanh") != gemma:
         return None  # not a pack of this family's layers
     embed = matrix("embed")
     lm_head = matrix("lm_head") if "lm_head" in shapes else embed
-    rotary = DefaultRotary(rope_theta(checkpoint.config)[0], dims.head_dim, torch.device("cpu"))
-    rope = RopeTable.of(rotary, dims.head_dim, int(metadata["positions"]))
-    native = NativeLlama(library, dims, dtype, embed, layers, tensors["final_norm"], lm_head, rope)
+    native = NativeLlama(library, dims, dtype, embed, layers, tensors["final_norm"], lm_head, rope, scales)
     native.keep_alive = mapped  # the views point into the mapping
     return native
 

@@ -1,4 +1,4 @@
-/* tokenwire native kernels: the CPU forward pass of Llama-family models, row-invariant by construction.
+/* tokenwire native kernels: the CPU forward pass of Llama-family and Gemma 2/3 models, row-invariant by construction.
  *
  * Every value is computed by one fixed sequence of float operations that depends only on its own
  * inputs: a matmul output accumulates over k in order with FMA (matmul.h), an attention output reads
@@ -6,6 +6,15 @@
  * size, padding, prompt chunking, thread count and vector width (AVX-512, AVX2 or none: v16.h)
  * change where and when a value is computed, never how, so a request's numbers do not depend on what
  * else the server is doing.
+ *
+ * A layer is Llama's (RMSNorm, attention, o accumulated into the fp32 residual stream, RMSNorm, gated
+ * MLP, down accumulated) or, where it has pre_mlp_norm, Gemma's sandwich (the attention's and the MLP's
+ * outputs each RMS-normed before they are added, the MLP's input normed by pre_mlp_norm). A layer with
+ * a `window` lets a query at position p see positions max(0, p - window + 1) .. p of its row only (the
+ * mask fused_llama.attention_mask builds); each layer reads its own RoPE table (Gemma 3's local and
+ * global layers differ). The model sets the MLP's activation (SiLU or GELU's tanh form), a scale on
+ * the embeddings, the scores' scale, and optional tanh soft-caps on the scores and the final logits
+ * (Gemma 2): tanh is v_tanh (v16.h), one lane-wise routine for every build.
  *
  * Built by app/engine/native/build.py (plain C and pthreads: pool.h), called through ctypes by
  * app/engine/native/library.py; weight layouts in app/engine/native/weights.py.
@@ -23,12 +32,18 @@
 #include "pack.h"
 #include "layers.h"
 
-#define TW_ABI_VERSION 4
+#define TW_ABI_VERSION 5
 enum { TW_FLOAT_ARITHMETIC = 0, TW_INT8_ACTIVATIONS = 1 };
+enum { TW_SILU = 0, TW_GELU_TANH = 1 };
 
 typedef struct {
-    const float *input_norm, *post_norm;
-    const float *q_norm, *k_norm; /* [head_dim] each, or NULL: an RMSNorm over each head of q and k before RoPE (Qwen3) */
+    const float *input_norm, *post_norm; /* post_norm: before the MLP (Llama), after attention (Gemma) */
+    const float *q_norm, *k_norm; /* [head_dim] each, or NULL: an RMSNorm over each head of q and k before RoPE (Qwen3, Gemma 3) */
+    /* Gemma's: the MLP's input norm and its output's norm; NULL for Llama's layer (then post_norm is
+     * the MLP's input norm and the attention's and MLP's outputs go into the residual unnormed). */
+    const float *pre_mlp_norm, *post_mlp_norm;
+    const float *rope_cos, *rope_sin; /* this layer's RoPE table [rope_positions][head_dim / 2] */
+    int32_t window, reserved; /* window: a sliding layer's (positions), 0 = full attention */
     tw_matrix qkv, o, gate_up, down;
 } tw_layer;
 
@@ -36,7 +51,9 @@ typedef struct {
     int32_t n_layers, hidden, n_heads, n_kv_heads, head_dim, intermediate, vocab, kv_format;
     float eps, attention_scale;
     int32_t rope_positions, arithmetic; /* TW_INT8_ACTIVATIONS: Q4/Q8 matrices take 8-bit activations */
-    const float *rope_cos, *rope_sin; /* [rope_positions][head_dim / 2] */
+    int32_t activation, reserved;      /* TW_SILU or TW_GELU_TANH: the MLP's gate */
+    float embed_scale;                 /* the embeddings times this (0 or 1: as they are) */
+    float attention_cap, final_cap;    /* > 0: tanh(x / cap) * cap on the scores (after the scale) / the logits */
     const float *final_norm;
     tw_matrix embed, lm_head;
     const tw_layer *layers;
@@ -49,6 +66,8 @@ typedef struct {
     const int64_t *token_rows;    /* [n_tokens]: each token's KV row */
     const int64_t *first_columns; /* [n_rows]: the KV column holding a row's position 0 */
     const int64_t *logit_tokens;  /* [n_logits]: the tokens whose logits are wanted, ascending */
+    const int64_t *layer_offsets; /* [n_layers]: the logical KV column held in each layer's buffer column 0
+                                     (a token's K/V sits at column first_columns[row] + position - offset) */
     void *const *keys;            /* [n_layers] buffers [rows][kv_heads][columns][head_dim] */
     void *const *values;
     int64_t kv_row_stride, kv_head_stride; /* in elements */
@@ -82,7 +101,10 @@ static void project(tw_ctx *ctx, const forward_job *s, const tw_matrix *w, const
 static void attention_layer(tw_ctx *ctx, const forward_job *s, int layer) {
     const tw_model *m = s->m;
     const tw_batch *b = s->b;
-    const float *q_norm = m->layers[layer].q_norm, *k_norm = m->layers[layer].k_norm;
+    const tw_layer *l = &m->layers[layer];
+    const float *q_norm = l->q_norm, *k_norm = l->k_norm;
+    const int64_t offset = b->layer_offsets[layer];
+    const int window = l->window;
     const int n_tokens = b->n_tokens, heads = m->n_heads, kv_heads = m->n_kv_heads, dim = m->head_dim, half = dim / 2;
     const int qkv_width = (heads + 2 * kv_heads) * dim, group = heads / kv_heads;
     const int kv_bytes = m->kv_format == TW_KV_F32 ? 4 : 2;
@@ -91,17 +113,17 @@ static void attention_layer(tw_ctx *ctx, const forward_job *s, int layer) {
       for (int64_t i = first; i < end; i++) {
         float *row = s->qkv + i * qkv_width;
         const int64_t position = b->positions[i], kv_row = b->token_rows[i];
-        const float *cos_row = m->rope_cos + position * half, *sin_row = m->rope_sin + position * half;
+        const float *cos_row = l->rope_cos + position * half, *sin_row = l->rope_sin + position * half;
         for (int h = 0; h < heads + kv_heads; h++) {
             const float *head_norm = h < heads ? q_norm : k_norm;
             if (head_norm) rms_norm(row + h * dim, head_norm, dim, m->eps, row + h * dim); /* in place: reads x[i] before writing it */
             rotate(row + h * dim, cos_row, sin_row, half);
         }
-        const int64_t column = b->first_columns[kv_row] + position;
+        const int64_t column = b->first_columns[kv_row] + position - offset;
         for (int h = 0; h < kv_heads; h++) {
-            const int64_t offset = (kv_row * b->kv_row_stride + h * b->kv_head_stride + column * dim) * kv_bytes;
-            store_kv(keys + offset, row + (heads + h) * dim, dim, m->kv_format);
-            store_kv(values + offset, row + (heads + kv_heads + h) * dim, dim, m->kv_format);
+            const int64_t at = (kv_row * b->kv_row_stride + h * b->kv_head_stride + column * dim) * kv_bytes;
+            store_kv(keys + at, row + (heads + h) * dim, dim, m->kv_format);
+            store_kv(values + at, row + (heads + kv_heads + h) * dim, dim, m->kv_format);
         }
       }
     pool_barrier(ctx);
@@ -114,10 +136,14 @@ static void attention_layer(tw_ctx *ctx, const forward_job *s, int layer) {
         const int64_t i = item / (kv_heads * runs);
         const int kv_head = (int)(item / runs % kv_heads), run = (int)(item % runs);
         const int firsth = run * 4, count = group - firsth < 4 ? group - firsth : 4, h = kv_head * group + firsth;
-        const int64_t kv_row = b->token_rows[i];
-        const int64_t start = (kv_row * b->kv_row_stride + kv_head * b->kv_head_stride + b->first_columns[kv_row] * dim) * kv_bytes;
-        attend(s->qkv + i * qkv_width + h * dim, count, keys + start, values + start, (int)b->positions[i] + 1, dim,
-               m->attention_scale, m->kv_format, scores, s->scores_per_thread, s->attended + (i * heads + h) * dim);
+        const int64_t kv_row = b->token_rows[i], position = b->positions[i];
+        /* A window starts the keys later; nothing else changes. */
+        const int64_t first = window && position - window + 1 > 0 ? position - window + 1 : 0;
+        const int64_t column = b->first_columns[kv_row] + first - offset;
+        const int64_t start = (kv_row * b->kv_row_stride + kv_head * b->kv_head_stride + column * dim) * kv_bytes;
+        attend(s->qkv + i * qkv_width + h * dim, count, keys + start, values + start, (int)(position - first + 1), dim,
+               m->attention_scale, m->attention_cap, m->kv_format, scores, s->scores_per_thread,
+               s->attended + (i * heads + h) * dim);
     }
     pool_barrier(ctx);
 }
@@ -137,10 +163,32 @@ static void compact_rows(tw_ctx *ctx, float *x, int width, const int64_t *keep, 
     pool_barrier(ctx);
 }
 
-static void gate_rows(tw_ctx *ctx, const float *gate_up, int n_rows, int inter, float *out) {
+/* Gemma's sandwich: x = rms_norm(x) in place, then hidden += x, row by row. */
+static void add_norm_rows(tw_ctx *ctx, float *x, const float *weight, int n_rows, int width, float eps, float *hidden) {
     for (int64_t first, end; next_run(ctx, n_rows, 4, &first, &end);)
-        for (int64_t i = first; i < end; i++)
-            silu_and_multiply(gate_up + i * 2 * inter, gate_up + i * 2 * inter + inter, inter, out + i * inter);
+        for (int64_t i = first; i < end; i++) {
+            float *row = x + i * width, *into = hidden + i * width;
+            rms_norm(row, weight, width, eps, row);
+            for (int j = 0; j < width; j++) into[j] = into[j] + row[j];
+        }
+    pool_barrier(ctx);
+}
+
+static void gate_rows(tw_ctx *ctx, const float *gate_up, int n_rows, int inter, int activation, float *out) {
+    for (int64_t first, end; next_run(ctx, n_rows, 4, &first, &end);)
+        for (int64_t i = first; i < end; i++) {
+            if (activation == TW_GELU_TANH)
+                gelu_tanh_and_multiply(gate_up + i * 2 * inter, gate_up + i * 2 * inter + inter, inter, out + i * inter);
+            else
+                silu_and_multiply(gate_up + i * 2 * inter, gate_up + i * 2 * inter + inter, inter, out + i * inter);
+        }
+    pool_barrier(ctx);
+}
+
+/* x = tanh(x / cap) * cap over rows of width n (Gemma 2's final logits). */
+static void cap_rows(tw_ctx *ctx, float *x, int n_rows, int width, float cap) {
+    for (int64_t first, end; next_run(ctx, n_rows, 4, &first, &end);)
+        for (int64_t i = first; i < end; i++) soft_cap(x + i * width, width, cap);
     pool_barrier(ctx);
 }
 
@@ -159,11 +207,25 @@ static void run_layers(tw_ctx *ctx, const forward_job *s) {
             compact_rows(ctx, s->attended, attended, b->logit_tokens, b->n_logits);
             n = b->n_logits;
         }
-        project(ctx, s, &l->o, s->attended, attended, n, s->hidden, hidden, 1);
-        norm_rows(ctx, s->hidden, l->post_norm, n, hidden, m->eps, s->normed);
-        project(ctx, s, &l->gate_up, s->normed, hidden, n, s->gate_up, 2 * inter, 0);
-        gate_rows(ctx, s->gate_up, n, inter, s->activated);
-        project(ctx, s, &l->down, s->activated, inter, n, s->hidden, hidden, 1);
+        if (!l->pre_mlp_norm) { /* Llama's layer */
+            project(ctx, s, &l->o, s->attended, attended, n, s->hidden, hidden, 1);
+            norm_rows(ctx, s->hidden, l->post_norm, n, hidden, m->eps, s->normed);
+            project(ctx, s, &l->gate_up, s->normed, hidden, n, s->gate_up, 2 * inter, 0);
+            gate_rows(ctx, s->gate_up, n, inter, m->activation, s->activated);
+            project(ctx, s, &l->down, s->activated, inter, n, s->hidden, hidden, 1);
+        } else { /* Gemma's: each output normed (in `normed`, free until the MLP's input norm) before it is added */
+            project(ctx, s, &l->o, s->attended, attended, n, s->normed, hidden, 0);
+            add_norm_rows(ctx, s->normed, l->post_norm, n, hidden, m->eps, s->hidden);
+            norm_rows(ctx, s->hidden, l->pre_mlp_norm, n, hidden, m->eps, s->normed);
+            project(ctx, s, &l->gate_up, s->normed, hidden, n, s->gate_up, 2 * inter, 0);
+            gate_rows(ctx, s->gate_up, n, inter, m->activation, s->activated);
+            if (l->post_mlp_norm) {
+                project(ctx, s, &l->down, s->activated, inter, n, s->normed, hidden, 0);
+                add_norm_rows(ctx, s->normed, l->post_mlp_norm, n, hidden, m->eps, s->hidden);
+            } else {
+                project(ctx, s, &l->down, s->activated, inter, n, s->hidden, hidden, 1);
+            }
+        }
     }
 }
 
@@ -172,11 +234,17 @@ static void forward_all(tw_ctx *ctx, void *arg) {
     const tw_model *m = s->m;
     const tw_batch *b = s->b;
     for (int64_t first, end; next_run(ctx, b->n_tokens, 4, &first, &end);)
-        for (int64_t i = first; i < end; i++) matrix_row(&m->embed, b->token_ids[i], s->hidden + i * m->hidden);
+        for (int64_t i = first; i < end; i++) {
+            float *row = s->hidden + i * m->hidden;
+            matrix_row(&m->embed, b->token_ids[i], row);
+            if (m->embed_scale != 0.0f && m->embed_scale != 1.0f)
+                for (int j = 0; j < m->hidden; j++) row[j] = row[j] * m->embed_scale;
+        }
     pool_barrier(ctx);
     run_layers(ctx, s);
     norm_rows(ctx, s->hidden, m->final_norm, b->n_logits, m->hidden, m->eps, s->normed);
     project(ctx, s, &m->lm_head, s->normed, m->hidden, b->n_logits, b->logits, m->vocab, 0);
+    if (m->final_cap > 0.0f) cap_rows(ctx, b->logits, b->n_logits, m->vocab, m->final_cap);
 }
 
 const char *tw_isa(void) { return TW_ISA; }
@@ -187,9 +255,12 @@ int tw_abi_version(void) { return TW_ABI_VERSION; }
  * 0 on success; 1 a malformed batch, 2 a token or position out of range, 3 out of memory. */
 int tw_forward(const tw_model *m, const tw_batch *b) {
     const int n = b->n_tokens, width = (m->n_heads + 2 * m->n_kv_heads) * m->head_dim;
-    /* A layer takes at most 16 shared loops (13 with 8-bit activations), the head a few more. */
+    /* A layer takes at most 16 shared loops (13, Gemma's 15, with 8-bit activations), the head a few more. */
     if (n <= 0 || b->n_logits <= 0 || b->n_logits > n || m->n_layers > (TW_MAX_STAGES - 8) / 16) return 1;
     if (m->head_dim % 16 || !(m->head_dim <= 128 || m->head_dim == 256)) return 1; /* attend()'s sizes */
+    if (m->activation != TW_SILU && m->activation != TW_GELU_TANH) return 1;
+    for (int i = 0; i < m->n_layers; i++)
+        if (m->layers[i].window < 0 || !m->layers[i].rope_cos || !m->layers[i].rope_sin) return 1;
     int64_t longest = 1;
     for (int i = 0; i < n; i++) {
         if (b->positions[i] < 0 || b->positions[i] >= m->rope_positions || b->token_ids[i] < 0 || b->token_ids[i] >= m->embed.n)

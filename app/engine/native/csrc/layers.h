@@ -1,5 +1,5 @@
 /* layers.h: a decoder layer's parts besides the matmuls: RMSNorm, RoPE, the KV cache's formats,
- * SiLU gating and attention. Each computes a row (a token, a head) on its own, in a fixed order. */
+ * SiLU and GELU (tanh) gating, soft-caps and attention. Each computes a row (a token, a head) on its own, in a fixed order. */
 
 /* Sum of a[0..n) in the fixed tree: 16 lanes in order, the tail zero-padded, then v_hsum. */
 static inline float fixed_sum_of_squares(const float *a, int n) {
@@ -59,12 +59,33 @@ static void silu_and_multiply(const float *gate, const float *up, int n, float *
     }
 }
 
+/* gelu_tanh(gate) * up, gelu_tanh(x) = 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3))) in
+ * torch's order of operations, tanh being v_tanh. */
+static inline v16 gelu_tanh_times(v16 g, v16 up) {
+    const v16 inner = v_mul(v_set1(0.7978845608028654f), v_add(g, v_mul(v_set1(0.044715f), v_mul(v_mul(g, g), g))));
+    return v_mul(v_mul(v_mul(v_set1(0.5f), g), v_add(v_set1(1.0f), v_tanh(inner))), up);
+}
+
+static void gelu_tanh_and_multiply(const float *gate, const float *up, int n, float *out) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16) v_store(out + i, gelu_tanh_times(v_load(gate + i), v_load(up + i)));
+    if (i < n) v_store_partial(out + i, gelu_tanh_times(v_load_partial(gate + i, n - i), v_load_partial(up + i, n - i)), n - i);
+}
+
+/* x = tanh(x / cap) * cap, in place (Gemma 2's soft-caps). */
+static void soft_cap(float *x, int n, float cap) {
+    const v16 c = v_set1(cap);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) v_store(x + i, v_mul(v_tanh(v_div(v_load(x + i), c)), c));
+    if (i < n) v_store_partial(x + i, v_mul(v_tanh(v_div(v_load_partial(x + i, n - i), c)), c), n - i);
+}
+
 /* G query heads that share one KV head, over keys [0, n_keys) of their sequence: scores, softmax,
  * weighted values. Each head's arithmetic is its own (sharing only saves loads): the same FMA chains
  * per score, the same v_hsum tree, the same order of the softmax sum and of the weighted sum. */
 static inline __attribute__((always_inline)) void attend_with(const int CHUNKS, const int KV, const int G, const float *q,
                                                               const void *keys, const void *values, int n_keys,
-                                                              float scale, float *scores, int64_t score_stride,
+                                                              float scale, float cap, float *scores, int64_t score_stride,
                                                               float *out) {
     const int head_dim = CHUNKS * 16;
     float best[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
@@ -88,9 +109,16 @@ static inline __attribute__((always_inline)) void attend_with(const int CHUNKS, 
             float sums[16];
             v_hsum16(partial[g], sums);
             float *row = scores + g * score_stride;
-            for (int j = 0; j < block; j++) {
-                row[j0 + j] = sums[j] * scale;
-                if (row[j0 + j] > best[g]) best[g] = row[j0 + j];
+            if (cap > 0.0f) { /* scaled, then capped, then the softmax's maximum */
+                for (int j = 0; j < block; j++) row[j0 + j] = sums[j] * scale;
+                soft_cap(row + j0, block, cap);
+                for (int j = 0; j < block; j++)
+                    if (row[j0 + j] > best[g]) best[g] = row[j0 + j];
+            } else {
+                for (int j = 0; j < block; j++) {
+                    row[j0 + j] = sums[j] * scale;
+                    if (row[j0 + j] > best[g]) best[g] = row[j0 + j];
+                }
             }
         }
     }
@@ -132,10 +160,10 @@ static inline __attribute__((always_inline)) void attend_with(const int CHUNKS, 
 /* attend_with for this head size, KV format and group: constants, so the vectors stay in registers. */
 #define ATTEND_G(CHUNKS, KV)                                                                                    \
     switch (group) {                                                                                            \
-    case 1: attend_with(CHUNKS, KV, 1, q, keys, values, n_keys, scale, scores, score_stride, out); break;       \
-    case 2: attend_with(CHUNKS, KV, 2, q, keys, values, n_keys, scale, scores, score_stride, out); break;       \
-    case 3: attend_with(CHUNKS, KV, 3, q, keys, values, n_keys, scale, scores, score_stride, out); break;       \
-    default: attend_with(CHUNKS, KV, 4, q, keys, values, n_keys, scale, scores, score_stride, out); break;      \
+    case 1: attend_with(CHUNKS, KV, 1, q, keys, values, n_keys, scale, cap, scores, score_stride, out); break;       \
+    case 2: attend_with(CHUNKS, KV, 2, q, keys, values, n_keys, scale, cap, scores, score_stride, out); break;       \
+    case 3: attend_with(CHUNKS, KV, 3, q, keys, values, n_keys, scale, cap, scores, score_stride, out); break;       \
+    default: attend_with(CHUNKS, KV, 4, q, keys, values, n_keys, scale, cap, scores, score_stride, out); break;      \
     }
 #define ATTEND_CASE(CHUNKS)                                                                                     \
     case CHUNKS:                                                                                                \
@@ -143,7 +171,7 @@ static inline __attribute__((always_inline)) void attend_with(const int CHUNKS, 
         break;
 /* Head sizes the kernels take (in 16s); app/engine/native/model.py refuses the others. */
 static void attend(const float *q, int group, const void *keys, const void *values, int n_keys, int head_dim,
-                   float scale, int kv_format, float *scores, int64_t score_stride, float *out) {
+                   float scale, float cap, int kv_format, float *scores, int64_t score_stride, float *out) {
     switch (head_dim / 16) {
         ATTEND_CASE(1) ATTEND_CASE(2) ATTEND_CASE(3) ATTEND_CASE(4) ATTEND_CASE(5) ATTEND_CASE(6) ATTEND_CASE(7)
         ATTEND_CASE(8) ATTEND_CASE(16)

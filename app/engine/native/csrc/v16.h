@@ -186,6 +186,13 @@ static inline v16 v_exp(v16 x) {
     return v_mul(p, v_pow2(n));
 }
 
+/* tanh(x) = (1 - e^-2x) / (1 + e^-2x) through v_exp (whose clamps make it exactly -1 or 1 far out);
+ * lane by lane, so every build computes it alike. Near 0 it is good to ~1e-7 absolute (not relative). */
+static inline v16 v_tanh(v16 x) {
+    const v16 one = v_set1(1.0f), t = v_exp(v_mul(x, v_set1(-2.0f)));
+    return v_div(v_sub(one, t), v_add(one, t));
+}
+
 static inline uint16_t f32_to_bf16(float f) {
     uint32_t bits;
     memcpy(&bits, &f, 4);
