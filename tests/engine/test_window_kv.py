@@ -1,8 +1,9 @@
 """Sliding layers that forget (KVStore keeps a sliding layer's last columns only) answer exactly as
-keeping every column under the window mask does, on the fused forward: batched with late joiners,
+keeping every column under the window mask does, on the fused forward and the native kernels: batched with late joiners,
 chunked prompts, prefix-cache hits after forgetting; and the sliding layers' columns stay bounded.
 
-Tiny windowed Mistral (every layer sliding) and Gemma 3 (sliding and full layers), fp32, window 8; the
+Tiny windowed Mistral (every layer sliding) and Gemma 3 (sliding and full layers), fp32, window 8, on the
+fused forward and on the native kernels; the
 store's steps are shrunk here so a few dozen tokens forget many times over, and one long run uses the
 real ones."""
 
@@ -23,12 +24,20 @@ from tests.engine.test_sliding_window import FAMILIES, TEXT, WINDOW
 LONG = SamplingParams(temperature=0, max_tokens=60, ignore_eos=True)
 
 
-@pytest.fixture(scope="module", params=["mistral", "gemma3"])
+@pytest.fixture(scope="module", params=[(family, forward) for forward in ("fused", "native")
+                                        for family in ("mistral", "gemma3")], ids="-".join)
 def loaded(request, tmp_path_factory, tiny_model_dir):
-    model_class, make_config, _ = FAMILIES[request.param]
-    folder = _folder(tmp_path_factory.mktemp(request.param), tiny_model_dir, model_class, make_config())
-    loaded = load(tiny_load_config(folder, dtype="float32", native_kernels=False))
-    assert loaded.fused is not None and any(layer.window for layer in loaded.fused.layers)
+    """One windowed family on one forward: the fused torch forward, or the native kernels (whose lone rows
+    also verify prompt-lookup drafts, so a draft pass's columns are taken back per layer)."""
+    name, forward = request.param
+    model_class, make_config, _ = FAMILIES[name]
+    config = make_config()
+    config.max_position_embeddings = 512  # room for the long runs below (the kernels' RoPE table ends there)
+    folder = _folder(tmp_path_factory.mktemp(name), tiny_model_dir, model_class, config)
+    loaded = load(tiny_load_config(folder, dtype="float32", native_kernels=forward == "native"))
+    model = loaded.native or loaded.fused
+    assert (loaded.native is not None) == (forward == "native"), loaded.runtime.forward
+    assert any(model.windows)
     return loaded
 
 
@@ -73,7 +82,7 @@ def test_sliding_layers_hold_a_bounded_number_of_columns(loaded, small_steps):
         if core.store.cache is not None:
             widths.append([layer.get_seq_length() for layer in core.store.cache.layers])
             columns = core.store.num_columns
-    windows = [layer.window for layer in loaded.fused.layers]
+    windows = (loaded.native or loaded.fused).windows
     last = widths[-1]
     assert columns > 50
     for held, window in zip(last, windows):

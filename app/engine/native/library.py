@@ -18,7 +18,7 @@ from app.engine.native.build import build
 
 log = logging.getLogger(__name__)
 
-ABI_VERSION = 5  # tw_abi_version() of the csrc/forward.c these structures mirror
+ABI_VERSION = 6  # tw_abi_version() of the csrc/forward.c these structures mirror
 
 # Weight formats (csrc/matmul.h: TW_F32 ...), KV-cache formats, and the arithmetic of Q4/Q8 matmuls.
 F32, BF16, Q4, Q8 = 0, 1, 2, 3
@@ -59,7 +59,7 @@ class Batch(ctypes.Structure):
                 ("token_ids", c_void_p), ("positions", c_void_p), ("token_rows", c_void_p),
                 ("first_columns", c_void_p), ("logit_tokens", c_void_p), ("layer_offsets", c_void_p),
                 ("keys", c_void_p), ("values", c_void_p),
-                ("kv_row_stride", c_int64), ("kv_head_stride", c_int64), ("logits", c_void_p)]
+                ("kv_row_strides", c_void_p), ("kv_head_strides", c_void_p), ("logits", c_void_p)]
 
 
 def choose_isa(cpu_flags: frozenset[str], requested: str = "auto") -> str:

@@ -147,6 +147,11 @@ class NativeLlama:
             final_norm.data_ptr(), embed.struct(), lm_head.struct(), ctypes.addressof(self._layer_structs))
 
     @property
+    def windows(self) -> list[int | None]:
+        """Each layer's sliding window (None: full attention), as FusedLlama.windows."""
+        return [layer.window or None for layer in self.layers]
+
+    @property
     def max_positions(self) -> int:
         return int(self.rope.cos.shape[0])
 
@@ -178,24 +183,29 @@ class NativeLlama:
         is written to and read from buffer column first_columns[row] + position - layer_offsets[L], so
         a layer may keep only its last columns (a sliding layer needs no key older than its window)."""
         keys0 = kv[0][0]
-        # Every layer's buffers are made and moved together (KVStore, SlabLayer.room_for): one layout.
-        assert keys0.dtype == self.kv_dtype and keys0.stride(-1) == 1 and keys0.stride(-2) == self.dims.head_dim
-        assert kv[0][1].stride() == keys0.stride() == kv[-1][0].stride() == kv[-1][1].stride()
+        # A layer's keys and values share one layout; a sliding layer keeping fewer columns (KVStore)
+        # has buffers of its own width, so the strides go per layer.
+        assert len(kv) == len(self.layers)
+        for keys, values in kv:
+            assert keys.dtype == values.dtype == self.kv_dtype and keys.stride() == values.stride()
+            assert keys.stride(-1) == 1 and keys.stride(-2) == self.dims.head_dim and keys.shape[:2] == keys0.shape[:2]
         # The kernels write each token's KV at (row, first column + position - offset): inside the buffers.
         assert max(rows) < min(keys0.shape[0], len(first_columns)) and keys0.shape[1] == self.dims.num_kv_heads
         ends = list(map(int.__add__, map(first_columns.__getitem__, rows), positions))
         if layer_offsets is None:
             offsets = self._zero_offsets
-            assert max(ends) < keys0.shape[2], "KV buffers too narrow for these positions"
+            assert all(max(ends) < keys.shape[2] for keys, _ in kv), "KV buffers too narrow for these positions"
         else:
             offsets = array("q", layer_offsets)
-            assert len(offsets) == len(self.layers) == len(kv)
-            for layer, offset in zip(self.layers, offsets):
+            assert len(offsets) == len(self.layers)
+            for layer, offset, (keys, _) in zip(self.layers, offsets, kv):
                 # Each token reads back to its window's start (or position 0): columns from 0 up.
                 reach = layer.window - 1 if layer.window else None
-                assert max(ends) - offset < keys0.shape[2], "KV buffers too narrow for these positions"
+                assert max(ends) - offset < keys.shape[2], "KV buffers too narrow for these positions"
                 assert all(end - (position if reach is None else min(position, reach)) >= offset
                            for end, position in zip(ends, positions)), "a layer offset past a column still read"
+        row_strides = array("q", [keys.stride(0) for keys, _ in kv])
+        head_strides = array("q", [keys.stride(1) for keys, _ in kv])
         key_pointers = (ctypes.c_void_p * len(kv))(*[k.data_ptr() for k, _ in kv])
         value_pointers = (ctypes.c_void_p * len(kv))(*[v.data_ptr() for _, v in kv])
         ints = [array("q", values) for values in (token_ids, positions, rows, first_columns, wanted)]
@@ -203,7 +213,8 @@ class NativeLlama:
         batch = Batch(len(ints[0]), len(ints[3]), len(ints[4]), torch.get_num_threads(),
                       *(values.buffer_info()[0] for values in ints), offsets.buffer_info()[0],
                       ctypes.addressof(key_pointers),
-                      ctypes.addressof(value_pointers), keys0.stride(0), keys0.stride(1), logits.data_ptr())
+                      ctypes.addressof(value_pointers), row_strides.buffer_info()[0], head_strides.buffer_info()[0],
+                      logits.data_ptr())
         self.library.forward(self._model, batch)
         return logits
 

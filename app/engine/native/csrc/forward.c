@@ -32,7 +32,7 @@
 #include "pack.h"
 #include "layers.h"
 
-#define TW_ABI_VERSION 5
+#define TW_ABI_VERSION 6
 enum { TW_FLOAT_ARITHMETIC = 0, TW_INT8_ACTIVATIONS = 1 };
 enum { TW_SILU = 0, TW_GELU_TANH = 1 };
 
@@ -70,7 +70,8 @@ typedef struct {
                                      (a token's K/V sits at column first_columns[row] + position - offset) */
     void *const *keys;            /* [n_layers] buffers [rows][kv_heads][columns][head_dim] */
     void *const *values;
-    int64_t kv_row_stride, kv_head_stride; /* in elements */
+    const int64_t *kv_row_strides, *kv_head_strides; /* [n_layers], in elements: a layer keeping fewer
+                                                        columns (a sliding one) has buffers of its own width */
     float *logits;                /* [n_logits][vocab] */
 } tw_batch;
 
@@ -104,6 +105,7 @@ static void attention_layer(tw_ctx *ctx, const forward_job *s, int layer) {
     const tw_layer *l = &m->layers[layer];
     const float *q_norm = l->q_norm, *k_norm = l->k_norm;
     const int64_t offset = b->layer_offsets[layer];
+    const int64_t row_stride = b->kv_row_strides[layer], head_stride = b->kv_head_strides[layer];
     const int window = l->window;
     const int n_tokens = b->n_tokens, heads = m->n_heads, kv_heads = m->n_kv_heads, dim = m->head_dim, half = dim / 2;
     const int qkv_width = (heads + 2 * kv_heads) * dim, group = heads / kv_heads;
@@ -121,7 +123,7 @@ static void attention_layer(tw_ctx *ctx, const forward_job *s, int layer) {
         }
         const int64_t column = b->first_columns[kv_row] + position - offset;
         for (int h = 0; h < kv_heads; h++) {
-            const int64_t at = (kv_row * b->kv_row_stride + h * b->kv_head_stride + column * dim) * kv_bytes;
+            const int64_t at = (kv_row * row_stride + h * head_stride + column * dim) * kv_bytes;
             store_kv(keys + at, row + (heads + h) * dim, dim, m->kv_format);
             store_kv(values + at, row + (heads + kv_heads + h) * dim, dim, m->kv_format);
         }
@@ -140,7 +142,7 @@ static void attention_layer(tw_ctx *ctx, const forward_job *s, int layer) {
         /* A window starts the keys later; nothing else changes. */
         const int64_t first = window && position - window + 1 > 0 ? position - window + 1 : 0;
         const int64_t column = b->first_columns[kv_row] + first - offset;
-        const int64_t start = (kv_row * b->kv_row_stride + kv_head * b->kv_head_stride + column * dim) * kv_bytes;
+        const int64_t start = (kv_row * row_stride + kv_head * head_stride + column * dim) * kv_bytes;
         attend(s->qkv + i * qkv_width + h * dim, count, keys + start, values + start, (int)(position - first + 1), dim,
                m->attention_scale, m->attention_cap, m->kv_format, scores, s->scores_per_thread,
                s->attended + (i * heads + h) * dim);
