@@ -258,17 +258,6 @@ def fused_from_checkpoint(checkpoint: LlamaCheckpoint, dtype: torch.dtype, devic
                       read.norm("model.norm.weight"), lm_head)
 
 
-def gemma_rotaries(config: dict, head_dim: int, device: torch.device) -> dict[str, DefaultRotary]:
-    """Each layer type's RoPE from a Gemma config.json (default or linear: inv_freq / factor)."""
-    rotaries = {}
-    for kind, params in _gemma_rope_parameters(config).items():
-        rotary = DefaultRotary(float(params["rope_theta"]), head_dim, device)
-        if params.get("rope_type", "default") == "linear":
-            rotary.inv_freq = rotary.inv_freq / float(params["factor"])
-        rotaries[kind] = rotary
-    return rotaries
-
-
 def _gemma_from_checkpoint(checkpoint: LlamaCheckpoint, read: _Reader, dims: LlamaDims,
                            device: torch.device) -> FusedGemma:
     """FusedGemma with the checkpoint's weights: norms as 1 + weight (fp32, from the weight in the model's

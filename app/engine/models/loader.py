@@ -312,7 +312,9 @@ def _native_checkpoint(checkpoint: LlamaCheckpoint | GgufCheckpoint | None) -> b
     """Whether the kernels will run this checkpoint (then auto is bf16 on any CPU). A model that only
     transformers reads gets the CPU's own auto dtype, as it may end on torch's forward."""
     if isinstance(checkpoint, GgufCheckpoint) and checkpoint.layout.gemma:
-        return False  # a Gemma GGUF is read into FusedGemma (native/gguf_weights.py packs Llama-shaped files)
+        # Its blocks are not packed straight (native/gguf_weights.py packs Llama-shaped files): it is
+        # dequantized into FusedGemma, which then moves onto the kernels as any fused model does.
+        return False
     return checkpoint is not None and not unsupported_reason(LlamaDims.of(checkpoint.get), torch.bfloat16,
                                                              torch.device("cpu"))
 

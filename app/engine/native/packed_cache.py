@@ -29,7 +29,8 @@ from safetensors.torch import save_file
 
 from app.engine.models.attention_layers import layer_windows
 from app.engine.models.fused_llama import DefaultRotary, LlamaDims
-from app.engine.models.llama_checkpoint import LlamaCheckpoint, gemma_rotaries, rope_theta
+from app.engine.models.fused_gemma import gemma_rotaries
+from app.engine.models.llama_checkpoint import LlamaCheckpoint, rope_theta
 from app.engine.native.library import ABI_VERSION, Q4, Q8, NativeLibrary
 from app.engine.native.model import NativeLayer, NativeLlama, NativeScales, RopeTable
 from app.engine.native.weights import PackedMatrix
