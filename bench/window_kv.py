@@ -61,7 +61,9 @@ def _sequences(loaded, streams: int, context: int, steps: int, seed: int) -> lis
 def one_run(loaded, forget: bool, streams: int, context: int, steps: int) -> dict:
     """Decode step times of `streams` rows at `context` columns, the store forgetting or keeping all."""
     budget = max(2048, context)
-    core = build_core(loaded, SchedulerConfig(max_batched_tokens=budget, max_prefill_tokens_while_decoding=budget))
+    # Speculation off: a step is one token per row, on both ways.
+    core = build_core(loaded, SchedulerConfig(max_batched_tokens=budget, max_prefill_tokens_while_decoding=budget),
+                      speculation=False)
     if not forget:
         core.store.windows = None  # the mask way: every column kept, the window mask slides
     for sequence in _sequences(loaded, streams, context, steps, seed=context + streams):

@@ -18,7 +18,7 @@ from transformers import Phi3Config, Phi3ForCausalLM, Qwen3Config, Qwen3ForCausa
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from app.engine.models import families
-from app.engine.models.llama_checkpoint import open_checkpoint
+from app.engine.models.llama_checkpoint import fused_from_checkpoint, open_checkpoint
 from app.engine.models.loader import load
 from app.engine.types import SamplingParams
 from tests.engine.helpers import (
@@ -215,9 +215,11 @@ def test_a_window_no_shorter_than_the_context_is_read_as_full_attention(tmp_path
     """Phi-3-mini-4k's config has sliding_window 2047: served with at most that context, every layer
     is full attention, and the checkpoint is read directly (as from_pretrained gets the override)."""
     folder = build_family_model(tmp_path / "phi3", tiny_model_dir, "phi3", sliding_window=100)
-    assert "sliding window" in open_checkpoint(str(folder))
+    windowed = open_checkpoint(str(folder))  # the window shorter than the 128 positions: read as it slides
+    assert [layer.window for layer in fused_from_checkpoint(windowed, torch.float32, torch.device("cpu")).layers] == [100] * 2
     loaded = load(tiny_load_config(folder, dtype=TEST_DTYPE, max_model_len=100))
     assert loaded.model is None and loaded.native is not None, loaded.runtime.forward
+    assert not any(loaded.native.windows)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

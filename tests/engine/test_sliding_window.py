@@ -132,3 +132,13 @@ def test_the_auto_choice_for_a_window_is_the_native_kernels(family):
     assert auto.native is not None and auto.runtime.forward.startswith("native"), auto.runtime.forward
     assert [layer.window for layer in auto.native.layers] == [layer.window or 0 for layer in loaded.fused.layers]
     assert any(layer.window == WINDOW for layer in auto.native.layers)
+
+
+def test_a_windowed_folder_of_a_fast_family_is_read_straight_from_safetensors(family):
+    """Mistral's window (every layer) and Qwen2's and Gemma's (layer_types written out) are read with the
+    checkpoint, no transformers model built; the tests above then hold for what was read."""
+    _, _, loaded = family
+    if loaded.fused is None:
+        pytest.skip("on transformers' forward")
+    assert loaded.model is None, loaded.runtime.forward
+    assert any(layer.window == WINDOW for layer in loaded.fused.layers)

@@ -142,7 +142,9 @@ def _config_refusal(config: dict) -> str | None:
 
     if family.layer == "gemma":
         return family.refusal(get) or gemma_rope_refusal(config)
-    return family.refusal(get) or config_reason(get) or rope_theta(config)[1]
+    # Windows are read where config.json says which layers slide, as transformers reads it.
+    windows = bool(config.get("layer_types")) or family.window_on_every_layer
+    return family.refusal(get) or config_reason(get, windows=windows) or rope_theta(config)[1]
 
 
 def gemma_rope_refusal(config: dict) -> str | None:
@@ -239,7 +241,7 @@ def fused_from_checkpoint(checkpoint: LlamaCheckpoint, dtype: torch.dtype, devic
     if family.layer == "gemma":
         return _gemma_from_checkpoint(checkpoint, read, dims, device)
     layers = []
-    for i in range(dims.num_layers):
+    for i, window in enumerate(layer_windows(checkpoint.get, dims.num_layers)):
         prefix = f"model.layers.{i}."
         layers.append(FusedLayer(
             input_norm=read.norm(prefix + "input_layernorm.weight"),
@@ -250,6 +252,7 @@ def fused_from_checkpoint(checkpoint: LlamaCheckpoint, dtype: torch.dtype, devic
             down=read.linear(prefix + "mlp.down_proj"),
             q_norm=read.norm(prefix + "self_attn.q_norm.weight") if family.head_norms else None,
             k_norm=read.norm(prefix + "self_attn.k_norm.weight") if family.head_norms else None,
+            window=window,
         ))
     embed = read("model.embed_tokens.weight")
     lm_head = PackedLinear(embed) if checkpoint.get("tie_word_embeddings", False) else read.linear("lm_head")

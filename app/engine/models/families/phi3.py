@@ -18,4 +18,4 @@ def _refusal(get: Getter) -> str | None:
 
 
 FAMILY = Family("phi3", "Phi3ForCausalLM", qkv=("qkv_proj",), gate_up=("gate_up_proj",),
-                required=("max_position_embeddings",), refusal=_refusal)
+                required=("max_position_embeddings",), refusal=_refusal, window_on_every_layer=True)

@@ -59,8 +59,8 @@ class Family:
     biases: Callable[[Getter], tuple[str, ...]] = _none
     # What the fast path cannot compute for this family, in one line naming the field; None if nothing.
     refusal: Callable[[Getter], str | None] = _nothing_refused
-    # The decoder layer's shape, which picks the forward: "llama" (FusedLlama, and the native kernels
-    # packed from it) or "gemma" (FusedGemma, fused_gemma.py: torch only).
+    # The decoder layer's shape, which picks the forward: "llama" (FusedLlama) or "gemma" (FusedGemma,
+    # fused_gemma.py); the native kernels are packed from either.
     layer: str = "llama"
     # Config keys whose values cap the attention scores and/or the final logits as cap * tanh(x / cap)
     # (Gemma 2: both; Gemma 3 reads only the final one): where a key's value is None, no cap.
@@ -69,6 +69,10 @@ class Family:
     # older fields and its defaults written out (Gemma: families/gemma_config.py), or why that is not
     # mirrored (one line naming the field and its value). Others: config.json as written.
     as_saved: Callable[[dict], dict | str] = _as_written
+    # Whether a sliding window applies to every layer when config.json lists no layer_types (Mistral,
+    # Phi-3), so a checkpoint can be read with its windows; elsewhere (Qwen2/3: max_window_layers and
+    # use_sliding_window pick the layers) only layer_types written out say which layers slide.
+    window_on_every_layer: bool = False
 
     def tensor_names(self) -> dict[str, tuple[str, ...]]:
         """Each stored projection module (relative to a layer) -> the parts it holds, in order."""
