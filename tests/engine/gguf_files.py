@@ -39,18 +39,12 @@ def permute(weights: np.ndarray, heads: int) -> np.ndarray:
 
 def write_gguf(path: Path, model, types: dict, fields: dict | None = None, extra: dict[str, np.ndarray] | None = None,
                tokenizer=None) -> Path:
-    """`model` as a GGUF of its architecture, each matrix in `types`; `fields` added as they are (str or
+    """`model` as a GGUF of its architecture, each matrix in `types`; `fields` added as they are (str, float or
     uint32), `extra` tensors too; `tokenizer(writer)` adds a vocabulary."""
     config = model.config
     arch = _ARCH[type(model).__name__]
-    writer = gguf.GGUFWriter(str(path), arch)
+    writer = _sized_writer(path, arch, config)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
     writer.add_rope_dimension_count(head_dim)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
@@ -58,34 +52,70 @@ def write_gguf(path: Path, model, types: dict, fields: dict | None = None, extra
     if arch == "qwen3" and "qwen3.attention.key_length" not in (fields or {}):  # as llama.cpp writes Qwen3
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
+    _add_fields(writer, fields, tokenizer)
+    put = _tensor_putter(writer)
+    state = model.state_dict()
+    put("token_embd.weight", state["model.embed_tokens.weight"], types["embed"])
+    put("output_norm.weight", state["model.norm.weight"])
+    if not config.tie_word_embeddings:
+        put("output.weight", state["lm_head.weight"], types["embed"])
+    for i, module, suffix, tensor in _layer_tensors(state, config.num_hidden_layers):
+        name, part = _LAYER_NAMES[module]
+        if arch == "llama" and part in ("q", "k"):
+            heads = config.num_attention_heads if part == "q" else config.num_key_value_heads
+            tensor = torch.from_numpy(permute(tensor.numpy(), heads))
+        put(f"blk.{i}.{name}.{suffix}", tensor, types[part] if part and suffix == "weight" else T.F32)
+    return _finish(writer, extra, path)
+
+
+def _layer_tensors(state: dict, layers: int):
+    """(layer, module, "weight" or "bias", tensor) of each layer's tensors in a state dict, layer by layer."""
+    for i in range(layers):
+        prefix = f"model.layers.{i}."
+        for key, tensor in state.items():
+            if key.startswith(prefix):
+                module, suffix = key[len(prefix):].rsplit(".", 1)
+                yield i, module, suffix, tensor
+
+
+def _sized_writer(path: Path, arch: str, config):
+    """A GGUFWriter for `arch` with the sizes every architecture writes: layers, context, widths, heads."""
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    return writer
+
+
+def _add_fields(writer, fields: dict | None, tokenizer) -> None:
+    """`fields` as they are (str, float or uint32), then the vocabulary `tokenizer(writer)` adds."""
     for key, value in (fields or {}).items():
-        writer.add_string(key, value) if isinstance(value, str) else writer.add_uint32(key, value)
+        if isinstance(value, str):
+            writer.add_string(key, value)
+        elif isinstance(value, float):
+            writer.add_float32(key, value)
+        else:
+            writer.add_uint32(key, value)
     if tokenizer is not None:
         tokenizer(writer)
 
+
+def _tensor_putter(writer):
+    """put(name, tensor, kind): a tensor into the file, F32 as it is, else quantized to `kind`'s blocks."""
     def put(name: str, tensor: torch.Tensor, kind=T.F32) -> None:
         values = np.ascontiguousarray(tensor.detach().float().numpy())
         if kind == T.F32:
             writer.add_tensor(name, values)
         else:
             writer.add_tensor(name, quantize(values, kind), raw_dtype=kind)
+    return put
 
-    state = model.state_dict()
-    put("token_embd.weight", state["model.embed_tokens.weight"], types["embed"])
-    put("output_norm.weight", state["model.norm.weight"])
-    if not config.tie_word_embeddings:
-        put("output.weight", state["lm_head.weight"], types["embed"])
-    for i in range(config.num_hidden_layers):
-        prefix = f"model.layers.{i}."
-        for key, tensor in state.items():
-            if not key.startswith(prefix):
-                continue
-            module, suffix = key[len(prefix):].rsplit(".", 1)
-            name, part = _LAYER_NAMES[module]
-            if arch == "llama" and part in ("q", "k"):
-                heads = config.num_attention_heads if part == "q" else config.num_key_value_heads
-                tensor = torch.from_numpy(permute(tensor.numpy(), heads))
-            put(f"blk.{i}.{name}.{suffix}", tensor, types[part] if part and suffix == "weight" else T.F32)
+
+def _finish(writer, extra: dict[str, np.ndarray] | None, path: Path) -> Path:
+    """The `extra` tensors, then header, fields and tensors written out."""
     for name, values in (extra or {}).items():
         writer.add_tensor(name, values)
     writer.write_header_to_file()
@@ -135,13 +165,7 @@ def write_gemma_gguf(path: Path, model, types: dict, tokenizer=None, fields: dic
     converter writes for it; `fields` added as they are (str, float or uint32), `extra` tensors too."""
     config = model.config
     arch = {"Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3"}[type(model).__name__]
-    writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
+    writer = _sized_writer(path, arch, config)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_key_length(config.head_dim)
     writer.add_value_length(config.head_dim)
@@ -159,45 +183,19 @@ def write_gemma_gguf(path: Path, model, types: dict, tokenizer=None, fields: dic
         if config.final_logit_softcapping:
             writer.add_final_logit_softcapping(config.final_logit_softcapping)
         writer.add_sliding_window(config.sliding_window)
-    for key, value in (fields or {}).items():
-        if isinstance(value, str):
-            writer.add_string(key, value)
-        elif isinstance(value, float):
-            writer.add_float32(key, value)
-        else:
-            writer.add_uint32(key, value)
-    if tokenizer is not None:
-        tokenizer(writer)
-
-    def put(name: str, tensor: torch.Tensor, kind=T.F32) -> None:
-        values = np.ascontiguousarray(tensor.detach().float().numpy())
-        if kind == T.F32:
-            writer.add_tensor(name, values)
-        else:
-            writer.add_tensor(name, quantize(values, kind), raw_dtype=kind)
-
+    _add_fields(writer, fields, tokenizer)
+    put = _tensor_putter(writer)
     state = model.state_dict()
     put("token_embd.weight", state["model.embed_tokens.weight"], types["embed"])
     put("output_norm.weight", state["model.norm.weight"] + 1)
-    for i in range(config.num_hidden_layers):
-        prefix = f"model.layers.{i}."
-        for key, tensor in state.items():
-            if not key.startswith(prefix):
-                continue
-            module, suffix = key[len(prefix):].rsplit(".", 1)
-            if module in _GEMMA_NORMS or module.endswith("_norm"):
-                name = _GEMMA_NORMS.get(module) or _LAYER_NAMES[module][0]
-                put(f"blk.{i}.{name}.{suffix}", tensor + 1)
-                continue
-            name, part = _LAYER_NAMES[module]
-            put(f"blk.{i}.{name}.{suffix}", tensor, types[part] if suffix == "weight" else T.F32)
-    for name, values in (extra or {}).items():
-        writer.add_tensor(name, values)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    for i, module, suffix, tensor in _layer_tensors(state, config.num_hidden_layers):
+        if module in _GEMMA_NORMS or module.endswith("_norm"):
+            name = _GEMMA_NORMS.get(module) or _LAYER_NAMES[module][0]
+            put(f"blk.{i}.{name}.{suffix}", tensor + 1)
+            continue
+        name, part = _LAYER_NAMES[module]
+        put(f"blk.{i}.{name}.{suffix}", tensor, types[part] if suffix == "weight" else T.F32)
+    return _finish(writer, extra, path)
 
 
 # A Gemma-style sentencepiece vocabulary as llama.cpp writes Gemma's (tokenizer.ggml.model "llama", no

@@ -109,3 +109,39 @@ async def wait_for_chores(engine, timeout_s: float = 60.0) -> None:
     while engine.chores_left:
         assert time.monotonic() < deadline, "start-up chores did not finish"
         await asyncio.sleep(0.01)
+
+
+def check_alone_chunked_and_left_padded(runner, prompts: list[list[int]], check) -> None:
+    """`check(logits, ids)` on every position's logits of each prompt run alone, in two chunks (the
+    second looking back over the first's cached keys) and left-padded among the others."""
+    for ids in prompts:
+        check(runner.prefill(runner.new_cache(), ids, 0, every_position=True), ids)
+        cache, cut = runner.new_cache(), len(ids) // 2
+        if cut:
+            runner.prefill(cache, ids[:cut], 0)
+        check(runner.prefill(cache, ids[cut:], cut, every_position=True), ids)
+    _, _, batched = runner.prefill_batch(prompts)  # left-padded: positions are not columns
+    for row, ids in enumerate(prompts):
+        check(batched[row], ids)
+
+
+def same_on_every_kernel_build(results_for_build) -> None:
+    """`results_for_build(isa)` (a list of tensors) on each native build this CPU runs (AVX-512, AVX2,
+    plain C) at 1 and 2 threads: all bit for bit the same."""
+    from app.engine.models.hardware import detect_cpu_features
+    from app.engine.native.library import ISA_NEEDS
+
+    flags = detect_cpu_features().flags
+    builds = [isa for isa in ("avx512", "avx2") if ISA_NEEDS[isa] <= flags] + ["generic"]
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for isa in builds:
+            compute = results_for_build(isa)
+            for count in (1, 2):
+                torch.set_num_threads(count)
+                results.append(compute())
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other, strict=True))

@@ -30,6 +30,7 @@ from tests.engine.helpers import (
     reference_logits,
     run_alone,
     run_to_end,
+    same_on_every_kernel_build,
     tiny_load_config,
 )
 
@@ -225,21 +226,8 @@ def test_a_window_no_shorter_than_the_context_is_read_as_full_attention(tmp_path
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_every_kernel_build_and_thread_count_computes_the_same_logits(family_dir, dtype):
     """The per-head norms are the kernels' fixed arithmetic too: AVX-512, AVX2 and plain C builds agree bit for bit."""
-    from app.engine.models.hardware import detect_cpu_features
-    from app.engine.native.library import ISA_NEEDS
-
-    flags = detect_cpu_features().flags
-    builds = [isa for isa in ("avx512", "avx2") if ISA_NEEDS[isa] <= flags] + ["generic"]
-    results = []
-    threads = torch.get_num_threads()
-    try:
-        for isa in builds:
-            loaded = load(tiny_load_config(family_dir, dtype=dtype, native_isa=isa))
-            assert loaded.native is not None and loaded.native.library.isa == isa
-            for count in (1, 2):
-                torch.set_num_threads(count)
-                results.append([_last_logits(loaded, ids) for ids in PROMPT_IDS])
-    finally:
-        torch.set_num_threads(threads)
-    for other in results[1:]:
-        assert all(torch.equal(a, b) for a, b in zip(results[0], other, strict=True))
+    def results_for_build(isa: str):
+        loaded = load(tiny_load_config(family_dir, dtype=dtype, native_isa=isa))
+        assert loaded.native is not None and loaded.native.library.isa == isa
+        return lambda: [_last_logits(loaded, ids) for ids in PROMPT_IDS]
+    same_on_every_kernel_build(results_for_build)

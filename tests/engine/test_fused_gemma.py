@@ -33,6 +33,7 @@ from app.engine.kv.prefix_cache import PrefixCacheConfig
 from app.engine.types import SamplingParams
 from tests.engine.helpers import (
     TEST_DTYPE,
+    check_alone_chunked_and_left_padded,
     make_core,
     make_sequence,
     output_of,
@@ -115,16 +116,7 @@ def test_logits_equal_transformers_alone_chunked_and_left_padded(gemma_dir, dtyp
     loaded = load(tiny_load_config(gemma_dir, dtype=dtype, native_kernels=False))
     assert isinstance(loaded.fused, FusedGemma)
     runner = make_core(loaded).runner
-    for ids in PROMPTS:
-        _check_close(runner.prefill(runner.new_cache(), ids, 0, every_position=True), gemma_dir, dtype, ids)
-        # Two chunks: the second's queries look back over the first's cached keys.
-        cache, cut = runner.new_cache(), len(ids) // 2
-        if cut:
-            runner.prefill(cache, ids[:cut], 0)
-        _check_close(runner.prefill(cache, ids[cut:], cut, every_position=True), gemma_dir, dtype, ids)
-    _, _, batched = runner.prefill_batch(PROMPTS)  # left-padded: positions are not columns
-    for row, ids in enumerate(PROMPTS):
-        _check_close(batched[row], gemma_dir, dtype, ids)
+    check_alone_chunked_and_left_padded(runner, PROMPTS, lambda logits, ids: _check_close(logits, gemma_dir, dtype, ids))
 
 
 def test_greedy_tokens_equal_transformers_generate_and_the_window_bites(gemma_dir):

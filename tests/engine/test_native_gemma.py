@@ -20,16 +20,17 @@ import torch
 from transformers import AutoModelForCausalLM, MistralConfig, MistralForCausalLM
 
 from app.engine.models.loader import load
-from app.engine.native.library import ISA_NEEDS
 from app.engine.types import SamplingParams
 from tests.engine.helpers import (
     TEST_DTYPE,
+    check_alone_chunked_and_left_padded,
     make_core,
     make_sequence,
     output_of,
     reference_logits,
     run_alone,
     run_to_end,
+    same_on_every_kernel_build,
     tiny_load_config,
 )
 from tests.engine.test_families import _grid
@@ -67,15 +68,7 @@ def test_the_auto_choice_is_the_native_kernels_with_gemmas_layers(gemma_dir):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_logits_equal_transformers_alone_chunked_and_left_padded(gemma_dir, dtype):
     runner = make_core(_native(gemma_dir, dtype)).runner
-    for ids in PROMPTS:
-        _check_close(runner.prefill(runner.new_cache(), ids, 0, every_position=True), gemma_dir, dtype, ids)
-        cache, cut = runner.new_cache(), len(ids) // 2  # two chunks: the second looks back over the first
-        if cut:
-            runner.prefill(cache, ids[:cut], 0)
-        _check_close(runner.prefill(cache, ids[cut:], cut, every_position=True), gemma_dir, dtype, ids)
-    _, _, batched = runner.prefill_batch(PROMPTS)  # left-padded: positions are not columns
-    for row, ids in enumerate(PROMPTS):
-        _check_close(batched[row], gemma_dir, dtype, ids)
+    check_alone_chunked_and_left_padded(runner, PROMPTS, lambda logits, ids: _check_close(logits, gemma_dir, dtype, ids))
 
 
 def test_greedy_tokens_equal_transformers_and_batched_rows_answer_as_alone(gemma_dir):
@@ -93,22 +86,10 @@ def test_greedy_tokens_equal_transformers_and_batched_rows_answer_as_alone(gemma
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_every_kernel_build_and_thread_count_computes_the_same_logits(gemma_dir, dtype):
-    from app.engine.models.hardware import detect_cpu_features
-
-    flags = detect_cpu_features().flags
-    builds = [isa for isa in ("avx512", "avx2") if ISA_NEEDS[isa] <= flags] + ["generic"]
-    results = []
-    threads = torch.get_num_threads()
-    try:
-        for isa in builds:
-            runner = make_core(_native(gemma_dir, dtype, native_isa=isa)).runner
-            for count in (1, 2):
-                torch.set_num_threads(count)
-                results.append([runner.prefill(runner.new_cache(), ids, 0, every_position=True) for ids in PROMPTS])
-    finally:
-        torch.set_num_threads(threads)
-    for other in results[1:]:
-        assert all(torch.equal(a, b) for a, b in zip(results[0], other, strict=True))
+    def results_for_build(isa: str):
+        runner = make_core(_native(gemma_dir, dtype, native_isa=isa)).runner
+        return lambda: [runner.prefill(runner.new_cache(), ids, 0, every_position=True) for ids in PROMPTS]
+    same_on_every_kernel_build(results_for_build)
 
 
 def test_layer_offsets_move_the_kv_columns_not_the_logits(gemma_dir):
