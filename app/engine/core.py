@@ -314,7 +314,9 @@ class EngineCore:
             return
         token_ids = sequence.prompt_ids + sequence.output_ids[:-1]
         layers = self.store.row_kv(sequence)
-        assert max(keys.shape[-2] for keys, _ in layers) <= len(token_ids), "a row's KV is its prompt and fed outputs"
+        windows = self.store.windows or [None] * len(layers)  # a sliding layer may hold only its last columns
+        assert all(keys.shape[-2] == len(token_ids) or (window and keys.shape[-2] < len(token_ids))
+                   for (keys, _), window in zip(layers, windows)), "a row's KV covers its prompt and fed outputs"
         self._insert_prefix(token_ids, layers)
 
     def _insert_prefix(self, token_ids: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:

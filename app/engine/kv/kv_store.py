@@ -183,6 +183,8 @@ class KVStore:
     def num_bytes(self) -> int:
         if self.cache is None:
             return 0
+        if self.windows is None:  # every layer's buffers are made, moved and grown together: one size
+            return layer_bytes(self.cache.layers[0]) * len(self.cache.layers)
         return sum(layer_bytes(layer) for layer in self.cache.layers)
 
     @property

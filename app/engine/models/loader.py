@@ -26,7 +26,6 @@ import torch
 from app.engine.models.attention_layers import full_attention_overrides
 from app.engine.models.fused_llama import FusedLlama, LlamaDims, build_fused
 from app.engine.models.gguf_checkpoint import GgufCheckpoint, fused_from_gguf, open_gguf
-from app.engine.models.gguf_layout import layout_for
 from app.engine.models.hardware import CpuFeatures, RuntimeInfo, detect_cpu_features
 from app.engine.models.llama_checkpoint import LlamaCheckpoint, as_saved, fused_from_checkpoint, open_checkpoint
 from app.engine.models.memory import keep_one_copy_of_cpu_kernels
@@ -356,7 +355,7 @@ def _read_checkpoint(checkpoint: LlamaCheckpoint, tokenizer: PreTrainedTokenizer
 def _turn_end_ids(gguf: GgufCheckpoint, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The ids of the tokens the file's family ends a chat turn with (gguf_layout.turn_ends)."""
     vocabulary = tokenizer.get_vocab()
-    return [vocabulary[text] for text in layout_for(gguf.get("model_type", "")).turn_ends if text in vocabulary]
+    return [vocabulary[text] for text in gguf.layout.turn_ends if text in vocabulary]
 
 
 def _read_gguf(gguf: GgufCheckpoint, config: LoadConfig, tokenizer: PreTrainedTokenizerBase, device: torch.device,
